@@ -1,0 +1,42 @@
+# LoopTool — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/looptool/v1/*.proto)
+
+.PHONY: setup proto proto-check demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt .ci/system-deps.sh
+	bash .ci/system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Generate looptool/v1/*_pb2*.py from protos/ (committed; tests check they are in sync).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	@true
+
+proto-check: $(STAMP)
+	$(PY) -m pytest -q tests/test_proto_sync.py
+
+demo: $(STAMP)
+	$(VENV)/bin/looptool run examples/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -x --durations=15 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .looptool build *.egg-info

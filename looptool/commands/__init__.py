@@ -1,0 +1,1 @@
+"""Sub-commands of the ``looptool`` console script."""

@@ -1,0 +1,74 @@
+"""``looptool data``: inspect, verify and copy datasets (local or S3)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="print a dataset's manifest and its first records")
+    show.add_argument("uri", help="dataset URI (file:///..., s3://bucket/prefix or an absolute path)")
+    show.add_argument("-n", "--head", type=int, default=3, help="records to print (default 3)")
+    verify = sub.add_parser("verify", help="stream a dataset and check its content hash against the manifest")
+    verify.add_argument("uri")
+    copy = sub.add_parser("copy", help="copy a committed dataset to another URI (e.g. local → s3)")
+    copy.add_argument("src")
+    copy.add_argument("dst")
+    copy.add_argument("--format", choices=["jsonl", "parquet"], default=None, help="re-encode (default: keep)")
+    imp = sub.add_parser("import-jsonl", help="store a JSONL file of records as a committed dataset")
+    imp.add_argument("file", help="JSONL file, one JSON object per line")
+    imp.add_argument("dst", help="dataset URI to create")
+    imp.add_argument("--kind", default="samples", help="record kind (samples, dialogs, tools, ...)")
+    imp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+
+
+def run(args: argparse.Namespace) -> int:
+    from looptool.shared.storage import open_dataset, writer_for_uri
+
+    s3 = args.cfg.storage.s3
+    if args.action == "show":
+        ds = open_dataset(args.uri, s3)
+        print(json.dumps({k: v for k, v in ds.manifest.items() if k != "parts"} | {"parts": len(ds.manifest["parts"])}, indent=1))
+        for rec in itertools.islice(ds.iter_dicts(), args.head):
+            print(json.dumps(rec, ensure_ascii=False)[:2000])
+        return 0
+    if args.action == "verify":
+        ds = open_dataset(args.uri, s3)
+        digest = ds.verify()
+        print(f"ok {len(ds)} records sha256={digest}")
+        return 0
+    if args.action == "copy":
+        src = open_dataset(args.src, s3)
+        fmt = args.format or src.manifest["format"]
+        w = writer_for_uri(args.dst, s3, kind=src.manifest["kind"], fmt=fmt, meta=src.manifest.get("meta", {}))
+        w.write_many(src.iter_dicts())
+        ref = w.commit()
+        print(ref.model_dump_json())
+        return 0
+    if args.action == "import-jsonl":
+        from looptool.shared.errors import InputError
+
+        w = writer_for_uri(args.dst, s3, kind=args.kind, fmt=args.format)
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(f"{args.file}:{lineno}", f"not JSON ({exc.msg})", "fix or remove the line") from None
+                    if not isinstance(rec, dict):
+                        raise InputError(f"{args.file}:{lineno}", "each line must be a JSON object")
+                    w.write(rec)
+        except FileNotFoundError:
+            raise InputError("file", f"{args.file} does not exist") from None
+        ref = w.commit()
+        print(ref.model_dump_json())
+        return 0
+    print(f"unknown action {args.action}", file=sys.stderr)
+    return 2

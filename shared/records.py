@@ -1,0 +1,207 @@
+"""Typed records that cross service boundaries.
+
+One place for each concept: tools, calls, messages, dialogues, samples (with lineage),
+judge verdicts, dataset references and round reports. Conversion to and from the
+protobuf messages lives in ``looptool.shared.proto_convert``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON text: sorted keys, no whitespace, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Tool(Record):
+    """An OpenAI-format function: ``name``, ``description``, JSON Schema ``parameters``."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+class ToolCall(Record):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    id: str = ""
+
+    def key(self) -> str:
+        """Order-independent identity of a call (name + canonical arguments)."""
+        return self.name + canonical_json(self.arguments)
+
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Message(Record):
+    role: Role
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    name: str = ""
+    tool_call_id: str = ""
+    reasoning: str = ""
+
+
+class Stage(str, Enum):
+    IMPORT = "import"
+    SYNTHESIZE = "synthesize"
+    CONVERT = "convert"
+    TRAIN = "train"
+    PROBE = "probe"
+    JUDGE = "judge"
+    EXPAND = "expand"
+    COMPOSE = "compose"
+    EVALUATE = "evaluate"
+    NOISE = "noise"
+
+
+class LineageEvent(Record):
+    round: int = 0
+    stage: str
+    action: str  # created | probed | relabelled | expanded | dropped | kept | corrupted
+    reason: str = ""
+    parent_id: str = ""
+    at: str = Field(default_factory=utcnow)
+
+
+class Sample(Record):
+    """Context messages + tools + reference calls: the unit of training, probing, judging, expansion."""
+
+    id: str = ""
+    context: list[Message]
+    tools: list[Tool] = Field(default_factory=list)
+    reference: list[ToolCall] = Field(default_factory=list)
+    reference_text: str = ""
+    lineage: list[LineageEvent] = Field(default_factory=list)
+    meta: dict[str, str] = Field(default_factory=dict)
+    source: str = ""
+
+    def content_id(self) -> str:
+        """Stable id derived from content (context, tool names, reference), not from lineage."""
+        payload = canonical_json(
+            {
+                "context": [m.model_dump(exclude={"reasoning"}) for m in self.context],
+                "tools": sorted(t.name for t in self.tools),
+                "reference": [c.model_dump(exclude={"id"}) for c in self.reference],
+            }
+        )
+        return "s-" + hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def with_id(self) -> "Sample":
+        if not self.id:
+            self.id = self.content_id()
+        return self
+
+    def add_lineage(self, round: int, stage: Stage | str, action: str, reason: str = "", parent_id: str = "") -> None:
+        stage_value = stage.value if isinstance(stage, Stage) else stage
+        self.lineage.append(
+            LineageEvent(round=round, stage=stage_value, action=action, reason=reason, parent_id=parent_id)
+        )
+
+
+class Dialog(Record):
+    id: str = ""
+    messages: list[Message]
+    tools: list[Tool] = Field(default_factory=list)
+    plan: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class Decision(str, Enum):
+    LABEL_WRONG = "label_wrong"
+    MODEL_WRONG = "model_wrong"
+    BOTH_ACCEPTABLE = "both_acceptable"
+    UNCLEAR = "unclear"
+
+
+class Verdict(Record):
+    sample_id: str
+    decision: Decision
+    reason: str = ""
+    corrected: list[ToolCall] = Field(default_factory=list)
+    votes: int = 1
+    total_votes: int = 1
+    raw: str = ""
+
+
+class DatasetRef(Record):
+    uri: str
+    content_hash: str = ""
+    record_count: int = 0
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    kind: str = "samples"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, v: str) -> str:
+        if not (v.startswith("file://") or v.startswith("s3://") or v.startswith("/")):
+            raise ValueError(f"dataset uri {v!r} must start with file://, s3:// or be an absolute path")
+        return v
+
+
+class Progress(Record):
+    stage: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ErrorInfo(Record):
+    code: str
+    message: str
+    field: str = ""
+    item_id: str = ""
+
+
+class StageResult(Record):
+    outputs: list[DatasetRef] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    checkpoint_uri: str = ""
+
+
+class StageReport(Record):
+    stage: str
+    counts: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    seconds: float = 0.0
+    outputs: list[DatasetRef] = Field(default_factory=list)
+
+
+class RoundReport(Record):
+    """What one round did and measured; the runner writes one per round."""
+
+    round: int
+    name: str = ""
+    phase: str = "Pending"
+    reason: str = ""
+    stages: list[StageReport] = Field(default_factory=list)
+    accuracy: dict[str, float] = Field(default_factory=dict)  # category -> accuracy
+    reward_curve: list[float] = Field(default_factory=list)
+    checkpoint_uri: str = ""
+    dataset: DatasetRef | None = None
+    noise_recovery: dict[str, float] = Field(default_factory=dict)  # precision / recall / f1
