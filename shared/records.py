@@ -205,3 +205,32 @@ class RoundReport(Record):
     checkpoint_uri: str = ""
     dataset: DatasetRef | None = None
     noise_recovery: dict[str, float] = Field(default_factory=dict)  # precision / recall / f1
+
+
+class ProbeOutcome(str, Enum):
+    MASTERED = "mastered"
+    BORDERLINE = "borderline"
+    FAILED = "failed"
+
+
+class ProbeResult(Record):
+    """Greedy capability probing (GCP) of one sample."""
+
+    sample: Sample
+    prediction: str  # greedy output text
+    predicted_calls: list[ToolCall] = Field(default_factory=list)
+    parse_error: str = ""
+    correct: bool = False
+    score: float = 0.0
+    reason: str = ""  # why the greedy answer is wrong (from the reward check)
+    perplexity: float = 1.0
+    sampled_correct: int = 0  # of k sampled attempts
+    sampled_total: int = 0
+    outcome: ProbeOutcome = ProbeOutcome.FAILED
+
+
+class JudgedSample(Record):
+    """A failed probe result with the judge's verdict (JGLV); input to expansion and composition."""
+
+    probe: ProbeResult
+    verdict: Verdict

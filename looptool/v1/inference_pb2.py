@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from looptool.v1 import common_pb2 as looptool_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blooptool/v1/inference.proto\x12\x0blooptool.v1\x1a\x18looptool/v1/common.proto\"\x9c\x01\n\x0fGenerateRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.looptool.v1.Message\x12 \n\x05tools\x18\x02 \x03(\x0b\x32\x11.looptool.v1.Tool\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.looptool.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x87\x01\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12)\n\ntool_calls\x18\x02 \x03(\x0b\x32\x15.looptool.v1.ToolCall\x12\x13\n\x0bparse_error\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x14\n\x0cmean_logprob\x18\x05 \x01(\x01\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"r\n\x10GenerateResponse\x12,\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x17.looptool.v1.Completion\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.looptool.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"\x81\x01\n\rGenerateChunk\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12+\n\ncompletion\x18\x03 \x01(\x0b\x32\x17.looptool.v1.Completion\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.looptool.v1.Usage\"F\n\x14GenerateBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.looptool.v1.GenerateRequest\"v\n\x11GenerateBatchItem\x12\r\n\x05index\x18\x01 \x01(\x05\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1d.looptool.v1.GenerateResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.looptool.v1.Error\"\xa7\x01\n\x0cProbeRequest\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.looptool.v1.DatasetRef\x12\x15\n\routput_prefix\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x05\"\x88\x01\n\x0cJudgeRequest\x12.\n\rprobe_results\x18\x01 \x01(\x0b\x32\x17.looptool.v1.DatasetRef\x12\x15\n\routput_prefix\x18\x02 \x01(\t\x12\r\n\x05votes\x18\x03 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\x05\"\x12\n\x10ModelInfoRequest\"H\n\x11ModelInfoResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x32\xc9\x03\n\x10InferenceService\x12G\n\x08Generate\x12\x1c.looptool.v1.GenerateRequest\x1a\x1d.looptool.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.looptool.v1.GenerateRequest\x1a\x1a.looptool.v1.GenerateChunk0\x01\x12T\n\rGenerateBatch\x12!.looptool.v1.GenerateBatchRequest\x1a\x1e.looptool.v1.GenerateBatchItem0\x01\x12=\n\x05Probe\x12\x19.looptool.v1.ProbeRequest\x1a\x17.looptool.v1.StageEvent0\x01\x12=\n\x05Judge\x12\x19.looptool.v1.JudgeRequest\x1a\x17.looptool.v1.StageEvent0\x01\x12J\n\tModelInfo\x12\x1d.looptool.v1.ModelInfoRequest\x1a\x1e.looptool.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blooptool/v1/inference.proto\x12\x0blooptool.v1\x1a\x18looptool/v1/common.proto\"\xab\x01\n\x0fGenerateRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.looptool.v1.Message\x12 \n\x05tools\x18\x02 \x03(\x0b\x32\x11.looptool.v1.Tool\x12+\n\x06params\x18\x03 \x01(\x0b\x32\x1b.looptool.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"\x87\x01\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12)\n\ntool_calls\x18\x02 \x03(\x0b\x32\x15.looptool.v1.ToolCall\x12\x13\n\x0bparse_error\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x14\n\x0cmean_logprob\x18\x05 \x01(\x01\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\"r\n\x10GenerateResponse\x12,\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x17.looptool.v1.Completion\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.looptool.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"\x81\x01\n\rGenerateChunk\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12+\n\ncompletion\x18\x03 \x01(\x0b\x32\x17.looptool.v1.Completion\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.looptool.v1.Usage\"F\n\x14GenerateBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.looptool.v1.GenerateRequest\"v\n\x11GenerateBatchItem\x12\r\n\x05index\x18\x01 \x01(\x05\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1d.looptool.v1.GenerateResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.looptool.v1.Error\"\xba\x01\n\x0cProbeRequest\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.looptool.v1.DatasetRef\x12\x15\n\routput_prefix\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x13\n\x0btemperature\x18\x04 \x01(\x01\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x05\x12\x11\n\tmodel_uri\x18\x08 \x01(\t\"\x88\x01\n\x0cJudgeRequest\x12.\n\rprobe_results\x18\x01 \x01(\x0b\x32\x17.looptool.v1.DatasetRef\x12\x15\n\routput_prefix\x18\x02 \x01(\t\x12\r\n\x05votes\x18\x03 \x01(\x05\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\r\n\x05round\x18\x05 \x01(\x05\"\x12\n\x10ModelInfoRequest\"H\n\x11ModelInfoResponse\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x32\xc9\x03\n\x10InferenceService\x12G\n\x08Generate\x12\x1c.looptool.v1.GenerateRequest\x1a\x1d.looptool.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.looptool.v1.GenerateRequest\x1a\x1a.looptool.v1.GenerateChunk0\x01\x12T\n\rGenerateBatch\x12!.looptool.v1.GenerateBatchRequest\x1a\x1e.looptool.v1.GenerateBatchItem0\x01\x12=\n\x05Probe\x12\x19.looptool.v1.ProbeRequest\x1a\x17.looptool.v1.StageEvent0\x01\x12=\n\x05Judge\x12\x19.looptool.v1.JudgeRequest\x1a\x17.looptool.v1.StageEvent0\x01\x12J\n\tModelInfo\x12\x1d.looptool.v1.ModelInfoRequest\x1a\x1e.looptool.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'looptool.v1.inference_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=71
-  _globals['_GENERATEREQUEST']._serialized_end=227
-  _globals['_COMPLETION']._serialized_start=230
-  _globals['_COMPLETION']._serialized_end=365
-  _globals['_USAGE']._serialized_start=367
-  _globals['_USAGE']._serialized_end=424
-  _globals['_GENERATERESPONSE']._serialized_start=426
-  _globals['_GENERATERESPONSE']._serialized_end=540
-  _globals['_GENERATECHUNK']._serialized_start=543
-  _globals['_GENERATECHUNK']._serialized_end=672
-  _globals['_GENERATEBATCHREQUEST']._serialized_start=674
-  _globals['_GENERATEBATCHREQUEST']._serialized_end=744
-  _globals['_GENERATEBATCHITEM']._serialized_start=746
-  _globals['_GENERATEBATCHITEM']._serialized_end=864
-  _globals['_PROBEREQUEST']._serialized_start=867
-  _globals['_PROBEREQUEST']._serialized_end=1034
-  _globals['_JUDGEREQUEST']._serialized_start=1037
-  _globals['_JUDGEREQUEST']._serialized_end=1173
-  _globals['_MODELINFOREQUEST']._serialized_start=1175
-  _globals['_MODELINFOREQUEST']._serialized_end=1193
-  _globals['_MODELINFORESPONSE']._serialized_start=1195
-  _globals['_MODELINFORESPONSE']._serialized_end=1267
-  _globals['_INFERENCESERVICE']._serialized_start=1270
-  _globals['_INFERENCESERVICE']._serialized_end=1727
+  _globals['_GENERATEREQUEST']._serialized_end=242
+  _globals['_COMPLETION']._serialized_start=245
+  _globals['_COMPLETION']._serialized_end=380
+  _globals['_USAGE']._serialized_start=382
+  _globals['_USAGE']._serialized_end=439
+  _globals['_GENERATERESPONSE']._serialized_start=441
+  _globals['_GENERATERESPONSE']._serialized_end=555
+  _globals['_GENERATECHUNK']._serialized_start=558
+  _globals['_GENERATECHUNK']._serialized_end=687
+  _globals['_GENERATEBATCHREQUEST']._serialized_start=689
+  _globals['_GENERATEBATCHREQUEST']._serialized_end=759
+  _globals['_GENERATEBATCHITEM']._serialized_start=761
+  _globals['_GENERATEBATCHITEM']._serialized_end=879
+  _globals['_PROBEREQUEST']._serialized_start=882
+  _globals['_PROBEREQUEST']._serialized_end=1068
+  _globals['_JUDGEREQUEST']._serialized_start=1071
+  _globals['_JUDGEREQUEST']._serialized_end=1207
+  _globals['_MODELINFOREQUEST']._serialized_start=1209
+  _globals['_MODELINFOREQUEST']._serialized_end=1227
+  _globals['_MODELINFORESPONSE']._serialized_start=1229
+  _globals['_MODELINFORESPONSE']._serialized_end=1301
+  _globals['_INFERENCESERVICE']._serialized_start=1304
+  _globals['_INFERENCESERVICE']._serialized_end=1761
 # @@protoc_insertion_point(module_scope)

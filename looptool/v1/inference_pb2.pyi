@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("messages", "tools", "params", "request_id")
+    __slots__ = ("messages", "tools", "params", "request_id", "model")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
     tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
     params: _common_pb2.SamplingParams
     request_id: str
-    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("text", "tool_calls", "parse_error", "finish_reason", "mean_logprob")
@@ -80,7 +82,7 @@ class GenerateBatchItem(_message.Message):
     def __init__(self, index: _Optional[int] = ..., response: _Optional[_Union[GenerateResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
-    __slots__ = ("dataset", "output_prefix", "k", "temperature", "max_tokens", "config_json", "round")
+    __slots__ = ("dataset", "output_prefix", "k", "temperature", "max_tokens", "config_json", "round", "model_uri")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,7 @@ class ProbeRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_URI_FIELD_NUMBER: _ClassVar[int]
     dataset: _common_pb2.DatasetRef
     output_prefix: str
     k: int
@@ -95,7 +98,8 @@ class ProbeRequest(_message.Message):
     max_tokens: int
     config_json: str
     round: int
-    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., k: _Optional[int] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    model_uri: str
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., k: _Optional[int] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ..., model_uri: _Optional[str] = ...) -> None: ...
 
 class JudgeRequest(_message.Message):
     __slots__ = ("probe_results", "output_prefix", "votes", "config_json", "round")

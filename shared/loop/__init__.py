@@ -1,0 +1,1 @@
+"""The closed loop: the LoopRound manifest, the round state machine, and the stages that drive it."""

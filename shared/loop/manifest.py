@@ -1,0 +1,269 @@
+"""The ``LoopRound`` manifest: the YAML a user ``kubectl apply``s, also what ``looptool run`` reads.
+
+``apiVersion: looptool.io/v1alpha1``, ``kind: LoopRound``, ``metadata``, ``spec``. The CRD's OpenAPI
+schema is generated from these models (``crd_schema()``), so the operator, the local runner and the
+chart validate the same thing. Field names are camelCase, as Kubernetes users expect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+API_VERSION = "looptool.io/v1alpha1"
+GROUP = "looptool.io"
+VERSION = "v1alpha1"
+KIND = "LoopRound"
+PLURAL = "looprounds"
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelRef(Spec):
+    uri: str = Field("", description="Model directory URI (file://, s3://) or local path; empty with builtin set")
+    builtin: Literal["", "tiny"] = Field("", description="'tiny': build a small model from scratch (CPU demo)")
+    tinyHiddenSize: int = Field(128, ge=16)
+    tinyLayers: int = Field(4, ge=1)
+    tinyVocabSize: int = Field(2048, ge=300)
+
+    @model_validator(mode="after")
+    def _one(self) -> "ModelRef":
+        if not self.uri and not self.builtin:
+            raise ValueError("set baseModel.uri (a model directory) or baseModel.builtin ('tiny')")
+        return self
+
+
+class BfclToolsetSource(Spec):
+    category: str = Field("simple_python", description="BFCL category whose function docs form the toolset")
+    limit: int = Field(0, ge=0, description="use at most this many functions (0 = all)")
+    names: list[str] = Field(default_factory=list, description="only these function names")
+    offset: int = Field(0, ge=0)
+
+
+class ToolsetRef(Spec):
+    uri: str = Field("", description="a committed toolset dataset")
+    file: str = Field("", description="a JSON file of OpenAI function/tool definitions")
+    bfcl: BfclToolsetSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "ToolsetRef":
+        if sum(bool(x) for x in (self.uri, self.file, self.bfcl)) != 1:
+            raise ValueError("set exactly one of toolset.uri, toolset.file or toolset.bfcl")
+        return self
+
+
+class DatasetRefs(Spec):
+    seed: str = Field("", description="extra seed samples dataset URI added to this round's training data")
+    heldout: str = Field("", description="held-out samples dataset URI (default: split from synthesis)")
+
+
+class SynthesisSpec(Spec):
+    numDialogues: int = Field(200, ge=0)
+    concurrency: int = Field(4, ge=1)
+    seed: int = 0
+    agents: Literal["programmatic", "llm"] = Field(
+        "programmatic", description="llm: Planner/User/Assistant/Tool are LLM agents; programmatic: schema-driven agents"
+    )
+    heldoutFraction: float = Field(0.2, ge=0, lt=1)
+    labelNoise: float = Field(0.0, ge=0, le=1, description="fraction of training labels corrupted on purpose (JGLV demo)")
+    toolsPerSample: int = Field(3, ge=1, description="tools shown per sample (target + distractors)")
+
+
+class TrainingSpec(Spec):
+    backend: Literal["cpu", "verl"] = "cpu"
+    sftWarmStart: bool = Field(True, description="supervised warm start on reference calls before GRPO")
+    sftEpochs: float = Field(3.0, ge=0)
+    sftLearningRate: float = Field(3e-3, gt=0)
+    grpoSteps: int = Field(20, ge=0)
+    groupSize: int = Field(4, ge=2, description="rollouts per prompt (GRPO group)")
+    promptsPerStep: int = Field(4, ge=1)
+    learningRate: float = Field(1e-4, gt=0)
+    klCoef: float = Field(0.0, ge=0)
+    clipLow: float = Field(0.2, ge=0)
+    clipHigh: float = Field(0.28, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    maxPromptTokens: int = Field(1024, ge=16)
+    maxResponseTokens: int = Field(96, ge=8)
+    epochs: int = Field(1, ge=1)
+    seed: int = 0
+    gpus: int = Field(0, ge=0, description="GPUs per training Job (verl)")
+    nnodes: int = Field(1, ge=1)
+
+
+class ProbeSpec(Spec):
+    k: int = Field(0, ge=0, description="extra sampled attempts per sample (borderline detection)")
+    temperature: float = Field(0.7, ge=0)
+    maxTokens: int = Field(96, ge=8)
+    highPerplexity: float = Field(1.5, ge=1, description="correct greedy answers above this perplexity stay as borderline")
+
+
+class JudgeSpec(Spec):
+    backend: Literal["llm", "grounding"] = Field(
+        "llm", description="llm: a judge model; grounding: rule-based check of values against the context"
+    )
+    votes: int = Field(1, ge=1)
+    unclearPolicy: Literal["drop", "keep"] = "keep"
+    model: str = Field("", description="judge model URI/name (default: the inference server's model)")
+
+
+class ExpandSpec(Spec):
+    factor: int = Field(4, ge=0)
+    filterMastered: bool = False
+    generator: Literal["programmatic", "llm"] = "programmatic"
+    seed: int = 0
+
+
+class ComposeSpec(Spec):
+    dropMastered: bool = Field(True, description="drop samples mastered at high confidence from the next round")
+    freshSeedFraction: float = Field(1.0, ge=0, description="fresh synthesized samples added, relative to the kept set")
+
+
+class EvalSpec(Spec):
+    bfclCategories: list[str] = Field(default_factory=list)
+    bfclLimit: int = Field(0, ge=0, description="entries per category (0 = all)")
+    heldout: bool = True
+    maxTokens: int = Field(128, ge=8)
+
+
+class Resources(Spec):
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    trainerImage: str = ""
+    cpu: str = ""
+    memory: str = ""
+
+
+class LoopRoundSpec(Spec):
+    round: int = Field(1, ge=1)
+    previousRound: str = Field("", description="name of the LoopRound this one continues from")
+    baseModel: ModelRef | None = None
+    toolset: ToolsetRef
+    datasets: DatasetRefs = Field(default_factory=DatasetRefs)
+    synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    expand: ExpandSpec = Field(default_factory=ExpandSpec)
+    compose: ComposeSpec = Field(default_factory=ComposeSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    resources: Resources = Field(default_factory=Resources)
+    storage: str = Field("", description="base URI for this round's outputs (default: the configured storage)")
+
+    @model_validator(mode="after")
+    def _model_source(self) -> "LoopRoundSpec":
+        if self.baseModel is None and not self.previousRound:
+            raise ValueError("set spec.baseModel, or spec.previousRound to continue from a finished round")
+        t = self.training
+        if t.backend == "verl" and t.gpus < 1:
+            raise ValueError("spec.training.gpus must be >= 1 for the verl backend")
+        return self
+
+
+class Metadata(Spec):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = "default"
+
+
+class LoopRound(Spec):
+    apiVersion: Literal["looptool.io/v1alpha1"] = API_VERSION
+    kind: Literal["LoopRound"] = KIND
+    metadata: Metadata
+    spec: LoopRoundSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class ManifestError(ValueError):
+    """The manifest is invalid; one line per problem, each naming the field."""
+
+
+def _fmt(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown field; remove it or check its spelling" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{source}: field '{loc}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_round(obj: Any, source: str = "manifest") -> LoopRound:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{source}: expected a LoopRound mapping (apiVersion, kind, metadata, spec)")
+    try:
+        return LoopRound.model_validate(obj)
+    except ValidationError as exc:
+        raise ManifestError(_fmt(exc, source)) from None
+
+
+def load_manifests(path: str | Path) -> list[LoopRound]:
+    """Load one LoopRound, a YAML stream of them, or a ``kind: List`` — in chain order."""
+    p = Path(path)
+    try:
+        docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ManifestError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML") from None
+    items: list[Any] = []
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "List":
+            items.extend(d.get("items") or [])
+        else:
+            items.append(d)
+    if not items:
+        raise ManifestError(f"{path}: no LoopRound found")
+    rounds = [parse_round(obj, f"{path}[{i}]") for i, obj in enumerate(items)]
+    names = [r.name for r in rounds]
+    for i, r in enumerate(rounds):
+        prev = r.spec.previousRound
+        if prev and prev not in names[:i]:
+            raise ManifestError(
+                f"{path}[{i}]: field 'spec.previousRound': {prev!r} is not an earlier round in this file"
+            )
+    return rounds
+
+
+def crd_schema() -> dict[str, Any]:
+    """OpenAPI v3 schema of spec (structural: no $ref), for the CRD."""
+    schema = LoopRoundSpec.model_json_schema(ref_template="#/$defs/{model}")
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                target = inline(dict(defs[node["$ref"].split("/")[-1]]))
+                extra = {k: v for k, v in node.items() if k != "$ref"}
+                return {**target, **inline(extra)}
+            if "anyOf" in node:
+                options = [o for o in node["anyOf"] if o.get("type") != "null"]
+                if len(options) == 1:
+                    rest = {k: v for k, v in node.items() if k != "anyOf"}
+                    merged = {**inline(options[0]), **inline(rest)}
+                    merged["nullable"] = True
+                    return merged
+            out = {}
+            for k, v in node.items():
+                if k in ("title",):
+                    continue
+                if k == "const":
+                    out["enum"] = [v]
+                    continue
+                out[k] = inline(v)
+            if out.get("type") == "object" and "properties" in out:
+                out.pop("additionalProperties", None)
+            return out
+        if isinstance(node, list):
+            return [inline(x) for x in node]
+        return node
+
+    return inline(schema)
