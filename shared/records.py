@@ -84,7 +84,7 @@ class LineageEvent(Record):
     action: str  # created | probed | relabelled | expanded | dropped | kept | corrupted
     reason: str = ""
     parent_id: str = ""
-    at: str = Field(default_factory=utcnow)
+    at: str = ""  # optional wall-clock time; empty by default so content hashes stay reproducible
 
 
 class Sample(Record):

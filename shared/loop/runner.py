@@ -1,0 +1,210 @@
+"""The local runner: a chain of LoopRounds on one machine.
+
+Starts the five gRPC services as local processes on loopback, uses local storage (or the configured
+S3), drives the shared state machine with a progress bar per stage, and persists each round's status
+after every stage so that running the same command again resumes where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from looptool.shared.config import LoopToolConfig
+from looptool.shared.grpc_util import wait_healthy
+from looptool.shared.logs import get_logger
+from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.stages import StageContext, StageError, run_data_stage, stage_train
+from looptool.shared.loop.state import (
+    STAGE_OF,
+    TERMINAL,
+    Phase,
+    RoundStatus,
+    begin,
+    fail,
+    finish_stage,
+    start_stage,
+)
+from looptool.shared.records import Progress, canonical_json
+from looptool.shared.storage import split_uri
+from looptool.shared.storage.base import NotFound
+
+log = get_logger("looptool.runner")
+SERVICES = ("inference", "toolsim", "synthesizer", "expander", "trainer")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class LocalServices:
+    """The five services as child processes on loopback (they die with the runner)."""
+
+    config: LoopToolConfig
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 120.0) -> dict[str, str]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: _free_port() for name in SERVICES}
+        env = dict(os.environ)
+        env.update(self.env)
+        for name, port in ports.items():
+            env[f"LOOPTOOL_SERVICES__{name.upper()}__PORT"] = str(port)
+            env[f"LOOPTOOL_SERVICES__{name.upper()}__HOST"] = "127.0.0.1"
+            env.setdefault(f"LOOPTOOL_SERVICES__{name.upper()}__METRICS_PORT", "0")
+        storage = self.config.storage
+        env["LOOPTOOL_STORAGE__BACKEND"] = storage.backend
+        env["LOOPTOOL_STORAGE__ROOT"] = str(Path(storage.root).resolve())
+        for name in SERVICES:
+            logf = open(self.log_dir / f"{name}.log", "ab")
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "looptool.cli", "serve", name],
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            self.addresses[name] = f"127.0.0.1:{ports[name]}"
+        deadline = time.monotonic() + timeout
+        for name in SERVICES:
+            proc = self.procs[name]
+            while True:
+                if proc.poll() is not None:
+                    tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                    raise StageError("ServiceFailed", f"the {name} service exited with code {proc.returncode}:\n{tail}")
+                try:
+                    wait_healthy(self.addresses[name], timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise StageError("ServiceFailed", f"the {name} service did not become healthy in {timeout:.0f}s")
+        return self.addresses
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+    def __enter__(self) -> "LocalServices":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class StatusStore:
+    """Round status persisted (atomically) beside the round's outputs."""
+
+    def __init__(self, base_uri: str, s3=None):
+        self.base_uri, self.s3 = base_uri.rstrip("/"), s3
+
+    def _key(self, name: str):
+        store, key = split_uri(f"{self.base_uri}/runs/{name}/status.json", self.s3)
+        return store, key
+
+    def load(self, name: str) -> tuple[RoundStatus | None, str]:
+        store, key = self._key(name)
+        try:
+            raw = json.loads(store.get_bytes(key))
+        except NotFound:
+            return None, ""
+        return RoundStatus.model_validate(raw["status"]), raw.get("spec_hash", "")
+
+    def save(self, name: str, status: RoundStatus, spec_hash: str) -> None:
+        store, key = self._key(name)
+        store.put_bytes(key, json.dumps({"spec_hash": spec_hash, "status": status.to_k8s()}, indent=1).encode())
+
+
+def spec_hash(r: LoopRound) -> str:
+    import hashlib
+
+    return hashlib.sha256(canonical_json(r.spec.model_dump(mode="json")).encode()).hexdigest()[:16]
+
+
+ProgressUI = Callable[[str, Progress | None], None]
+
+
+def drive_round(
+    r: LoopRound,
+    ctx: StageContext,
+    statuses: StatusStore,
+    ui: ProgressUI,
+    stop_after: Phase | None = None,
+) -> RoundStatus:
+    """Drive one round through the state machine, saving status after every stage."""
+    status, saved_hash = statuses.load(r.name)
+    h = spec_hash(r)
+    if status is None or saved_hash != h:
+        # New round, or the spec changed: start over; stage outputs keyed by inputs are reused.
+        status = RoundStatus(observedGeneration=1 if status is None else status.observedGeneration + 1)
+    if status.phase == Phase.FAILED:
+        # Retry: resume at the first stage that did not finish; finished outputs are kept.
+        log.info("retrying failed round", extra={"round": r.name, "reason": status.reason})
+        status.phase = next((p for p, stage in STAGE_OF.items() if status.stage(stage).state != "Done"), Phase.EVALUATING)
+        status.stage(STAGE_OF[status.phase]).state = "Pending"
+        status.reason = status.message = ""
+    begin(status)
+    statuses.save(r.name, status, h)
+    while status.phase not in TERMINAL:
+        phase = status.phase
+        stage = STAGE_OF[phase]
+        st = start_stage(status, stage)
+        statuses.save(r.name, status, h)
+        ui(stage, None)
+
+        def on_progress(p: Progress, _st=st, _stage=stage) -> None:
+            _st.done, _st.total = p.done, p.total
+            status.progress = f"{_stage} {p.done}/{p.total}"
+            ui(_stage, p)
+
+        try:
+            if phase == Phase.TRAINING:
+                stage_train(ctx, status, on_progress)
+            else:
+                run_data_stage(phase, ctx, status, on_progress)
+        except StageError as exc:
+            fail(status, exc.reason, exc.message)
+            statuses.save(r.name, status, h)
+            ui(stage, Progress(stage=stage, message=f"FAILED: {exc.message}"))
+            return status
+        except Exception as exc:  # a bug or an unexpected failure: keep outputs, record why
+            log.exception("stage crashed", extra={"round": r.name, "stage": stage})
+            fail(status, f"{stage.capitalize()}Error", f"{type(exc).__name__}: {exc}")
+            statuses.save(r.name, status, h)
+            ui(stage, Progress(stage=stage, message=f"FAILED: {exc}"))
+            return status
+        finish_stage(status, stage)
+        statuses.save(r.name, status, h)
+        ui(stage, Progress(stage=stage, message="done"))
+        if stop_after is not None and phase == stop_after:
+            break
+    return status

@@ -1,0 +1,499 @@
+"""The data stages of a round, driven through the gRPC services.
+
+Shared by the local runner and the Kubernetes operator: both call ``run_data_stage`` for a phase and
+``training_request`` / ``record_training_result`` around the training run (a local process or a
+Kubernetes Job). Every stage's output location is derived from its inputs and settings, so a
+restarted round reuses finished outputs and services resume unfinished ones without duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import grpc
+
+from looptool.shared.config import LoopToolConfig
+from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.state import STAGE_OF, Phase, RoundStatus, StageStatus
+from looptool.shared.proto_convert import dataset_to_pb, stage_event_from_pb
+from looptool.shared.records import (
+    DatasetRef,
+    ErrorInfo,
+    Progress,
+    Sample,
+    StageResult,
+    Tool,
+    canonical_json,
+)
+from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
+
+ProgressFn = Callable[[Progress], None]
+
+
+class StageError(RuntimeError):
+    """A stage failed; ``reason`` is a CamelCase Kubernetes-style reason."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason, self.message = reason, message
+        super().__init__(f"{reason}: {message}")
+
+
+@dataclass
+class StageContext:
+    round: LoopRound
+    config: LoopToolConfig
+    addresses: dict[str, str]  # service name → host:port
+    base_uri: str  # storage base, e.g. file:///abs/store or s3://bucket
+    previous: RoundStatus | None = None
+    rpc_timeout_s: float = 6 * 3600
+    item_errors: list[ErrorInfo] = field(default_factory=list)
+
+    @property
+    def spec(self):
+        return self.round.spec
+
+    def out(self, name: str) -> str:
+        return f"{self.base_uri.rstrip('/')}/runs/{self.round.name}/{name}"
+
+    def channel(self, service: str) -> grpc.Channel:
+        from looptool.shared.grpc_util import channel
+
+        if service not in self.addresses:
+            raise StageError("ServiceUnavailable", f"no address configured for the {service} service")
+        return channel(self.addresses[service])
+
+
+def key_of(*parts: Any) -> str:
+    """Short stable hash of a stage's inputs and settings (its output key)."""
+    payload = canonical_json([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def consume(stream: Iterable[Any], stage: str, on_progress: ProgressFn, ctx: StageContext) -> StageResult:
+    """Drain a StageEvent stream: forward progress, collect per-item errors, return the result."""
+    result: StageResult | None = None
+    try:
+        for ev in stream:
+            value = stage_event_from_pb(ev) if not isinstance(ev, (Progress, ErrorInfo, StageResult)) else ev
+            if isinstance(value, Progress):
+                on_progress(value)
+            elif isinstance(value, ErrorInfo):
+                ctx.item_errors.append(value)
+            else:
+                result = value
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        raise StageError(f"{stage.capitalize()}Failed", f"{stage} service: {code}: {details}") from None
+    if result is None:
+        raise StageError(f"{stage.capitalize()}Failed", f"{stage} service ended without a result")
+    return result
+
+
+def _record(st: StageStatus, result: StageResult, names: list[str]) -> None:
+    for name, ref in zip(names, result.outputs):
+        st.outputs[name] = ref
+    st.counts.update(result.counts)
+    st.metrics.update(result.metrics)
+
+
+def _ref(st: StageStatus, name: str) -> DatasetRef:
+    ref = st.outputs.get(name)
+    if ref is None:
+        raise StageError("MissingInput", f"stage output {name!r} is missing; the earlier stage did not finish")
+    return ref
+
+
+def existing(ctx: StageContext, uri: str) -> DatasetRef | None:
+    """The committed dataset at ``uri``, if a previous attempt already finished it."""
+    store, key = split_uri(uri, ctx.config.storage.s3)
+    if dataset_exists(store, key):
+        return open_dataset(uri, ctx.config.storage.s3).ref
+    return None
+
+
+# ----------------------------------------------------------------------------- toolset
+
+
+def resolve_toolset(ctx: StageContext) -> list[Tool]:
+    """The round's tools from spec.toolset (BFCL category, OpenAI JSON file, or a committed dataset)."""
+    from looptool.shared import toolsets
+
+    ts = ctx.spec.toolset
+    try:
+        if ts.uri:
+            tools = list(open_dataset(ts.uri, ctx.config.storage.s3).iter(Tool))
+            report = None
+        elif ts.file:
+            tools, report = toolsets.import_file(ts.file)
+        else:
+            assert ts.bfcl is not None
+            tools, report = toolsets.import_bfcl(ts.bfcl.category)
+            if ts.bfcl.names:
+                wanted = set(ts.bfcl.names)
+                tools = [t for t in tools if t.name in wanted]
+            tools = tools[ts.bfcl.offset :]
+            if ts.bfcl.limit:
+                tools = tools[: ts.bfcl.limit]
+    except (OSError, ValueError) as exc:
+        raise StageError("InvalidToolset", f"spec.toolset: {exc}") from None
+    if report is not None:
+        for err in getattr(report, "errors", []):
+            ctx.item_errors.append(ErrorInfo(code="INVALID_TOOL", message=str(err)))
+    if not tools:
+        raise StageError("InvalidToolset", "spec.toolset: no usable tools (all were invalid or filtered out)")
+    return tools
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+
+def _samples_dataset(ctx: StageContext, name: str, samples: Iterable[Sample], kind: str = "samples") -> DatasetRef:
+    uri = ctx.out(name)
+    store, key = split_uri(uri, ctx.config.storage.s3)
+    if dataset_exists(store, key):
+        return open_dataset(uri, ctx.config.storage.s3).ref
+    w = writer_for_uri(uri, ctx.config.storage.s3, kind=kind)
+    w.write_many(samples)
+    return w.commit()
+
+
+def _verl_dataset(ctx: StageContext, name: str, samples: list[Sample]) -> DatasetRef:
+    from looptool.shared.verl_format import sample_to_verl_row
+
+    uri = ctx.out(name)
+    store, key = split_uri(uri, ctx.config.storage.s3)
+    if dataset_exists(store, key):
+        return open_dataset(uri, ctx.config.storage.s3).ref
+    w = writer_for_uri(uri, ctx.config.storage.s3, kind="verl", fmt="parquet")
+    w.write_many(sample_to_verl_row(s, "train", i) for i, s in enumerate(samples))
+    return w.commit()
+
+
+def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    from looptool.shared.conversion import dialogs_to_samples, split_heldout
+    from looptool.shared.noise import inject_label_noise
+    from looptool.shared.records import Dialog
+    from looptool.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+    st = status.stage("synthesize")
+    spec = ctx.spec.synthesis
+    tools = resolve_toolset(ctx)
+    st.counts["tools"] = len(tools)
+    tool_key = key_of([t.model_dump() for t in tools])
+    toolset_ref = _samples_dataset(ctx, f"toolset-{tool_key}", tools, kind="tools")
+    st.outputs["toolset"] = toolset_ref
+
+    # Fresh dialogues: the seed depends on the round so chained rounds get new data.
+    seed = spec.seed * 1000 + ctx.spec.round
+    syn_key = key_of(tool_key, spec, seed)
+    if spec.numDialogues > 0:
+        done = existing(ctx, ctx.out(f"dialogs-{syn_key}"))
+        if done is not None:
+            st.outputs["dialogs"] = done
+        else:
+            req = synthesizer_pb2.SynthesizeRequest(
+                toolset=dataset_to_pb(toolset_ref),
+                num_dialogues=spec.numDialogues,
+                concurrency=spec.concurrency,
+                seed=seed,
+                output_prefix=ctx.out(f"dialogs-{syn_key}"),
+                config_json=spec.model_dump_json(),
+                round=ctx.spec.round,
+            )
+            with ctx.channel("synthesizer") as ch:
+                stub = synthesizer_pb2_grpc.DialogueSynthesizerStub(ch)
+                result = _consume_synthesis(stub.Synthesize(req, timeout=ctx.rpc_timeout_s), on_progress, ctx)
+            _record(st, result, ["dialogs"])
+        dialogs = list(open_dataset(_ref(st, "dialogs"), ctx.config.storage.s3).iter(Dialog))
+        samples = dialogs_to_samples(dialogs, round=ctx.spec.round)
+    else:
+        samples = []
+    st.counts["fresh_samples"] = len(samples)
+
+    # Held-out split: fixed by the first round of a chain, reused by later rounds.
+    prev_heldout = None
+    if ctx.previous is not None:
+        prev_heldout = ctx.previous.stages.get("synthesize", StageStatus()).outputs.get("heldout")
+    if ctx.spec.datasets.heldout:
+        heldout_ref = open_dataset(ctx.spec.datasets.heldout, ctx.config.storage.s3).ref
+        heldout_ids = {s.id for s in open_dataset(heldout_ref, ctx.config.storage.s3).iter(Sample)}
+        train = [s for s in samples if s.id not in heldout_ids]
+    elif prev_heldout is not None:
+        heldout_ref = prev_heldout
+        heldout_ids = {s.id for s in open_dataset(heldout_ref, ctx.config.storage.s3).iter(Sample)}
+        train = [s for s in samples if s.id not in heldout_ids]
+    else:
+        train, heldout = split_heldout(samples, spec.heldoutFraction)
+        heldout_ref = _samples_dataset(ctx, f"heldout-{syn_key}", heldout)
+    st.outputs["heldout"] = heldout_ref
+
+    # Label noise (JGLV demo): corrupt a known fraction of this round's fresh training labels.
+    if spec.labelNoise > 0 and train:
+        import random
+
+        train, corrupted = inject_label_noise(train, spec.labelNoise, random.Random(seed), ctx.spec.round)
+        st.counts["labels_corrupted"] = len(corrupted)
+    fresh_ref = _samples_dataset(ctx, f"fresh-{syn_key}", train)
+    st.outputs["fresh"] = fresh_ref
+
+    # Training set = previous round's composed dataset + fresh samples (+ user seed samples).
+    parts: list[Sample] = []
+    seen: set[str] = set()
+    sources: list[DatasetRef] = []
+    if ctx.previous is not None and ctx.previous.datasetUri:
+        sources.append(open_dataset(ctx.previous.datasetUri, ctx.config.storage.s3).ref)
+    if ctx.spec.datasets.seed:
+        sources.append(open_dataset(ctx.spec.datasets.seed, ctx.config.storage.s3).ref)
+    sources.append(fresh_ref)
+    for ref in sources:
+        for s in open_dataset(ref, ctx.config.storage.s3).iter(Sample):
+            if s.id not in seen:
+                seen.add(s.id)
+                parts.append(s)
+    train_key = key_of([r.content_hash for r in sources])
+    st.outputs["train"] = _samples_dataset(ctx, f"train-{train_key}", parts)
+    st.outputs["train_parquet"] = _verl_dataset(ctx, f"train-verl-{train_key}", parts)
+    st.counts["train_samples"] = len(parts)
+    st.counts["heldout_samples"] = heldout_ref.record_count
+    st.done = st.total = len(parts)
+
+
+def _consume_synthesis(stream, on_progress: ProgressFn, ctx: StageContext) -> StageResult:
+    from looptool.shared.proto_convert import error_from_pb, progress_from_pb, result_from_pb
+
+    result = None
+    try:
+        for ev in stream:
+            which = ev.WhichOneof("event")
+            if which == "progress":
+                on_progress(progress_from_pb(ev.progress))
+            elif which == "error":
+                ctx.item_errors.append(error_from_pb(ev.error))
+            elif which == "result":
+                result = result_from_pb(ev.result)
+    except grpc.RpcError as exc:
+        raise StageError("SynthesisFailed", f"synthesizer service: {exc.code().name}: {exc.details()}") from None
+    if result is None:
+        raise StageError("SynthesisFailed", "synthesizer ended without a result")
+    return result
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def base_model_uri(ctx: StageContext) -> str:
+    if ctx.spec.previousRound:
+        if ctx.previous is None or not ctx.previous.checkpointUri:
+            raise StageError(
+                "PreviousRoundNotReady", f"spec.previousRound {ctx.spec.previousRound!r} has no checkpoint yet"
+            )
+        return ctx.previous.checkpointUri
+    bm = ctx.spec.baseModel
+    assert bm is not None
+    if bm.builtin == "tiny":
+        return "builtin:tiny"
+    return bm.uri
+
+
+def training_request(ctx: StageContext, status: RoundStatus) -> dict[str, Any]:
+    """The JSON a trainer (local service or Kubernetes Job) runs with."""
+    syn = status.stage("synthesize")
+    data = _ref(syn, "train_parquet")
+    config = ctx.spec.training.model_dump(mode="json")
+    bm = ctx.spec.baseModel
+    if bm is not None and bm.builtin == "tiny":
+        config.update(
+            {k: getattr(bm, k) for k in ("tinyHiddenSize", "tinyLayers", "tinyVocabSize") if k in type(ctx.spec.training).model_fields}
+        )
+    base = base_model_uri(ctx)
+    key = key_of(data.content_hash, base, config)
+    return {
+        "run_id": f"{ctx.round.name}-{key}",
+        "dataset": data.model_dump(mode="json"),
+        "base_checkpoint_uri": base,
+        "output_prefix": ctx.out(f"train-{key}"),
+        "config": config,
+        "round": ctx.spec.round,
+    }
+
+
+def stage_train(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    """Train through the trainer service (the local runner's path; the operator runs a Job instead)."""
+    from looptool.shared.proto_convert import dataset_to_pb as to_pb
+    from looptool.v1 import trainer_pb2, trainer_pb2_grpc
+
+    st = status.stage("train")
+    req = training_request(ctx, status)
+    pb_req = trainer_pb2.TrainRequest(
+        run_id=req["run_id"],
+        dataset=to_pb(DatasetRef.model_validate(req["dataset"])),
+        base_checkpoint_uri=req["base_checkpoint_uri"],
+        output_prefix=req["output_prefix"],
+        config_json=json.dumps(req["config"]),
+        round=req["round"],
+    )
+    with ctx.channel("trainer") as ch:
+        stub = trainer_pb2_grpc.TrainerStub(ch)
+        result = consume(stub.Train(pb_req, timeout=ctx.rpc_timeout_s), "train", on_progress, ctx)
+    record_training_result(status, result)
+
+
+def record_training_result(status: RoundStatus, result: StageResult) -> None:
+    st = status.stage("train")
+    if not result.checkpoint_uri:
+        raise StageError("TrainingFailed", "trainer finished without a checkpoint")
+    st.checkpointUri = status.checkpointUri = result.checkpoint_uri
+    st.metrics.update(result.metrics)
+    st.counts.update(result.counts)
+
+
+# ----------------------------------------------------------------------------- probe / judge / expand
+
+
+def stage_probe(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    from looptool.v1 import inference_pb2, inference_pb2_grpc
+
+    st = status.stage("probe")
+    train = _ref(status.stage("synthesize"), "train")
+    spec = ctx.spec.probe
+    key = key_of(train.content_hash, status.checkpointUri, spec)
+    done = existing(ctx, ctx.out(f"probe-{key}"))
+    if done is not None:
+        st.outputs["probe_results"] = done
+        return
+    req = inference_pb2.ProbeRequest(
+        dataset=dataset_to_pb(train),
+        output_prefix=ctx.out(f"probe-{key}"),
+        k=spec.k,
+        temperature=spec.temperature,
+        max_tokens=spec.maxTokens,
+        config_json=spec.model_dump_json(),
+        round=ctx.spec.round,
+        model_uri=status.checkpointUri,
+    )
+    with ctx.channel("inference") as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        result = consume(stub.Probe(req, timeout=ctx.rpc_timeout_s), "probe", on_progress, ctx)
+    _record(st, result, ["probe_results"])
+
+
+def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    from looptool.v1 import inference_pb2, inference_pb2_grpc
+
+    st = status.stage("judge")
+    probe = _ref(status.stage("probe"), "probe_results")
+    spec = ctx.spec.judge
+    key = key_of(probe.content_hash, spec)
+    done = existing(ctx, ctx.out(f"judge-{key}"))
+    if done is not None:
+        st.outputs["verdicts"] = done
+        return
+    req = inference_pb2.JudgeRequest(
+        probe_results=dataset_to_pb(probe),
+        output_prefix=ctx.out(f"judge-{key}"),
+        votes=spec.votes,
+        config_json=spec.model_dump_json(),
+        round=ctx.spec.round,
+    )
+    address = "judge" if "judge" in ctx.addresses else "inference"
+    with ctx.channel(address) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        result = consume(stub.Judge(req, timeout=ctx.rpc_timeout_s), "judge", on_progress, ctx)
+    _record(st, result, ["verdicts"])
+
+
+def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    from looptool.shared.compose import compose_next_round
+    from looptool.v1 import expander_pb2, expander_pb2_grpc
+
+    st = status.stage("expand")
+    verdicts = _ref(status.stage("judge"), "verdicts")
+    probe = _ref(status.stage("probe"), "probe_results")
+    train = _ref(status.stage("synthesize"), "train")
+    spec = ctx.spec.expand
+    key = key_of(verdicts.content_hash, train.content_hash, spec)
+    done = existing(ctx, ctx.out(f"expand-{key}"))
+    if done is not None:
+        st.outputs["expansions"] = done
+    else:
+        req = expander_pb2.ExpandRequest(
+            verdicts=dataset_to_pb(verdicts),
+            corpus=dataset_to_pb(train),
+            output_prefix=ctx.out(f"expand-{key}"),
+            factor=spec.factor,
+            seed=spec.seed * 1000 + ctx.spec.round,
+            config_json=spec.model_dump_json(),
+            round=ctx.spec.round,
+        )
+        with ctx.channel("expander") as ch:
+            stub = expander_pb2_grpc.ExpanderStub(ch)
+            result = consume(stub.Expand(req, timeout=ctx.rpc_timeout_s), "expand", on_progress, ctx)
+        _record(st, result, ["expansions"])
+    expansions = _ref(st, "expansions")
+    next_key = key_of(probe.content_hash, verdicts.content_hash, expansions.content_hash, ctx.spec.compose)
+    next_ref = existing(ctx, ctx.out(f"next-{next_key}"))
+    if next_ref is None:
+        next_ref, counts = compose_next_round(
+            probe,
+            verdicts,
+            expansions,
+            None,
+            ctx.out(f"next-{next_key}"),
+            ctx.spec.compose,
+            ctx.spec.round,
+            ctx.spec.judge.unclearPolicy,
+        )
+        st.counts.update({f"next_{k}": int(v) for k, v in counts.items()})
+    st.outputs["next"] = next_ref
+    status.datasetUri = next_ref.uri
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    from looptool.shared.evaluation import GrpcGenerator, evaluate, noise_recovery_from_verdicts
+
+    st = status.stage("evaluate")
+    spec = ctx.spec.eval
+    heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
+    gen = GrpcGenerator(ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s)
+    report = evaluate(
+        gen,
+        heldout=heldout,
+        bfcl_categories=spec.bfclCategories,
+        bfcl_limit=spec.bfclLimit,
+        max_tokens=spec.maxTokens,
+        s3=ctx.config.storage.s3,
+        on_progress=on_progress,
+        bfcl_functions=[t.name for t in resolve_toolset(ctx)] if ctx.spec.toolset.bfcl else None,
+    )
+    status.accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
+    st.metrics.update({f"accuracy_{k}": v for k, v in report.accuracy.items()})
+    st.counts.update({f"n_{k}": v for k, v in report.counts.items()})
+    verdicts = status.stage("judge").outputs.get("verdicts")
+    fresh = status.stage("synthesize").outputs.get("fresh")
+    if ctx.spec.synthesis.labelNoise > 0 and verdicts is not None and fresh is not None:
+        rec = noise_recovery_from_verdicts(fresh, verdicts, ctx.config.storage.s3)
+        st.metrics.update({f"noise_{k}": float(v) for k, v in rec.items()})
+
+
+STAGES: dict[Phase, Callable[[StageContext, RoundStatus, ProgressFn], None]] = {
+    Phase.SYNTHESIZING: stage_synthesize,
+    Phase.PROBING: stage_probe,
+    Phase.VERIFYING: stage_judge,
+    Phase.EXPANDING: stage_expand,
+    Phase.EVALUATING: stage_evaluate,
+}
+
+
+def run_data_stage(phase: Phase, ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    """Run one data phase's work (everything except Training)."""
+    fn = STAGES.get(phase)
+    if fn is None:
+        raise StageError("NotADataStage", f"phase {phase.value} is not a data stage ({STAGE_OF.get(phase)})")
+    fn(ctx, status, on_progress)
