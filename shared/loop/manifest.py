@@ -74,6 +74,26 @@ class SynthesisSpec(Spec):
     toolsPerSample: int = Field(3, ge=1, description="tools shown per sample (target + distractors)")
 
 
+class VerlSpec(Spec):
+    """verl (backend: verl) batch/LR/length settings. Defaults: the paper's 8B recipe on 8 GPUs.
+    clipLow/clipHigh, klCoef, temperature, seed, gpus and nnodes come from ``training`` itself."""
+
+    trainBatchSize: int = Field(128, ge=1, description="prompts per step (data.train_batch_size)")
+    rolloutN: int = Field(16, ge=2, description="rollouts per prompt (actor_rollout_ref.rollout.n)")
+    learningRate: float = Field(1e-6, gt=0)
+    maxPromptLength: int = Field(4096, ge=16)
+    maxResponseLength: int = Field(1024, ge=8)
+    totalEpochs: int = Field(2, ge=1)
+    totalTrainingSteps: int = Field(0, ge=0, description="0 = epochs decide")
+    ppoMiniBatchSize: int = Field(32, ge=1, description="prompts per actor update (actor.ppo_mini_batch_size)")
+    ppoMicroBatchSizePerGpu: int = Field(4, ge=1)
+    logProbMicroBatchSizePerGpu: int = Field(8, ge=1)
+    tensorParallelSize: int = Field(2, ge=1, description="vLLM rollout tensor parallel size")
+    gpuMemoryUtilization: float = Field(0.6, gt=0, le=1)
+    saveFreq: int = Field(20, ge=1, description="verl checkpoint every N steps (the last step always saves)")
+    overrides: list[str] = Field(default_factory=list, description="extra Hydra overrides, e.g. 'trainer.logger=[console,wandb]'")
+
+
 class TrainingSpec(Spec):
     backend: Literal["cpu", "verl"] = "cpu"
     sftWarmStart: bool = Field(True, description="supervised warm start on reference calls before GRPO")
@@ -93,6 +113,23 @@ class TrainingSpec(Spec):
     seed: int = 0
     gpus: int = Field(0, ge=0, description="GPUs per training Job (verl)")
     nnodes: int = Field(1, ge=1)
+    # --- CPU trainer details (trainer service, issue 5); additive, defaults keep the old behaviour ---
+    sftBatchSize: int = Field(16, ge=1, description="SFT sequences per optimizer step")
+    microBatchSize: int = Field(
+        0, ge=0, description="sequences per forward/backward (gradient accumulation); 0 = the whole batch at once"
+    )
+    ppoEpochs: int = Field(1, ge=1, description="policy updates per rollout batch (CPU GRPO)")
+    ppoMiniBatches: int = Field(1, ge=1, description="mini-batches (optimizer steps) per rollout batch and epoch")
+    lrSchedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmupRatio: float = Field(0.05, ge=0, lt=1, description="share of optimizer steps spent warming the LR up")
+    weightDecay: float = Field(0.0, ge=0)
+    maxGradNorm: float = Field(1.0, gt=0)
+    checkpointEvery: int = Field(10, ge=0, description="save a resumable checkpoint every N steps (GRPO steps; SFT optimizer steps); 0 = at phase ends only")
+    rewardPartialCredit: bool = Field(False, description="reward partial credit for well-formed wrong calls (shared reward)")
+    tinyHiddenSize: int = Field(128, ge=16, description="builtin:tiny base model: hidden size")
+    tinyLayers: int = Field(4, ge=1, description="builtin:tiny base model: layers")
+    tinyVocabSize: int = Field(2048, ge=300, description="builtin:tiny base model: BPE vocabulary size")
+    verl: VerlSpec = Field(default_factory=VerlSpec, description="verl backend settings (GPU)")
 
 
 class ProbeSpec(Spec):
