@@ -7,6 +7,7 @@ Values are parsed as YAML scalars (``7001`` → int, ``true`` → bool).
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -113,21 +114,37 @@ def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
     d[path[-1]] = value
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def _env_items(environ: dict[str, str] | None) -> list[tuple[str, list[str], str]]:
+    """(variable, field path, raw value) for every ``LOOPTOOL_<SECTION>__...`` variable."""
     environ = dict(os.environ if environ is None else environ)
-    out: dict[str, Any] = {}
     sections = set(LoopToolConfig.model_fields)
-    for key, raw in environ.items():
+    out = []
+    for key, raw in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if path[0] not in sections:
+        if path[0] not in sections or any(not p for p in path):
             continue
+        out.append((key, path, raw))
+    return out
+
+
+def _env_value(raw: str) -> Any:
+    # Scalars stay strings and pydantic converts them to the field's type ("7001" -> 7001,
+    # "true" -> True), so a secret like "0123" or a bucket called "null" is not mangled by YAML.
+    # Flow collections ("[a, b]", "{k: v}") are parsed as YAML.
+    if raw.lstrip().startswith(("[", "{")):
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            return yaml.safe_load(raw)
         except yaml.YAMLError:
-            value = raw
-        _set_path(out, path, value)
+            return raw
+    return raw
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, path, raw in _env_items(environ):
+        _set_path(out, path, _env_value(raw))
     return out
 
 
@@ -138,39 +155,91 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section class at a field path (for suggesting field names)."""
+    model: Any = LoopToolConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def format_validation_error(exc: ValidationError, source: str, env_vars: dict[tuple[str, ...], str] | None = None) -> str:
+    """One line per problem: where it came from (file or environment variable), the field, the fix."""
     lines = []
+    env_vars = env_vars or {}
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling"
-        lines.append(f"{source}: field '{loc}': {msg}")
+            parent = _model_at(loc[:-1])
+            names = _field_names(parent) if parent else []
+            close = difflib.get_close_matches(loc[-1], names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else (f"known fields: {', '.join(names)}" if names else "")
+            msg = "unknown field; remove it or check its spelling" + (f" ({hint})" if hint else "")
+        elif (
+            "input" in err
+            and err["type"] != "missing"
+            and not isinstance(err["input"], (dict, list))
+            and not any(w in dotted.lower() for w in ("key", "secret", "token", "password"))  # never echo secrets
+        ):
+            shown = repr(err["input"])
+            msg = f"{msg} (got {shown[:80]})"
+        where = source
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in env_vars:
+                where = f"environment variable {env_vars[loc[:n]]}"
+                break
+        lines.append(f"{where}: field '{dotted}': {msg}")
     return "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> LoopToolConfig:
+    """Defaults, then the YAML file (if given), then ``LOOPTOOL_<SECTION>__<FIELD>`` variables.
+
+    Raises ConfigError with one line per problem, naming the file/line or variable and the field.
+    """
     data: dict[str, Any] = {}
     source = "config"
     if path:
         source = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found; pass an existing YAML file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory; pass a YAML file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; pass a YAML file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc}); check the path and permissions") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax there") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (storage, services, ...)")
         data = loaded
+    env_items = _env_items(environ)
+    env_vars = {tuple(p): key for key, p, _ in env_items}
     data = _merge(data, env_overrides(environ))
     try:
         return LoopToolConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, env_vars)) from None

@@ -52,7 +52,8 @@ def start_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=service_name),
         interceptors=[MetricsInterceptor(service_name)],
-        options=CHANNEL_OPTIONS,
+        # no SO_REUSEPORT: a second server on a busy port must fail, not silently share it
+        options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
     )
     names = register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -61,11 +62,21 @@ def start_server(
         health_servicer.set(n, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if bound == 0:
         raise OSError(f"{service_name}: cannot bind {host}:{port}; pick a free port (services.{service_name}.port)")
     server.start()
-    mport = serve_metrics(metrics_port) if metrics_port else 0
+    try:
+        mport = serve_metrics(metrics_port) if metrics_port else 0
+    except OSError as exc:
+        server.stop(0)
+        raise OSError(
+            f"{service_name}: cannot serve metrics on port {metrics_port} ({exc.strerror or exc}); "
+            f"pick a free port (services.{service_name}.metrics_port)"
+        ) from exc
     log.info("serving", extra={"service": service_name, "address": f"{host}:{bound}", "metrics_port": mport})
     return RunningServer(server=server, port=bound, health=health_servicer, metrics_port=mport)
 

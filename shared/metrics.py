@@ -73,6 +73,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             code = context.code() if hasattr(context, "code") else None
             return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
+        def _error_code(context) -> str:
+            # context.abort() sets the status before raising; any other exception is UNKNOWN to the client
+            code = _code(context)
+            return code if code != "OK" else "UNKNOWN"
+
         def wrap_unary(fn):
             def inner(request, context):
                 start = time.perf_counter()
@@ -81,7 +86,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 try:
                     return fn(request, context)
                 except Exception:
-                    code = "EXCEPTION"
+                    code = _error_code(context)
                     raise
                 finally:
                     inflight.labels(method).dec()
@@ -98,7 +103,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 try:
                     yield from fn(request, context)
                 except Exception:
-                    code = "EXCEPTION"
+                    code = _error_code(context)
                     raise
                 finally:
                     inflight.labels(method).dec()
@@ -114,5 +119,13 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
             )
         return handler

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,25 +49,52 @@ class ToolSchemaError(ValueError):
     """A tool definition is unusable; the message names the tool and the field."""
 
     def __init__(self, tool: str, field: str, problem: str):
+        problem = " ".join(str(problem).split())  # one line, whatever jsonschema said
+        if len(problem) > 300:
+            problem = problem[:297] + "..."
         self.tool, self.field, self.problem = tool, field, problem
-        super().__init__(f"tool {tool!r}: field {field!r}: {problem}")
+        super().__init__(f"tool {tool!r}: field {field!r}: {problem}; fix the tool definition")
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_VALUES = ("items", "additionalProperties", "additionalItems", "unevaluatedProperties", "unevaluatedItems",
+                  "contains", "propertyNames", "not", "if", "then", "else")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def _normalize_type(value: Any) -> Any:
+    """Map one ``type`` value; returns None when the type must be dropped (``any``)."""
+    if isinstance(value, str):
+        return _TYPE_ALIASES.get(value, value) if value in _TYPE_ALIASES else value
+    if isinstance(value, list):
+        mapped = [_TYPE_ALIASES.get(v, v) if isinstance(v, str) and v in _TYPE_ALIASES else v for v in value]
+        if any(m is None for m in mapped):
+            return None
+        out: list[Any] = []
+        for m in mapped:
+            if m not in out:
+                out.append(m)
+        return out
+    return value
 
 
 def normalize_schema(schema: Any) -> Any:
-    """Return a JSON Schema with Python-style type names mapped to JSON Schema names."""
+    """Return a JSON Schema with Python-style type names (BFCL's ``dict``, ``float``, ...) mapped to
+    JSON Schema names, recursively through every keyword that holds sub-schemas. ``any`` drops the
+    ``type`` constraint. The input is not modified."""
     if isinstance(schema, list):
         return [normalize_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "type" and isinstance(value, str) and value in _TYPE_ALIASES:
-            mapped = _TYPE_ALIASES[value]
+        if key == "type":
+            mapped = _normalize_type(value)
             if mapped is not None:
                 out[key] = mapped
-        elif key == "properties" and isinstance(value, dict):
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
             out[key] = {k: normalize_schema(v) for k, v in value.items()}
-        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not"):
+        elif key in _SCHEMA_VALUES or key in _SCHEMA_LISTS:
             out[key] = normalize_schema(value)
         else:
             out[key] = value
@@ -107,19 +137,59 @@ class CallIssue:
         return f"{self.field}: {self.message}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _validator_for(tool_name: str, schema_json: str) -> Draft202012Validator:
+    schema = normalize_schema(json.loads(schema_json))
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        raise ToolSchemaError(tool_name, f"parameters.{path}" if path else "parameters", exc.message) from None
+    return Draft202012Validator(schema)
+
+
+def _issues_for(err: jsonschema.ValidationError) -> list[CallIssue]:
+    path = ".".join(str(p) for p in err.absolute_path)
+    base = f"arguments.{path}" if path else "arguments"
+    if err.validator == "required" and isinstance(err.instance, dict):
+        # one error per missing property; name the property in the field
+        missing = [r for r in err.validator_value if r not in err.instance and repr(r) in err.message]
+        if missing:
+            return [CallIssue(f"{base}.{missing[0]}", "required argument is missing")]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        schema = err.schema if isinstance(err.schema, dict) else {}
+        known = set(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        extra = [k for k in err.instance if k not in known and not any(re.search(p, k) for p in patterns)]
+        if extra:
+            return [CallIssue(f"{base}.{k}", "unexpected argument: the tool does not define it") for k in extra]
+    return [CallIssue(base, err.message)]
+
+
 def validate_call(call: ToolCall, tools: list[Tool] | dict[str, Tool]) -> list[CallIssue]:
-    """Check a call against its tool's schema. Returns a list of issues (empty = valid)."""
+    """Check a call against its tool's schema. Returns a list of issues (empty = valid).
+
+    Each issue's ``field`` names the argument (``arguments.city``, ``arguments.dates.0``).
+    Top-level arguments the tool does not define are issues unless the tool's schema sets
+    ``additionalProperties`` itself: a model that invents a parameter made a wrong call.
+    A tool whose schema is not valid JSON Schema raises ToolSchemaError (the tool is at fault).
+    """
     by_name = tools if isinstance(tools, dict) else {t.name: t for t in tools}
     tool = by_name.get(call.name)
     if tool is None:
         return [CallIssue("name", f"unknown function {call.name!r}")]
-    schema = normalize_schema(tool.parameters)
-    validator = Draft202012Validator(schema)
-    issues = []
-    for err in sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.path)):
-        path = ".".join(str(p) for p in err.path)
-        issues.append(CallIssue(f"arguments.{path}" if path else "arguments", err.message))
-    return issues
+    params = tool.parameters if isinstance(tool.parameters, dict) else {}
+    if "additionalProperties" not in params and isinstance(params.get("properties"), dict):
+        params = {**params, "additionalProperties": False}
+    validator = _validator_for(tool.name, json.dumps(params, sort_keys=True, default=str))
+    issues: list[CallIssue] = []
+    try:
+        errors = sorted(validator.iter_errors(call.arguments), key=lambda e: [str(p) for p in e.absolute_path])
+    except Exception as exc:  # e.g. an unresolvable $ref: the schema, not the call, is broken
+        raise ToolSchemaError(tool.name, "parameters", f"cannot be evaluated ({exc.__class__.__name__}: {exc})") from None
+    for err in errors:
+        issues.extend(_issues_for(err))
+    return sorted(issues, key=lambda i: i.field)
 
 
 def is_valid_call(call: ToolCall, tools: list[Tool] | dict[str, Tool]) -> bool:

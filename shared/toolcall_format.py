@@ -5,11 +5,17 @@ one block per call. The parser is *strict* (a malformed block is an error, not a
 *total* (it never raises on any input string; errors come back as a typed value).
 
 Rules:
-- ``<think>...</think>`` reasoning is removed first; calls inside it never count.
+- ``<think>...</think>`` reasoning is removed first; calls inside it never count. An unclosed
+  ``<think>`` runs to the end; a ``</think>`` without an opening tag (templates that open the
+  block in the prompt) makes everything before it reasoning.
 - Every ``<tool_call>`` must be closed; the body must be one JSON object with a string
   ``name`` and an object ``arguments`` (a JSON string holding an object is accepted, as
   several chat templates emit it). No other keys are allowed.
 - Text outside the blocks is returned as ``text`` (whitespace-trimmed).
+- Any error (unclosed block, stray ``</tool_call>``, bad body) makes the whole turn invalid:
+  ``calls`` is empty and ``error`` names the problem and the block index.
+- The renderer writes tags that occur inside argument strings as JSON escapes (``<\\/tool_call>``,
+  ``\\u003cthink>``), so ``parse(render(calls))`` gives back exactly ``calls``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,17 @@ from looptool.shared.records import ToolCall
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
-_THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
-_BLOCK_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+_THINK_SPLIT_RE = re.compile(r"(<think>|</think>)")
+# Inside rendered JSON these tags are written with JSON escapes, so an argument that contains a
+# tag (e.g. a string "</tool_call>") still round-trips through parse(render(call)).
+_RENDER_ESCAPES = (
+    (TOOL_CALL_CLOSE, "<\\/tool_call>"),
+    (TOOL_CALL_OPEN, "\\u003ctool_call>"),
+    (THINK_CLOSE, "<\\/think>"),
+    (THINK_OPEN, "\\u003cthink>"),
+)
 
 
 class ParseErrorKind(str, Enum):
@@ -62,9 +77,41 @@ class ParsedOutput:
 
 
 def strip_reasoning(text: str) -> tuple[str, str]:
-    """Return (text without <think> blocks, the reasoning text)."""
-    reasoning = " ".join(m.group(0)[7:].removesuffix("</think>").strip() for m in _THINK_RE.finditer(text))
-    return _THINK_RE.sub("", text), reasoning
+    """Return (text without reasoning, the reasoning text).
+
+    ``<think>…</think>`` blocks are reasoning; an unclosed ``<think>`` runs to the end of the text.
+    A ``</think>`` with no opening tag (chat templates that put ``<think>`` in the prompt) makes
+    everything before it reasoning. Linear time.
+    """
+    if THINK_OPEN not in text and THINK_CLOSE not in text:
+        return text, ""
+    visible: list[str] = []
+    reasoning: list[str] = []
+    current: list[str] = []  # reasoning text of the block being read
+    depth = 0
+    for piece in _THINK_SPLIT_RE.split(text):
+        if piece == THINK_OPEN:
+            if depth:
+                current.append(piece)  # nested opening tag: part of the reasoning text
+            depth += 1
+        elif piece == THINK_CLOSE:
+            if depth == 0:  # orphan close: what came before was reasoning
+                reasoning.append("".join(visible).strip())
+                visible = []
+            else:
+                depth -= 1
+                if depth:
+                    current.append(piece)
+                else:
+                    reasoning.append("".join(current).strip())
+                    current = []
+        elif depth:
+            current.append(piece)
+        else:
+            visible.append(piece)
+    if depth:
+        reasoning.append("".join(current).strip())
+    return "".join(visible), " ".join(r for r in reasoning if r)
 
 
 def _parse_block(body: str, index: int) -> ToolCall | ParseError:
@@ -92,41 +139,50 @@ def _parse_block(body: str, index: int) -> ToolCall | ParseError:
 
 
 def parse_tool_calls(text: object) -> ParsedOutput:
-    """Parse model output into calls + remaining text. Never raises."""
+    """Parse model output into calls + remaining text. Never raises; linear in the input size.
+
+    On an error ``calls`` is empty (strict: a turn with one malformed block has no valid calls)
+    and ``error`` says what and which block.
+    """
     if not isinstance(text, str):
         return ParsedOutput(error=ParseError(ParseErrorKind.NOT_A_STRING, f"got {type(text).__name__}"))
     try:
         visible, reasoning = strip_reasoning(text)
+
+        def fail(err: ParseError) -> ParsedOutput:
+            return ParsedOutput(text=visible.strip(), reasoning=reasoning, error=err)
+
         calls: list[ToolCall] = []
-        for i, m in enumerate(_BLOCK_RE.finditer(visible)):
-            parsed = _parse_block(m.group(1).strip(), i)
+        rest: list[str] = []
+        pos = 0
+        while True:
+            start = visible.find(TOOL_CALL_OPEN, pos)
+            close = visible.find(TOOL_CALL_CLOSE, pos)
+            if close != -1 and (start == -1 or close < start):
+                return fail(ParseError(ParseErrorKind.STRAY_CLOSE, "</tool_call> without an opening tag", len(calls)))
+            if start == -1:
+                rest.append(visible[pos:])
+                break
+            rest.append(visible[pos:start])
+            body_start = start + len(TOOL_CALL_OPEN)
+            end = visible.find(TOOL_CALL_CLOSE, body_start)
+            if end == -1:
+                return fail(ParseError(ParseErrorKind.UNCLOSED_BLOCK, "a <tool_call> block is not closed", len(calls)))
+            parsed = _parse_block(visible[body_start:end].strip(), len(calls))
             if isinstance(parsed, ParseError):
-                return ParsedOutput(text=visible.strip(), reasoning=reasoning, error=parsed)
+                return fail(parsed)
             calls.append(parsed)
-        rest = _BLOCK_RE.sub("", visible)
-        if TOOL_CALL_OPEN in rest:
-            return ParsedOutput(
-                calls=calls,
-                text=rest.strip(),
-                reasoning=reasoning,
-                error=ParseError(ParseErrorKind.UNCLOSED_BLOCK, "a <tool_call> block is not closed", len(calls)),
-            )
-        if TOOL_CALL_CLOSE in rest:
-            return ParsedOutput(
-                calls=calls,
-                text=rest.strip(),
-                reasoning=reasoning,
-                error=ParseError(ParseErrorKind.STRAY_CLOSE, "</tool_call> without an opening tag"),
-            )
-        return ParsedOutput(calls=calls, text=rest.strip(), reasoning=reasoning)
+            pos = end + len(TOOL_CALL_CLOSE)
+        return ParsedOutput(calls=calls, text="".join(rest).strip(), reasoning=reasoning)
     except Exception as exc:  # totality: any unforeseen failure is still a typed error
         return ParsedOutput(error=ParseError(ParseErrorKind.INVALID_JSON, f"unparseable output: {exc!r}"))
 
 
 def render_tool_call(call: ToolCall) -> str:
     body = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+    for tag, escaped in _RENDER_ESCAPES:
+        body = body.replace(tag, escaped)
     return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
-
 
 def render_tool_calls(calls: list[ToolCall], text: str = "") -> str:
     """Render calls as the model should emit them: one block per call, newline-joined."""

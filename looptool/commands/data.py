@@ -26,8 +26,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
 
 
+def _abort_quietly(writer) -> None:
+    try:
+        writer.abort()
+    except Exception:  # keep the original error; leftovers are invisible without a manifest
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
-    from looptool.shared.storage import open_dataset, writer_for_uri
+    from looptool.shared.storage import StorageError, open_dataset, writer_for_uri
 
     s3 = args.cfg.storage.s3
     if args.action == "show":
@@ -45,16 +52,27 @@ def run(args: argparse.Namespace) -> int:
         src = open_dataset(args.src, s3)
         fmt = args.format or src.manifest["format"]
         w = writer_for_uri(args.dst, s3, kind=src.manifest["kind"], fmt=fmt, meta=src.manifest.get("meta", {}))
-        w.write_many(src.iter_dicts())
-        ref = w.commit()
+        try:
+            w.write_many(src.iter_dicts())
+            ref = w.commit()
+        except BaseException:
+            _abort_quietly(w)
+            raise
+        if ref.content_hash != src.content_hash:  # cannot happen unless a store corrupts data
+            raise StorageError(f"copy of {args.src} to {args.dst} changed the content hash; the copy is unusable")
         print(ref.model_dump_json())
         return 0
     if args.action == "import-jsonl":
+        from pathlib import Path
+
         from looptool.shared.errors import InputError
 
+        src = Path(args.file)
+        if not src.is_file():
+            raise InputError("file", f"{args.file} does not exist or is not a file", "pass a JSONL file")
         w = writer_for_uri(args.dst, s3, kind=args.kind, fmt=args.format)
         try:
-            with open(args.file, encoding="utf-8") as fh:
+            with open(src, encoding="utf-8") as fh:
                 for lineno, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
@@ -65,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
                     if not isinstance(rec, dict):
                         raise InputError(f"{args.file}:{lineno}", "each line must be a JSON object")
                     w.write(rec)
-        except FileNotFoundError:
-            raise InputError("file", f"{args.file} does not exist") from None
-        ref = w.commit()
+            ref = w.commit()
+        except UnicodeDecodeError as exc:
+            _abort_quietly(w)
+            raise InputError(args.file, f"not UTF-8 text (byte {exc.start})", "pass a UTF-8 JSONL file") from None
+        except BaseException:
+            _abort_quietly(w)  # nothing partial stays behind
+            raise
         print(ref.model_dump_json())
         return 0
     print(f"unknown action {args.action}", file=sys.stderr)

@@ -18,17 +18,29 @@ from looptool.shared.storage.local import LocalStore
 
 
 def split_uri(uri: str, s3: "S3Settings | None" = None) -> tuple[ObjectStore, str]:
-    """Resolve a URI to (store, key). file:///abs/path → LocalStore('/'), s3://bucket/key → S3Store."""
-    if uri.startswith("/"):
-        uri = Path(uri).as_uri()
+    """Resolve a URI to (store, key).
+
+    ``file:///abs/path`` or a plain path (absolute, or relative to the working directory) →
+    ``LocalStore('/')`` and the path; ``s3://bucket/key`` → ``S3Store`` configured from ``s3``
+    (default: ``LOOPTOOL_S3_*`` / ``AWS_*`` environment variables).
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise StorageError(f"empty dataset URI {uri!r}; use file:///path, s3://bucket/key or a path")
+    uri = uri.strip()
     parsed = urlparse(uri)
+    if parsed.scheme == "":  # a plain path
+        return LocalStore("/"), Path(uri).expanduser().resolve().as_posix().lstrip("/")
     if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"{uri}: file URIs need an absolute path (file:///path), not host {parsed.netloc!r}")
         path = Path(unquote(parsed.path))
         return LocalStore("/"), path.as_posix().lstrip("/")
     if parsed.scheme == "s3":
         from looptool.shared.config import S3Settings
         from looptool.shared.storage.s3 import S3Store
 
+        if not parsed.netloc:
+            raise StorageError(f"{uri}: no bucket; use s3://bucket/prefix")
         settings = s3 or S3Settings()
         if not settings.endpoint:
             raise StorageError(
@@ -42,8 +54,8 @@ def split_uri(uri: str, s3: "S3Settings | None" = None) -> tuple[ObjectStore, st
             secure=settings.secure,
             region=settings.region or None,
         )
-        return store, parsed.path.lstrip("/")
-    raise StorageError(f"unsupported URI {uri!r}; use file:///path or s3://bucket/key")
+        return store, parsed.path.lstrip("/")  # as S3Store.uri() writes it: not percent-encoded
+    raise StorageError(f"unsupported URI {uri!r}; use file:///path, s3://bucket/key or a path")
 
 
 def open_dataset(ref: DatasetRef | str, s3: "S3Settings | None" = None) -> Dataset:

@@ -28,28 +28,37 @@ class LocalStore(ObjectStore):
         return self._path(key).as_uri()
 
     def _atomic_write(self, dest: Path, writer) -> None:
+        """Write to a temporary file in the same directory, fsync, then rename over ``dest``:
+        a reader sees the old file or the complete new one, never a partial write."""
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
         except OSError as exc:
-            raise StorageError(f"cannot create {dest.parent}: {exc}; check the storage root is writable") from exc
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+            raise StorageError(
+                f"cannot write {dest.as_uri()} ({exc.strerror or exc}); check the storage root is writable"
+            ) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, dest)
-        except BaseException:
+        except BaseException as exc:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+                raise StorageError(f"cannot write {dest.as_uri()} ({exc.strerror or exc}); check free space and permissions") from exc
             raise
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._atomic_write(self._path(key), lambda fh: fh.write(data))
 
     def put_file(self, key: str, path: str) -> None:
+        if not os.path.isfile(path):
+            raise NotFound(f"{path} does not exist; nothing to upload")
+
         def copy(fh):
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, fh, 1 << 20)
@@ -64,32 +73,46 @@ class LocalStore(ObjectStore):
         p = self._path(key)
         try:
             return open(p, "rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"{p.as_uri()} does not exist; check the URI or run the stage that produces it") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {p.as_uri()} ({exc.strerror or exc}); check permissions") from exc
 
     def get_file(self, key: str, path: str) -> None:
         src = self._path(key)
-        if not src.exists():
-            raise NotFound(f"{src.as_uri()} does not exist")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, path)
+        if not src.is_file():
+            raise NotFound(f"{src.as_uri()} does not exist; check the URI or run the stage that produces it")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, path)
+        except OSError as exc:
+            raise StorageError(f"cannot copy {src.as_uri()} to {path} ({exc.strerror or exc})") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> Iterator[str]:
-        base = self._path(prefix) if prefix else self.root
-        start = base if base.is_dir() else base.parent
-        if not start.exists():
+        """Keys starting with ``prefix`` (plain string prefix, as in S3), sorted; temp files skipped."""
+        prefix = prefix.lstrip("/")
+        dirpart, _, namepart = prefix.rpartition("/")
+        parent = self._path(dirpart) if dirpart else self.root
+        keys: list[str] = []
+        try:
+            entries = list(os.scandir(parent))
+        except (FileNotFoundError, NotADirectoryError):
             return iter(())
-        keys = []
-        for dirpath, _dirs, files in os.walk(start):
-            for f in files:
-                if f.startswith(".tmp-"):
-                    continue
-                rel = Path(dirpath, f).relative_to(self.root).as_posix()
-                if rel.startswith(prefix.lstrip("/")):
-                    keys.append(rel)
+        except OSError as exc:
+            raise StorageError(f"cannot list {parent.as_uri()} ({exc.strerror or exc})") from exc
+        for entry in entries:
+            if not entry.name.startswith(namepart) or entry.name.startswith(".tmp-"):
+                continue
+            if entry.is_file():
+                keys.append(Path(entry.path).relative_to(self.root).as_posix())
+            elif entry.is_dir(follow_symlinks=False):
+                for dirpath, _dirs, files in os.walk(entry.path):
+                    for f in files:
+                        if not f.startswith(".tmp-"):
+                            keys.append(Path(dirpath, f).relative_to(self.root).as_posix())
         return iter(sorted(keys))
 
     def delete(self, key: str) -> None:
