@@ -1,0 +1,50 @@
+"""``looptool eval``: BFCL AST categories and held-out synthesized data for one model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory / checkpoint URI (or model name for openai backends)")
+    p.add_argument("--server", default="", help="use a running inference server at HOST:PORT instead of loading in-process")
+    p.add_argument("--bfcl", default="", help="comma-separated BFCL categories, e.g. simple_python,multiple,parallel,irrelevance")
+    p.add_argument("--limit", type=int, default=0, help="entries per BFCL category (0 = all)")
+    p.add_argument("--heldout", default="", help="held-out samples dataset URI")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--json", dest="json_out", default="", help="also write the report as JSON to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from looptool.shared.errors import InputError
+    from looptool.shared.evaluation import GrpcGenerator, evaluate
+
+    cats = [c.strip() for c in args.bfcl.split(",") if c.strip()]
+    if not cats and not args.heldout:
+        raise InputError("--bfcl/--heldout", "nothing to evaluate", "name BFCL categories or a held-out dataset")
+    if cats:
+        from looptool.shared import bfcl
+
+        for c in cats:
+            bfcl.resolve_category(c)  # raises a clear error for an unknown category
+    if args.server:
+        gen = GrpcGenerator(args.server, model=args.model)
+    else:
+        from looptool.services.inference.backends import make_backend
+
+        gen = make_backend(args.cfg.inference, model_uri=args.model)
+    heldout = None
+    if args.heldout:
+        from looptool.shared.storage import open_dataset
+
+        heldout = open_dataset(args.heldout, args.cfg.storage.s3).ref
+    report = evaluate(gen, heldout=heldout, bfcl_categories=cats, bfcl_limit=args.limit, max_tokens=args.max_tokens, s3=args.cfg.storage.s3)
+    width = max([len(k) for k in report.accuracy] + [10])
+    print(f"{'category'.ljust(width)}  {'n':>5}  accuracy")
+    for k in report.accuracy:
+        print(f"{k.ljust(width)}  {report.counts[k]:>5}  {100 * report.accuracy[k]:6.2f}%")
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(report.to_json(), fh, indent=1)
+    return 0

@@ -1,0 +1,125 @@
+"""``looptool run FILE.yaml``: run LoopRound manifest(s) on this machine (services as local processes)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", help="LoopRound YAML: one round, several (---), or a kind: List; chained in order")
+    p.add_argument("--storage-root", default=None, help="local storage directory (default: storage.root)")
+    p.add_argument("--report-dir", default=None, help="where the report goes (default: <storage-root>/report)")
+    p.add_argument("--fresh", action="store_true", help="ignore saved status and start every round from Pending")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+class _UI:
+    """A progress bar per stage (tqdm) and a one-line summary when a stage finishes."""
+
+    def __init__(self, round_name: str, quiet: bool):
+        self.round_name, self.quiet = round_name, quiet
+        self.bar = None
+        self.started = 0.0
+
+    def __call__(self, stage: str, progress) -> None:
+        from tqdm import tqdm
+
+        if progress is None:
+            self.started = time.monotonic()
+            if not self.quiet:
+                self.bar = tqdm(total=0, desc=f"{self.round_name} {stage:<10}", unit="it", leave=False, file=sys.stderr)
+            return
+        if progress.message == "done" or progress.message.startswith("FAILED"):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            mark = "✗" if progress.message.startswith("FAILED") else "✓"
+            print(f"{mark} {self.round_name} {stage:<10} {time.monotonic() - self.started:6.1f}s {progress.message if mark == '✗' else ''}", flush=True)
+            return
+        if self.bar is not None:
+            if progress.total and self.bar.total != progress.total:
+                self.bar.total = progress.total
+            self.bar.n = progress.done
+            extra = " ".join(f"{k}={v:.3g}" for k, v in list(progress.metrics.items())[:3])
+            self.bar.set_postfix_str(extra or progress.message[:30], refresh=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from looptool.shared.errors import InputError
+    from looptool.shared.loop.manifest import ManifestError, load_manifests
+    from looptool.shared.loop.report import write_report
+    from looptool.shared.loop.runner import LocalServices, StatusStore, drive_round
+    from looptool.shared.loop.stages import StageContext
+    from looptool.shared.loop.state import Phase
+
+    cfg = args.cfg
+    if args.storage_root:
+        cfg.storage.root = args.storage_root
+        cfg.storage.backend = "local"
+    try:
+        rounds = load_manifests(args.manifest)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base_uri = rounds[0].spec.storage or cfg.storage.base_uri()
+    statuses = StatusStore(base_uri, cfg.storage.s3)
+    names = {r.name for r in rounds}
+    # A previousRound outside this file must exist in storage and have succeeded.
+    for r in rounds:
+        prev = r.spec.previousRound
+        if prev and prev not in names:
+            st, _ = statuses.load(prev)
+            if st is None or st.phase != Phase.SUCCEEDED:
+                raise InputError(
+                    f"{r.name}: spec.previousRound",
+                    f"round {prev!r} {'does not exist' if st is None else 'is ' + st.phase.value}",
+                    "run it first or fix the name",
+                )
+    if args.fresh:
+        from looptool.shared.storage import split_uri
+
+        for r in rounds:
+            store, key = split_uri(f"{base_uri}/runs/{r.name}/status.json", cfg.storage.s3)
+            store.delete(key)
+
+    root = Path(cfg.storage.root).resolve()
+    started = time.monotonic()
+    results = []
+    with LocalServices(cfg, root / "logs") as services:
+        print(f"services up: {', '.join(f'{k}@{v}' for k, v in services.addresses.items())}", flush=True)
+        for r in rounds:
+            previous = None
+            if r.spec.previousRound:
+                previous, _ = statuses.load(r.spec.previousRound)
+            ctx = StageContext(round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, previous=previous)
+            status = drive_round(r, ctx, statuses, _UI(r.name, args.quiet))
+            results.append((r, status))
+            if ctx.item_errors:
+                print(f"  {r.name}: {len(ctx.item_errors)} per-item errors (first: {ctx.item_errors[0].message[:120]})")
+            if status.phase != Phase.SUCCEEDED:
+                print(f"round {r.name} failed: {status.reason}: {status.message}", file=sys.stderr)
+                break
+    report_dir = Path(args.report_dir) if args.report_dir else root / "report"
+    path, reports = write_report(results, report_dir)
+    print()
+    print(summary(reports))
+    print(f"report: {path}  (total {time.monotonic() - started:.0f}s)")
+    return 0 if all(s.phase == Phase.SUCCEEDED for _, s in results) and len(results) == len(rounds) else 1
+
+
+def summary(reports) -> str:
+    cats = sorted({c for r in reports for c in r.accuracy})
+    lines = ["accuracy (%)".ljust(34) + "".join(r.name[:14].rjust(16) for r in reports)]
+    for c in cats:
+        lines.append(c.ljust(34) + "".join((f"{100 * r.accuracy[c]:.1f}" if c in r.accuracy else "-").rjust(16) for r in reports))
+    for r in reports:
+        if r.noise_recovery:
+            nr = r.noise_recovery
+            lines.append(
+                f"JGLV {r.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(nr.items()))
+            )
+    return "\n".join(lines)
