@@ -272,7 +272,20 @@ def load_manifests(path: str | Path) -> list[LoopRound]:
 
 def crd_schema() -> dict[str, Any]:
     """OpenAPI v3 schema of spec (structural: no $ref), for the CRD."""
-    schema = LoopRoundSpec.model_json_schema(ref_template="#/$defs/{model}")
+    return openapi_schema(LoopRoundSpec)
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A pydantic model as a Kubernetes *structural* OpenAPI v3 schema (CRD ``openAPIV3Schema`` rules).
+
+    JSON Schema 2020-12 (pydantic) → OpenAPI 3.0 as the API server accepts it: ``$ref`` inlined;
+    ``Optional[X]`` → X + ``nullable``; ``const`` → one-value ``enum``; numeric
+    ``exclusiveMinimum/Maximum`` → ``minimum/maximum`` + boolean flag; free-form objects
+    (``additionalProperties: true``) → ``x-kubernetes-preserve-unknown-fields``; ``default: null``
+    dropped (the API server rejects null defaults); ``additionalProperties: false`` next to
+    ``properties`` dropped (unknown fields are pruned, or rejected by strict field validation).
+    """
+    schema = model.model_json_schema(ref_template="#/$defs/{model}")
     defs = schema.pop("$defs", {})
 
     def inline(node: Any) -> Any:
@@ -287,6 +300,8 @@ def crd_schema() -> dict[str, Any]:
                     rest = {k: v for k, v in node.items() if k != "anyOf"}
                     merged = {**inline(options[0]), **inline(rest)}
                     merged["nullable"] = True
+                    if merged.get("default", 0) is None:
+                        merged.pop("default")
                     return merged
             out = {}
             for k, v in node.items():
@@ -295,9 +310,18 @@ def crd_schema() -> dict[str, Any]:
                 if k == "const":
                     out["enum"] = [v]
                     continue
+                if k in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(v, bool):
+                    out["minimum" if k == "exclusiveMinimum" else "maximum"] = v
+                    out[k] = True
+                    continue
                 out[k] = inline(v)
             if out.get("type") == "object" and "properties" in out:
                 out.pop("additionalProperties", None)
+            if out.get("type") == "object" and out.get("additionalProperties") is True:
+                out.pop("additionalProperties")
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            if "default" in out and out["default"] is None:
+                out.pop("default")
             return out
         if isinstance(node, list):
             return [inline(x) for x in node]
