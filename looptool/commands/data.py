@@ -24,6 +24,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     imp.add_argument("dst", help="dataset URI to create")
     imp.add_argument("--kind", default="samples", help="record kind (samples, dialogs, tools, ...)")
     imp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    diff = sub.add_parser("diff", help="compare two sample datasets (e.g. two rounds): added/removed/relabelled")
+    diff.add_argument("a", help="the earlier dataset URI")
+    diff.add_argument("b", help="the later dataset URI")
+    diff.add_argument("--show", type=int, default=5, metavar="N", help="examples to print per kind (default 5)")
+    diff.add_argument("--json", action="store_true", help="print the diff as JSON")
 
 
 def _abort_quietly(writer) -> None:
@@ -91,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
             _abort_quietly(w)  # nothing partial stays behind
             raise
         print(ref.model_dump_json())
+        return 0
+    if args.action == "diff":
+        from looptool.shared.compose import diff_datasets, format_diff
+
+        d = diff_datasets(args.a, args.b, examples=max(0, args.show), s3=s3)
+        print(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) if args.json else format_diff(d))
         return 0
     print(f"unknown action {args.action}", file=sys.stderr)
     return 2
