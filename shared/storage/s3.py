@@ -51,7 +51,7 @@ class S3Store(ObjectStore):
         self.secure = parsed.scheme == "https"
         self.bucket = bucket
         try:
-            check_bucket_name(bucket)
+            check_bucket_name(bucket)  # lenient: legacy buckets may be read; creation checks strictly
         except ValueError:
             raise StorageError(
                 f"s3://{bucket}: invalid bucket name; use 3-63 lowercase letters, digits, '-' and '.'"
@@ -112,6 +112,12 @@ class S3Store(ObjectStore):
         if not self._call("", lambda: self.client.bucket_exists(self.bucket)):
             if not self._create_bucket:
                 raise StorageError(f"bucket s3://{self.bucket} does not exist at {self.endpoint}; create it first")
+            try:
+                check_bucket_name(self.bucket, strict=True)  # new buckets: today's rules (lowercase)
+            except ValueError:
+                raise StorageError(
+                    f"s3://{self.bucket}: invalid name for a new bucket; use 3-63 lowercase letters, digits, '-' and '.'"
+                ) from None
             try:
                 self.client.make_bucket(self.bucket)
             except S3Error as exc:
