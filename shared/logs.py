@@ -40,8 +40,11 @@ def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "filelock", "httpx", "kopf.objects"):
+    for noisy in ("filelock", "httpx", "kopf.objects"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # urllib3 warns on every retry (e.g. an S3 endpoint that is down); the storage layer reports
+    # the final outcome as one clear error, so only urllib3's errors are worth showing.
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, root.level))
 
 
 def get_logger(name: str) -> logging.Logger:
