@@ -375,3 +375,145 @@ def test_reward_agrees_with_official(category):
     assert counts["agree"] > 0, counts
     shown = "\n".join(repr(u)[:600] for u in unexplained[:5])
     assert not unexplained, f"{len(unexplained)} unexplained reward/BFCL differences in {category}:\n{shown}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader, conversion and the official-checker wrapper
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shipped_categories_and_aliases():
+    for cat in ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple",
+                "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance"):
+        assert cat in ALL_CATEGORIES
+    assert set(bfcl.BFCL_PYTHON_CATEGORIES) <= set(ALL_CATEGORIES)
+    assert bfcl.load_entries("simple", limit=2)[0].category == "simple_python"
+    with pytest.raises(ValueError, match="available"):
+        bfcl.load_entries("multi_turn_base")
+
+
+def test_entries_carry_raw_docs_tools_and_answers():
+    entry = bfcl.load_entries("simple_python", limit=1)[0]
+    assert entry.kind == "ast" and entry.expects_call and entry.language == "python"
+    assert entry.functions[0]["parameters"]["type"] == "dict"  # raw BFCL doc, untouched
+    tool = entry.tools[0]
+    assert tool.parameters["type"] == "object" and tool.name == entry.functions[0]["name"]
+    assert tool.description.endswith("Python 3 syntax.")
+    assert entry.messages()[0].role == "user"
+    assert entry.reference_calls()[0].name == tool.name
+    assert bfcl.official_check(entry, entry.reference_calls()) == (True, None)
+    irr = bfcl.load_entries("irrelevance", limit=1)[0]
+    assert irr.kind == "irrelevance" and not irr.expects_call and irr.possible_answer == []
+
+
+def test_bfcl_function_to_tool_normalises_types():
+    fn = {
+        "name": "math.hypot",
+        "description": "d",
+        "parameters": {
+            "type": "dict",
+            "properties": {
+                "x": {"type": "float"},
+                "pts": {"type": "tuple", "items": {"type": "integer"}},
+                "opt": {"type": "dict", "properties": {"k": {"type": "any"}}},
+            },
+            "required": ["x"],
+        },
+    }
+    raw = copy.deepcopy(fn)
+    tool = bfcl.bfcl_function_to_tool(fn)
+    assert fn == raw
+    props = tool.parameters["properties"]
+    assert props["x"]["type"] == "number" and props["pts"]["type"] == "array"
+    assert props["pts"]["items"]["type"] == "integer" and props["opt"]["type"] == "object"
+    assert "type" not in props["opt"]["properties"]["k"]
+    assert tool.description == "d"
+    java = bfcl.bfcl_function_to_tool({**fn, "parameters": {"type": "dict", "properties": {"n": {"type": "long"}}}},
+                                      category="simple_java")
+    assert java.parameters["properties"]["n"]["type"] == "string"
+    assert "Java long type parameter in string representation" in java.parameters["properties"]["n"]["description"]
+
+
+def test_official_check_relevance_rules():
+    irr = bfcl.load_entries("irrelevance", limit=1)[0]
+    fn = irr.functions[0]["name"]
+    assert bfcl.official_check(irr, [])[0] and bfcl.official_check(irr, None)[0]
+    assert not bfcl.official_check(irr, [ToolCall(name=fn, arguments={})])[0]
+    rel = bfcl.load_entries("live_relevance", limit=1)[0]
+    assert not bfcl.official_check(rel, [])[0]
+    assert bfcl.official_check(rel, [ToolCall(name="anything", arguments={})])[0]
+    for entry in (irr, rel):
+        for calls in ([], None, [ToolCall(name=fn, arguments={})]):
+            assert ast_check.check(entry, calls)[0] == bfcl.official_check(entry, calls)[0]
+
+
+def test_java_and_javascript_reference_calls_are_source_literals():
+    java = {e.id: e for e in bfcl.load_entries("simple_java")}["simple_java_1"]
+    ref = java.reference_calls()[0]
+    assert ref.arguments["useShortName"] == "true"
+    assert ref.arguments["params"].startswith("new HashMap")
+    assert bfcl.official_check(java, [ref])[0] and ast_check.check(java, [ref])[0]
+    js = bfcl.load_entries("simple_javascript", limit=1)[0]
+    assert all(isinstance(v, str) for v in js.reference_calls()[0].arguments.values())
+
+
+def test_bfcl_string_standardisation():
+    assert ast_check.bfcl_standardize("April 1, 2024") == ast_check.bfcl_standardize("april 1 2024")
+    assert ast_check.bfcl_standardize("it's") == 'it"s'
+    assert ast_check.bfcl_standardize("a\tb") != ast_check.bfcl_standardize("ab")  # only ASCII spaces go
+
+
+_QUIRK_FN = {
+    "name": "f",
+    "description": "d",
+    "parameters": {
+        "type": "dict",
+        "properties": {
+            "xs": {"type": "array", "items": {"type": "integer"}},
+            "fs": {"type": "array", "items": {"type": "float"}},
+            "d": {"type": "dict", "properties": {"k": {"type": "integer"}}},
+            "s": {"type": "string"},
+            "n": {"type": "integer"},
+            "x": {"type": "float"},
+        },
+        "required": [],
+    },
+}
+
+# (quirk, possible answer for f, arguments, what BFCL's official checker says) — docs/reward.md
+BFCL_QUIRKS = [
+    ("bool items pass in an optional int list", {"xs": [[1, 2], ""]}, {"xs": [True, 2]}, True),
+    ("bool items fail in a required int list", {"xs": [[1, 2]]}, {"xs": [True, 2]}, False),
+    ("no int->float inside lists", {"fs": [[1.0, 2.0]]}, {"fs": [1, 2]}, False),
+    ("int->float at top level", {"x": [2.0]}, {"x": 2}, True),
+    ("float is not an integer", {"n": [2]}, {"n": 2.0}, False),
+    ("True is not an integer", {"n": [1]}, {"n": True}, False),
+    ("empty list matches the optional marker", {"xs": [[1, 2], ""]}, {"xs": []}, True),
+    ("string answer compared as its characters", {"xs": [[1, 2], "ab"]}, {"xs": ["a", "b"]}, True),
+    ("dict values are not type-checked", {"d": [{"k": [1]}]}, {"d": {"k": True}}, True),
+    ("punctuation and spaces are dropped", {"s": ["New York"]}, {"s": "new-york"}, True),
+    ("tabs are not dropped", {"s": ["New York"]}, {"s": "New\tYork"}, False),
+    ("a dict whose only answer is '' cannot be given", {"d": [""]}, {"d": {}}, False),
+    ("variable answer: compared exactly", {"n": ["x"]}, {"n": "X"}, False),
+    ("variable answer: same value passes", {"n": ["x"]}, {"n": "x"}, True),
+]
+
+
+@pytest.mark.parametrize("quirk,answer,arguments,official_says", BFCL_QUIRKS, ids=[q[0] for q in BFCL_QUIRKS])
+def test_documented_bfcl_quirks(quirk, answer, arguments, official_says):
+    entry = BfclEntry(id="q", category="simple_python", question=[], functions=[_QUIRK_FN], tools=[],
+                      possible_answer=[{"f": answer}])
+    calls = [ToolCall(name="f", arguments=arguments)]
+    assert bfcl.official_check(entry, calls)[0] is official_says
+    assert ast_check.check(entry, calls)[0] is official_says
+
+
+def test_greedy_parallel_matching_quirk():
+    """BFCL matches parallel calls first-fit: a valid answer in another order can be rejected.
+    Our checker does the same; the reward (exact multiset) accepts it."""
+    entry = {e.id: e for e in bfcl.load_entries("parallel")}["parallel_178"]
+    calls = list(reversed(answer_to_calls(entry.possible_answer, 0)))
+    assert not bfcl.official_check(entry, calls)[0]
+    assert not ast_check.check(entry, calls)[0]
+    assert bfcl.official_check(entry, answer_to_calls(entry.possible_answer, 0))[0]
+    assert score_response(render_tool_calls(calls), answer_to_calls(entry.possible_answer, 0), entry.tools).correct
