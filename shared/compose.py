@@ -23,8 +23,8 @@ fresh seed samples     ``round(spec.freshSeedFraction × |everything above|)`` o
 Every sample keeps its lineage and gets one ``compose`` event (``kept`` / ``relabelled`` /
 ``dropped``) with the round and a reason that starts with its category (``borderline: …``).
 Samples are written in a deterministic order (probe order, then expansions, then fresh); a repeated
-id is written once (``duplicates``). Dropped samples, with their ``dropped`` event, go to
-``dropped_uri`` when one is given. Counts per category come back and are stored in the manifest's
+id is written once (``duplicates``). Dropped samples, with their ``dropped`` event, go to a sibling
+dataset (``<out_uri>-dropped`` by default). Counts per category come back and are stored in the manifest's
 ``meta.counts``; composing onto a committed output returns it unchanged.
 
 ``diff_datasets`` compares two sample datasets by id: added, removed, relabelled (same id,
@@ -220,12 +220,18 @@ def compose_next_round(
     spec: ComposeSpec | None = None,
     round: int = 0,
     unclear_policy: Literal["drop", "keep"] = "keep",
-    dropped_uri: str | None = None,
+    dropped_uri: str | None = "",
     s3: Any = None,
 ) -> tuple[DatasetRef, dict[str, int]]:
     """Write the next round's dataset to ``out_uri``; returns its reference and counts per category
-    (see the module docstring). ``verdicts`` / ``expansions`` / ``fresh`` may be None (stage off)."""
+    (see the module docstring). ``verdicts`` / ``expansions`` / ``fresh`` may be None (stage off).
+
+    Dropped samples (with their ``dropped`` lineage event) go to ``dropped_uri``; the default ``""``
+    means ``<out_uri>-dropped``, ``None`` writes none. The main manifest's ``meta.dropped_uri`` names
+    it, so ``diff_datasets`` can say why samples left."""
     spec = spec or ComposeSpec()
+    if dropped_uri == "":
+        dropped_uri = out_uri.rstrip("/") + "-dropped"
     store, prefix = split_uri(out_uri, s3)
     if dataset_exists(store, prefix):
         ds = open_dataset(out_uri, s3)
@@ -278,6 +284,7 @@ def compose_next_round(
             "spec": spec.model_dump(mode="json"),
             "unclear_policy": unclear_policy,
             "counts": counts,
+            "dropped_uri": dropped_uri or "",
         },
     )
     w.write_many(comp.kept)
@@ -380,6 +387,17 @@ def _last_relabel_reason(ref: DatasetRef | str, ids: set[str], s3: Any) -> dict[
     return out
 
 
+def _dropped_labels(b: DatasetRef, s3: Any) -> dict[str, str]:
+    """id → lineage label of the ``dropped`` event, from the dataset B's composition dropped."""
+    try:
+        uri = (open_dataset(b, s3).manifest.get("meta") or {}).get("dropped_uri") or ""
+        if not uri:
+            return {}
+        return {s.id: lineage_label(s) for s in open_dataset(uri, s3).iter(Sample)}
+    except Exception:  # noqa: BLE001 - the explanation is optional; the diff itself is not
+        return {}
+
+
 def diff_datasets(a: DatasetRef | str, b: DatasetRef | str, examples: int = 5, s3: Any = None) -> DatasetDiff:
     """Compare two sample datasets by sample id (``a`` → ``b``)."""
     a_ref, ea = _entries(a, s3)
@@ -407,12 +425,13 @@ def diff_datasets(a: DatasetRef | str, b: DatasetRef | str, examples: int = 5, s
             bump(e.source, "unchanged")
             if old.content_key != e.content_key:
                 d.content_changed += 1
+    why_dropped = _dropped_labels(b_ref, s3)
     lineage_removed: Counter[str] = Counter()
     for sid, e in ea.items():
         if sid not in eb:
             d.removed += 1
             bump(e.source, "removed")
-            lineage_removed[e.lineage] += 1
+            lineage_removed[why_dropped.get(sid, e.lineage)] += 1
             if len(d.removed_examples) < examples:
                 d.removed_examples.append(sid)
     d.lineage_b = dict(sorted(Counter(e.lineage for e in eb.values()).items(), key=lambda kv: (-kv[1], kv[0])))
@@ -445,7 +464,7 @@ def format_diff(d: DatasetDiff) -> str:
         lines += ["", "  B by last lineage event"]
         lines += [f"    {k:<44} {v:>7}" for k, v in d.lineage_b.items()]
     if d.lineage_removed:
-        lines += ["", "  removed, by their last lineage event in A"]
+        lines += ["", "  removed, by why they left (their dropped event, else their last event in A)"]
         lines += [f"    {k:<44} {v:>7}" for k, v in d.lineage_removed.items()]
     if d.relabel_examples:
         lines += ["", "  relabelled examples (old -> new)"]

@@ -5,9 +5,11 @@ calls, in ways a careful judge can detect from the context alone:
 
 - **value**: one argument value becomes a different plausible value that does *not* occur in the
   context: numbers are perturbed (±1, ±2, ±5, ×2, ±10 %, … within the schema's bounds), strings are
-  replaced by another value of the same kind (another enum member, or a value drawn for the same
-  parameter name and schema by ``scenarios.sample_value``: another city for ``city``, another date
-  for a date), one element of a list of scalars likewise. The corrupted call still validates
+  replaced by another value of the same kind (another enum member; another entry of the
+  ``scenarios`` word list that holds the value: SFO → another airport, AAPL → another ticker; else
+  a value drawn for the same parameter name and schema by ``scenarios.sample_value``, preferring the
+  same shape: another city for ``city``, another date for a date), one element of a list of
+  scalars likewise. The corrupted call still validates
   against the schema, so only the context gives it away.
 - **drop**: a required argument is removed (the label no longer carries a value the user gave).
 
@@ -31,6 +33,7 @@ judge actually saw (a corrupted sample the model reproduces is mastered and neve
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -102,7 +105,32 @@ def _other_number(v: int | float, schema: dict[str, Any], text: str, rng: random
     return rng.choice(ok) if ok else None
 
 
+_CODE = re.compile(r"[A-Z0-9]{2,6}")
+
+
+def _shape(v: str) -> tuple[bool, bool, bool]:
+    """A coarse "kind" of a string: (looks like a code such as SFO/AAPL, has digits, has several words)."""
+    return bool(_CODE.fullmatch(v)), any(ch.isdigit() for ch in v), len(v.split()) > 1
+
+
+@functools.lru_cache(maxsize=1)
+def _vocabularies() -> tuple[tuple[str, ...], ...]:
+    """The word lists of ``scenarios`` (cities, airports, tickers, names, ...): same-kind values."""
+    from looptool.shared import scenarios
+
+    out = []
+    for name in dir(scenarios):
+        value = getattr(scenarios, name)
+        if name.isupper() and isinstance(value, (list, tuple)) and len(value) > 2 and all(isinstance(x, str) for x in value):
+            out.append(tuple(value))
+    return tuple(out)
+
+
 def _other_string(name: str, v: str, schema: dict[str, Any], text: str, rng: random.Random, hint: str) -> str | None:
+    """Another value of the same kind: another enum member; another member of a vocabulary list that
+    holds ``v`` (SFO → another airport); else a value drawn for the same parameter, preferring one
+    of the same shape (a code for a code)."""
+
     def fresh(c: Any) -> bool:
         return isinstance(c, str) and c.strip() != "" and c.strip().lower() != v.strip().lower() and c.lower() not in text
 
@@ -110,17 +138,25 @@ def _other_string(name: str, v: str, schema: dict[str, Any], text: str, rng: ran
     if isinstance(enum, list):
         ok = [e for e in enum if fresh(e)]
         return rng.choice(ok) if ok else None
+    for vocab in _vocabularies():
+        if any(x.lower() == v.strip().lower() for x in vocab):
+            ok = [x for x in vocab if fresh(x)]
+            if ok:
+                return rng.choice(ok)
     from looptool.shared.scenarios import sample_value
 
     value_schema = schema if schema else {"type": "string"}
-    for _ in range(12):
+    fallback = None
+    for _ in range(16):
         try:
             c = sample_value(name, value_schema, rng, hint)
         except Exception:  # noqa: BLE001 - an odd schema: no corruption of this argument
             return None
         if fresh(c):
-            return c
-    return None
+            if _shape(c) == _shape(v):
+                return c
+            fallback = fallback or c
+    return fallback
 
 
 def _options(sample: Sample) -> list[tuple[str, int, str, int]]:
