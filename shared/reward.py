@@ -28,9 +28,9 @@ Rules (the same text is in ``docs/reward.md``; tests in ``tests/test_reward.py``
 8. **Canonical argument values** (type-aware, recursive, guided by the parameter's JSON Schema):
 
    - ``bool`` is its own type: ``True`` never equals ``1`` and ``False`` never equals ``0``.
-   - Numbers: for a parameter typed ``number`` (BFCL ``float``), or with no declared type/schema,
-     ints and floats compare by value (``5 == 5.0``). For a parameter typed ``integer`` the
-     Python type matters: ``5.0`` is not ``5`` (as in BFCL).
+   - Numbers: ints and floats compare by value (``5 == 5.0``) — for ``number`` (BFCL ``float``)
+     parameters, untyped ones and without a schema — except for a parameter typed ``integer``,
+     where the Python type matters: ``5.0`` is not ``5`` (as in BFCL).
    - Strings are normalised before comparison: Unicode NFKC, every run of whitespace (``\\s+``,
      Unicode-aware) collapsed to one space, leading/trailing whitespace stripped, then
      ``str.casefold()``. Punctuation is kept (``"New-York"`` ≠ ``"New York"``). A string never
@@ -44,14 +44,17 @@ Rules (the same text is in ``docs/reward.md``; tests in ``tests/test_reward.py``
    ``default`` that a call omits is filled with that default — on both sides. So an argument
    absent in the prediction equals the reference giving the default value, and vice versa; an
    argument absent on both sides is equal; an omitted optional argument *without* a declared
-   default never equals a given value.
+   default never equals a given value (``null`` included). ``RewardConfig(use_schema_defaults=False)``
+   turns the filling off (BFCL-like: absent ≠ default).
 10. **Score.** Binary by default: 1.0 when correct, else 0.0 (as in the paper). With
     ``RewardConfig(partial_credit=True)``: a correct answer still scores 1.0; a wrong answer whose
     format is right (rules 2–3) scores ``format_credit`` plus ``name_credit`` × the fraction of
     function names matched as a multiset (``|pred ∩ ref| / max(|pred|, |ref|)``); otherwise 0.
 
 Without a toolset (``tools=None``) rules 5–6 are skipped and values compare as if untyped
-(numbers by value).
+(numbers by value). Values are not validated against the schema's types: a value is right when it
+canonically equals the reference's value (validating labels is the data pipeline's job,
+``looptool.shared.schema.validate_call``).
 
 Entry points: :func:`score_response`, :func:`score_sample`, :func:`calls_match`, and
 :func:`compute_score` (verl's ``custom_reward_function`` signature).
