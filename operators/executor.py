@@ -1,0 +1,95 @@
+"""The data-stage executor: the operator's one dependency on the data plane.
+
+The reconciler decides *when* a stage runs and records the outcome in ``.status``; the executor does
+the stage's work. Production uses :class:`ServiceExecutor` (``looptool.shared.loop.stages``, which calls
+the gRPC services and writes to object storage). Tests and the benchmark inject
+``looptool.operators.testing.TestStageExecutor``.
+
+Executors are called from worker threads (data stages block for minutes to hours on gRPC streams).
+A failure is reported by raising an exception with ``reason`` and ``message`` attributes
+(``stages.StageError``); anything else counts as an internal error.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Protocol
+
+from looptool.shared.config import LoopToolConfig
+from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.state import Phase, RoundStatus
+from looptool.shared.records import Progress
+
+ProgressFn = Callable[[Progress], None]
+
+
+class StageExecutor(Protocol):
+    def run_data_stage(
+        self, phase: Phase, round: LoopRound, status: RoundStatus, previous: RoundStatus | None, on_progress: ProgressFn
+    ) -> None:
+        """Do the phase's work; record outputs in ``status.stages[STAGE_OF[phase]]``; raise on failure."""
+
+    def training_request(self, round: LoopRound, status: RoundStatus, previous: RoundStatus | None) -> dict[str, Any]:
+        """The JSON the trainer Job runs with (``run_id``, ``output_prefix``, dataset, config, ...)."""
+
+    def record_training_result(self, status: RoundStatus, result: dict[str, Any]) -> None:
+        """Record ``<output_prefix>/result.json`` (checkpoint URI, metrics) in ``status``."""
+
+    def read_training_result(self, output_prefix: str) -> dict[str, Any] | None:
+        """``<output_prefix>/result.json`` as written by the trainer Job, or None if absent."""
+
+
+class ServiceExecutor:
+    """Data stages through the LoopTool gRPC services (``looptool.shared.loop.stages``)."""
+
+    def __init__(self, config: LoopToolConfig):
+        self.config = config
+        self._lock = threading.Lock()
+
+    def _addresses(self) -> dict[str, str]:
+        svc = self.config.services
+        out = {name: getattr(svc, name).address for name in ("inference", "toolsim", "synthesizer", "expander", "trainer")}
+        if svc.judge is not None:
+            out["judge"] = svc.judge.address
+        return out
+
+    def _ctx(self, round: LoopRound, previous: RoundStatus | None):
+        from looptool.shared.loop.stages import StageContext
+
+        base = round.spec.storage or self.config.storage.base_uri()
+        return StageContext(round=round, config=self.config, addresses=self._addresses(), base_uri=base, previous=previous)
+
+    def run_data_stage(self, phase, round, status, previous, on_progress) -> None:
+        from looptool.shared.loop.stages import run_data_stage
+
+        run_data_stage(phase, self._ctx(round, previous), status, on_progress)
+
+    def training_request(self, round, status, previous) -> dict[str, Any]:
+        from looptool.shared.loop.stages import training_request
+
+        return training_request(self._ctx(round, previous), status)
+
+    def record_training_result(self, status, result) -> None:
+        from looptool.shared.loop.stages import record_training_result
+        from looptool.shared.records import StageResult
+
+        fields = set(StageResult.model_fields)
+        record_training_result(status, StageResult.model_validate({k: v for k, v in result.items() if k in fields}))
+
+    def read_training_result(self, output_prefix: str) -> dict[str, Any] | None:
+        return read_result_json(output_prefix, self.config)
+
+
+def read_result_json(output_prefix: str, config: LoopToolConfig | None) -> dict[str, Any] | None:
+    import json
+
+    from looptool.shared.storage import NotFound, split_uri
+
+    store, key = split_uri(output_prefix.rstrip("/") + "/result.json", config.storage.s3 if config else None)
+    try:
+        data = json.loads(store.get_bytes(key))
+    except (NotFound, FileNotFoundError):
+        return None
+    if "checkpointUri" in data and "checkpoint_uri" not in data:
+        data["checkpoint_uri"] = data["checkpointUri"]
+    return data

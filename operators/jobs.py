@@ -1,0 +1,208 @@
+"""The training Job (and the ConfigMap holding its request) for a LoopRound.
+
+Names are deterministic — derived from the round's name and uid — so after an operator restart the
+reconciler finds the Job it already created instead of creating a second one. Both objects carry an
+ownerReference to the LoopRound: deleting the round garbage-collects them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from looptool.operators.kube import owner_reference
+from looptool.operators.settings import TrainerJobSettings
+from looptool.shared.loop.manifest import LoopRoundSpec
+
+LABEL_ROUND = "looptool.io/round"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "looptool-operator"
+ANN_RUN_ID = "looptool.io/run-id"
+ANN_OUTPUT = "looptool.io/output-prefix"
+REQUEST_DIR = "/etc/looptool/request"
+REQUEST_FILE = "request.json"
+CONTAINER = "trainer"
+# Exit code the trainer uses for a request it can never run (bad config): fail the Job at once.
+EXIT_BAD_REQUEST = 2
+
+
+def job_name(round_name: str, uid: str) -> str:
+    """``<round>-train-<hash>``, at most 63 characters (a label value and a DNS label)."""
+    digest = hashlib.sha256(f"{round_name}/{uid}".encode()).hexdigest()[:6]
+    head = round_name[: 63 - len("-train-") - len(digest)].rstrip("-")
+    return f"{head}-train-{digest}"
+
+
+def selector(round_name: str) -> dict[str, str]:
+    return {LABEL_ROUND: round_name, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def _labels(round_name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "looptool",
+        LABEL_COMPONENT: "trainer",
+        **selector(round_name),
+        **(extra or {}),
+    }
+
+
+def request_configmap(round_obj: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    meta = round_obj["metadata"]
+    name = job_name(meta["name"], meta["uid"])
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": _labels(meta["name"]),
+            "ownerReferences": [owner_reference(round_obj)],
+        },
+        "data": {REQUEST_FILE: json.dumps(request, indent=1, sort_keys=True)},
+    }
+
+
+def training_job(
+    round_obj: dict[str, Any], spec: LoopRoundSpec, request: dict[str, Any], cfg: TrainerJobSettings
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job that runs ``python -m looptool.services.trainer.job --request <file>``."""
+    meta = round_obj["metadata"]
+    name = job_name(meta["name"], meta["uid"])
+    res = spec.resources
+    gpus = spec.training.gpus
+    labels = _labels(meta["name"])
+
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    cpu = res.cpu or cfg.cpu
+    memory = res.memory or cfg.memory
+    if cpu:
+        requests["cpu"] = cpu
+    if memory:
+        requests["memory"] = limits["memory"] = memory
+    if gpus > 0:  # extended resources: request == limit
+        requests[cfg.gpuResource] = limits[cfg.gpuResource] = str(gpus)
+
+    env: list[dict[str, Any]] = [
+        {"name": "LOOPTOOL_ROUND", "value": meta["name"]},
+        {"name": "LOOPTOOL_RUN_ID", "value": str(request.get("run_id", ""))},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if cfg.s3Secret:
+        env += [
+            {"name": "LOOPTOOL_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": cfg.s3Secret, "key": cfg.s3AccessKeyKey}}},
+            {"name": "LOOPTOOL_S3_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": cfg.s3Secret, "key": cfg.s3SecretKeyKey}}},
+        ]
+    volumes: list[dict[str, Any]] = [{"name": "request", "configMap": {"name": name}}]
+    mounts: list[dict[str, Any]] = [{"name": "request", "mountPath": REQUEST_DIR, "readOnly": True}]
+    command = [*cfg.command, "--request", f"{REQUEST_DIR}/{REQUEST_FILE}"]
+    if cfg.configMap:
+        volumes.append({"name": "config", "configMap": {"name": cfg.configMap}})
+        mounts.append({"name": "config", "mountPath": "/etc/looptool/config", "readOnly": True})
+        env.append({"name": "LOOPTOOL_CONFIG", "value": "/etc/looptool/config/config.yaml"})
+    if cfg.shmSize:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shmSize}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    env += cfg.env
+
+    tolerations = list(res.tolerations)
+    if gpus > 0:
+        tolerations += [t for t in cfg.tolerations if t not in tolerations]
+    node_selector = {**cfg.nodeSelector, **res.nodeSelector}
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": res.trainerImage or cfg.image,
+                "imagePullPolicy": cfg.imagePullPolicy,
+                "command": command,
+                "env": env,
+                "resources": {"requests": requests, "limits": limits},
+                "volumeMounts": mounts,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if cfg.affinity:
+        pod_spec["affinity"] = cfg.affinity
+    if cfg.serviceAccountName:
+        pod_spec["serviceAccountName"] = cfg.serviceAccountName
+    if cfg.priorityClassName:
+        pod_spec["priorityClassName"] = cfg.priorityClassName
+    if cfg.imagePullSecrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.imagePullSecrets]
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": cfg.backoffLimit,
+        # A bad request fails at once; a pod evicted/preempted (spot GPUs, drains) does not count.
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_REQUEST]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {
+            "metadata": {"labels": {**labels, **cfg.podLabels}, "annotations": dict(cfg.podAnnotations)},
+            "spec": pod_spec,
+        },
+    }
+    if cfg.activeDeadlineSeconds:
+        job_spec["activeDeadlineSeconds"] = cfg.activeDeadlineSeconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {ANN_RUN_ID: str(request.get("run_id", "")), ANN_OUTPUT: str(request.get("output_prefix", ""))},
+            "ownerReferences": [owner_reference(round_obj)],
+        },
+        "spec": job_spec,
+    }
+
+
+def job_outcome(job: dict[str, Any]) -> tuple[str, str, str]:
+    """("Running" | "Succeeded" | "Failed", reason, message) from a Job's status conditions."""
+    status = job.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("status") != "True":
+            continue
+        if c.get("type") == "Complete":
+            return "Succeeded", c.get("reason") or "Completed", c.get("message") or ""
+        if c.get("type") == "Failed":
+            return "Failed", c.get("reason") or "JobFailed", c.get("message") or ""
+    if status.get("succeeded") and not status.get("active") and not (job.get("spec") or {}).get("completions", 1) > status["succeeded"]:
+        return "Succeeded", "Completed", ""
+    return "Running", "", ""
+
+
+def pod_failure_details(pods: list[dict[str, Any]]) -> str:
+    """The most telling reason a training pod did not run: a waiting reason (ImagePullBackOff,
+    Unschedulable) or the trainer's termination reason/exit code/message."""
+    notes: list[str] = []
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        st = pod.get("status") or {}
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason"):
+                notes.append(f"{name}: {c['reason']}: {c.get('message', '')}".strip())
+        for cs in st.get("containerStatuses") or []:
+            state = cs.get("state") or {}
+            if "waiting" in state and state["waiting"].get("reason") not in (None, "ContainerCreating"):
+                w = state["waiting"]
+                notes.append(f"{name}: {w.get('reason')}: {w.get('message', '')}".strip())
+            term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if term and term.get("exitCode", 0) != 0:
+                msg = (term.get("message") or "").strip().splitlines()[-3:]
+                notes.append(f"{name}: {term.get('reason', 'Error')} (exit {term.get('exitCode')}) {' | '.join(msg)}".strip())
+    return "; ".join(notes[:3])

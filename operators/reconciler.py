@@ -1,0 +1,467 @@
+"""Level-triggered reconciliation of one LoopRound: the shared state machine, driven on Kubernetes.
+
+Each step reads the whole desired state (the live object's spec) and observed state (``.status``, the
+training Job), does the next piece of work and writes ``.status``. Nothing depends on which event
+woke it, so a restarted operator resumes exactly where ``.status`` says: finished stages are never
+redone, a running data stage is re-entered (stages are idempotent: their outputs are keyed by their
+inputs), and the training Job is found by its deterministic name instead of being created twice.
+
+One :class:`RoundReconciler` per LoopRound runs inside a kopf daemon; it is the only writer of that
+round's ``.status``, so status writes never race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from looptool.operators import jobs as jobs_
+from looptool.operators.executor import StageExecutor
+from looptool.operators.kube import Kube, KubeError
+from looptool.operators.metrics import OperatorMetrics
+from looptool.operators.settings import OperatorSettings
+from looptool.shared.loop.manifest import LoopRound, ManifestError, parse_round
+from looptool.shared.loop.state import (
+    STAGE_OF,
+    TERMINAL,
+    Phase,
+    RoundStatus,
+    begin,
+    fail,
+    finish_stage,
+    start_stage,
+)
+from looptool.shared.records import Progress
+
+log = logging.getLogger("looptool.operator")
+
+# Returned by a step: run the next step now / wait for a wake-up at most this long / stop.
+NOW = 0.0
+IDLE = 3600.0
+
+
+class InvalidSpec(ValueError):
+    pass
+
+
+@dataclass
+class Runtime:
+    """What every round's reconciler shares inside one operator process."""
+
+    settings: OperatorSettings
+    kube: Kube
+    executor: StageExecutor
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    stage_pool: ThreadPoolExecutor | None = None
+    wakers: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage_pool is None:
+            self.stage_pool = ThreadPoolExecutor(self.settings.maxConcurrentStages, thread_name_prefix="stage")
+
+    def waker(self, ns: str, name: str) -> asyncio.Event:
+        return self.wakers.setdefault((ns, name), asyncio.Event())
+
+    def wake(self, ns: str, name: str) -> None:
+        ev = self.wakers.get((ns, name))
+        if ev is not None:
+            ev.set()
+
+    def wake_namespace(self, ns: str) -> None:
+        """Wake every round in ``ns`` (a round finished: rounds chained after it may start)."""
+        for (n, _), ev in list(self.wakers.items()):
+            if n == ns:
+                ev.set()
+
+    def close(self) -> None:
+        if self.stage_pool is not None:
+            self.stage_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def parse_status(raw: Any) -> RoundStatus:
+    """``.status`` as the state machine's model; unknown keys (another writer, older CRD) are dropped."""
+    if not isinstance(raw, dict):
+        return RoundStatus()
+    known = {k: v for k, v in raw.items() if k in RoundStatus.model_fields}
+    try:
+        return RoundStatus.model_validate(known)
+    except ValidationError:
+        # Keep what can be trusted; the phase decides what happens next.
+        phase = raw.get("phase")
+        try:
+            return RoundStatus(phase=Phase(phase)) if phase else RoundStatus()
+        except ValueError:
+            return RoundStatus()
+
+
+def validate(obj: dict[str, Any]) -> LoopRound:
+    """Schema + semantic checks through the pydantic models, plus what only the operator cares about."""
+    meta = obj.get("metadata") or {}
+    manifest = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace") or "default"},
+        "spec": obj.get("spec"),
+    }
+    try:
+        lr = parse_round(manifest, source=f"LoopRound {meta.get('namespace')}/{meta.get('name')}")
+    except ManifestError as exc:
+        raise InvalidSpec(str(exc)) from None
+    spec = lr.spec
+    problems = []
+    if spec.previousRound == lr.name:
+        problems.append("field 'spec.previousRound': a round cannot continue from itself")
+    if spec.training.nnodes > 1:
+        problems.append("field 'spec.training.nnodes': multi-node training Jobs are not supported by the operator yet; use 1")
+    if spec.toolset.file and not spec.toolset.file.startswith(("s3://", "file://", "/")):
+        problems.append(
+            "field 'spec.toolset.file': a relative path means nothing inside the cluster; "
+            "use an absolute path in the service image, a file:// or s3:// URI, or toolset.uri / toolset.bfcl"
+        )
+    if problems:
+        raise InvalidSpec("\n".join(problems))
+    return lr
+
+
+def _summary(counts: dict[str, int], limit: int = 6) -> str:
+    return ", ".join(f"{k}={v}" for k, v in list(counts.items())[:limit])
+
+
+class RoundReconciler:
+    def __init__(self, rt: Runtime, body: Any, logger: logging.Logger | None = None):
+        self.rt = rt
+        self.body = body  # kopf's live body: spec/metadata updates arrive here
+        self.log = logger or log
+        meta = body["metadata"]
+        self.ns: str = meta.get("namespace") or "default"
+        self.name: str = meta["name"]
+        self.status = parse_status(body.get("status"))
+        self._written: dict[str, Any] | None = body.get("status") if isinstance(body.get("status"), dict) else None
+        self._progress: Progress | None = None
+        self._attempts: dict[str, int] = {}
+        self._last_invalid = ""
+        self._last_pod_check = 0.0
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy({k: self.body[k] for k in self.body})
+
+    async def write(self) -> None:
+        """Write ``.status`` if it changed (observedGeneration follows metadata.generation)."""
+        gen = (self.body.get("metadata") or {}).get("generation")
+        if isinstance(gen, int):
+            self.status.observedGeneration = gen
+        data = self.status.to_k8s()
+        if data == self._written:
+            return
+        await self.rt.kube.patch_round_status(self.ns, self.name, data)
+        self._written = data
+        self.rt.metrics.set_phase(self.ns, self.name, self.status.phase.value, (self.body.get("spec") or {}).get("round"))
+
+    async def event(self, type_: str, reason: str, message: str) -> None:
+        try:
+            await self.rt.kube.event(self.snapshot(), type_, reason, message)
+        except Exception as exc:  # events are best effort; never block reconciliation on them
+            self.log.debug("event %s not recorded: %s", reason, exc)
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.rt.stage_pool, fn)
+
+    # ------------------------------------------------------------------------------ the loop
+
+    async def run(self, stopped: Any = None) -> None:
+        """Reconcile until the round is terminal or ``stopped`` (kopf's daemon flag) becomes true."""
+        waker = self.rt.waker(self.ns, self.name)
+        try:
+            while not (stopped is not None and bool(stopped)):
+                waker.clear()
+                started = time.perf_counter()
+                try:
+                    delay = await self.step()
+                    self.rt.metrics.reconciles.labels("ok").inc()
+                except KubeError as exc:  # API trouble: retry later, state is safe in .status
+                    self.log.warning("reconcile of %s/%s: %s; retrying", self.ns, self.name, exc)
+                    self.rt.metrics.reconciles.labels("api_error").inc()
+                    delay = min(self.rt.settings.pollSeconds, 5.0)
+                finally:
+                    self.rt.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+                if delay is None:
+                    return
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(waker.wait(), timeout=delay)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self.rt.wakers.pop((self.ns, self.name), None)
+
+    async def step(self) -> float | None:
+        """One level-triggered step. Returns how long to wait before the next, or None when done."""
+        obj = self.snapshot()
+        if self.status.phase in TERMINAL:
+            await self.write()  # observedGeneration of later spec edits; no work
+            self.rt.metrics.set_phase(self.ns, self.name, self.status.phase.value, (obj.get("spec") or {}).get("round"))
+            self.rt.metrics.set_accuracy(self.ns, self.name, self.status.accuracy)
+            return None
+        try:
+            lr = validate(obj)
+        except InvalidSpec as exc:
+            return await self._invalid(str(exc))
+        if self._last_invalid:
+            self._last_invalid = ""
+            await self.event("Normal", "SpecValid", "spec is valid now; reconciling")
+        self.status.set_condition("SpecValid", True, "Valid", "")
+
+        previous = None
+        if lr.spec.previousRound:
+            previous = await self._previous(lr.spec.previousRound)
+            if previous is None:
+                await self.write()
+                return IDLE  # woken when a round in this namespace finishes
+
+        phase = self.status.phase
+        if phase == Phase.PENDING:
+            begin(self.status)
+            self.status.set_condition("Ready", False, "InProgress", "round started")
+            self.status.progress = "starting"
+            await self.write()
+            await self.event("Normal", "RoundStarted", f"round {lr.spec.round} started" + (f" from {lr.spec.previousRound}" if previous else ""))
+            return NOW
+        if phase == Phase.TRAINING:
+            return await self._train(lr, obj, previous)
+        return await self._data_stage(phase, lr, previous)
+
+    # ------------------------------------------------------------------------------ validation / chaining
+
+    async def _invalid(self, message: str) -> float:
+        self.status.set_condition("SpecValid", False, "InvalidSpec", message)
+        self.status.set_condition("Ready", False, "InvalidSpec", message)
+        self.status.reason, self.status.message = "InvalidSpec", message
+        await self.write()
+        if message != self._last_invalid:
+            self._last_invalid = message
+            self.rt.metrics.invalid.inc()
+            await self.event("Warning", "InvalidSpec", message)
+        return IDLE  # an update of the spec wakes us
+
+    async def _previous(self, prev_name: str) -> RoundStatus | None:
+        prev = await self.rt.kube.get_round(self.ns, prev_name)
+        if prev is None:
+            self.status.set_condition("Ready", False, "WaitingForPreviousRound", f"LoopRound {prev_name!r} does not exist (yet)")
+            return None
+        pst = parse_status(prev.get("status"))
+        if pst.phase == Phase.SUCCEEDED:
+            if self.status.reason in ("WaitingForPreviousRound", "PreviousRoundFailed"):
+                self.status.reason = self.status.message = ""
+            return pst
+        if pst.phase == Phase.FAILED:
+            msg = f"LoopRound {prev_name!r} failed ({pst.reason}); re-create it or point spec.previousRound elsewhere"
+            self.status.set_condition("Ready", False, "PreviousRoundFailed", msg)
+        else:
+            msg = f"waiting for LoopRound {prev_name!r} (phase {pst.phase.value})"
+            self.status.set_condition("Ready", False, "WaitingForPreviousRound", msg)
+        self.status.progress = f"waiting for {prev_name}"
+        return None
+
+    # ------------------------------------------------------------------------------ data stages
+
+    def _on_progress(self, p: Progress) -> None:  # called from the stage's worker thread
+        self._progress = p
+
+    async def _data_stage(self, phase: Phase, lr: LoopRound, previous: RoundStatus | None) -> float | None:
+        stage = STAGE_OF[phase]
+        st = self.status.stage(stage)
+        resumed = st.state == "Running"
+        start_stage(self.status, stage)
+        self.status.progress = f"{stage} running"
+        await self.write()
+        await self.event("Normal", "StageResumed" if resumed else "StageStarted", f"{stage} {'resumed' if resumed else 'started'}")
+
+        work = self.status.model_copy(deep=True)  # the executor mutates its own copy in a thread
+        self._progress = None
+        started = time.perf_counter()
+        fut = asyncio.get_running_loop().run_in_executor(
+            self.rt.stage_pool, lambda: self.rt.executor.run_data_stage(phase, lr, work, previous, self._on_progress)
+        )
+        seen: Progress | None = None
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=self.rt.settings.progressSeconds)
+            p = self._progress
+            if p is not None and p is not seen:
+                seen = p
+                await self._record_progress(stage, p)
+            if done:
+                break
+        try:
+            fut.result()
+        except Exception as exc:
+            return await self._stage_failed(stage, exc)
+
+        # Adopt the executor's outputs, keep our bookkeeping.
+        work.conditions = self.status.conditions
+        work.stages[stage].state, work.stages[stage].startedAt = "Running", st.startedAt or work.stages[stage].startedAt
+        self.status = work
+        st = self.status.stage(stage)
+        if seen is not None and seen.total:
+            st.done, st.total = seen.total, seen.total
+        self._attempts.pop(stage, None)
+        finish_stage(self.status, stage)
+        self.status.progress = f"{stage} done" if self.status.phase != Phase.SUCCEEDED else "done"
+        self.rt.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+        self.rt.metrics.stage_progress.labels(self.ns, self.name, stage).set(1.0)
+        if self.status.accuracy:
+            self.rt.metrics.set_accuracy(self.ns, self.name, self.status.accuracy)
+        await self.write()
+        await self.event("Normal", "StageSucceeded", f"{stage} finished" + (f": {_summary(st.counts)}" if st.counts else ""))
+        if self.status.phase == Phase.SUCCEEDED:
+            await self._finished()
+            return None
+        return NOW
+
+    async def _record_progress(self, stage: str, p: Progress) -> None:
+        st = self.status.stage(stage)
+        st.done, st.total = p.done, p.total
+        if p.message:
+            st.message = p.message[:300]
+        self.status.progress = f"{stage} {p.done}/{p.total}" if p.total else f"{stage} {p.done}"
+        if p.total:
+            self.rt.metrics.stage_progress.labels(self.ns, self.name, stage).set(p.done / p.total)
+        await self.write()
+
+    async def _stage_failed(self, stage: str, exc: Exception) -> float | None:
+        reason = getattr(exc, "reason", None) or "InternalError"
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        self.rt.metrics.stage_failures.labels(stage, reason).inc()
+        attempts = self._attempts.get(stage, 0) + 1
+        self._attempts[stage] = attempts
+        if reason == "InternalError":
+            self.log.exception("stage %s of %s/%s raised", stage, self.ns, self.name, exc_info=exc)
+        if attempts <= self.rt.settings.stageRetries:
+            self.status.stage(stage).message = f"attempt {attempts} failed: {reason}: {message}"[:500]
+            await self.write()
+            await self.event("Warning", "StageRetrying", f"{stage} attempt {attempts} failed ({reason}: {message}); retrying")
+            return self.rt.settings.retryBackoffSeconds * attempts or NOW
+        fail(self.status, reason, f"{stage}: {message}")
+        self.status.progress = f"failed in {stage}"
+        await self.write()
+        await self._finished()
+        return None
+
+    # ------------------------------------------------------------------------------ training Job
+
+    async def _train(self, lr: LoopRound, obj: dict[str, Any], previous: RoundStatus | None) -> float | None:
+        kube, cfg = self.rt.kube, self.rt.settings
+        meta = obj["metadata"]
+        name = jobs_.job_name(self.name, meta["uid"])
+        st = self.status.stage("train")
+        job = await kube.get("batch/v1", "jobs", self.ns, name)
+        if job is None:
+            try:
+                request = await self._in_thread(lambda: self.rt.executor.training_request(lr, self.status.model_copy(deep=True), previous))
+            except Exception as exc:
+                return await self._stage_failed("train", exc)
+            # The same training run already finished (its Job was deleted afterwards): reuse the result.
+            result = await self._in_thread(lambda: self.rt.executor.read_training_result(request["output_prefix"]))
+            if result is not None:
+                return await self._train_done(result, f"result of run {request.get('run_id')} already in storage")
+            await kube.create("v1", "configmaps", self.ns, jobs_.request_configmap(obj, request))
+            body = jobs_.training_job(obj, lr.spec, request, cfg.trainer)
+            job, created = await kube.create("batch/v1", "jobs", self.ns, body)
+            start_stage(self.status, "train")
+            st.message = f"job {name}"
+            self.status.progress = "train: job created"
+            await self.write()
+            if created:
+                self.rt.metrics.jobs.labels("created").inc()
+                gpus = lr.spec.training.gpus
+                await self.event("Normal", "JobCreated", f"training Job {name} created ({gpus} x {cfg.trainer.gpuResource})" if gpus else f"training Job {name} created (CPU)")
+            return cfg.pollSeconds
+
+        outcome, reason, message = jobs_.job_outcome(job)
+        if outcome == "Running":
+            js = job.get("status") or {}
+            start_stage(self.status, "train")  # no-op when already Running (e.g. after a restart)
+            progress = f"train: {js.get('active', 0)} active, {js.get('failed', 0)} failed pods"
+            if time.monotonic() - self._last_pod_check > cfg.pollSeconds * 2 and not js.get("ready"):
+                self._last_pod_check = time.monotonic()
+                details = jobs_.pod_failure_details(await self._pods(name))
+                st.message = f"job {name}" + (f": {details}" if details else "")
+            self.status.progress = progress
+            await self.write()
+            return cfg.pollSeconds
+        if outcome == "Succeeded":
+            prefix = (meta_ann := (job.get("metadata") or {}).get("annotations") or {}).get(jobs_.ANN_OUTPUT, "")
+            result = await self._in_thread(lambda: self.rt.executor.read_training_result(prefix)) if prefix else None
+            if result is None:
+                self.rt.metrics.jobs.labels("failed").inc()
+                fail(self.status, "TrainingResultMissing",
+                     f"train: job {name} completed but {prefix or '<no output prefix>'}/result.json is missing")
+                self.status.progress = "failed in train"
+                await self.write()
+                await self._finished()
+                return None
+            self.rt.metrics.jobs.labels("succeeded").inc()
+            return await self._train_done(result, f"job {name} succeeded (run {meta_ann.get(jobs_.ANN_RUN_ID, '?')})")
+        # Failed
+        self.rt.metrics.jobs.labels("failed").inc()
+        details = jobs_.pod_failure_details(await self._pods(name))
+        msg = f"train: job {name} failed: {reason}" + (f": {message}" if message else "") + (f"; {details}" if details else "")
+        self.rt.metrics.stage_failures.labels("train", "TrainingJobFailed").inc()
+        fail(self.status, "TrainingJobFailed", msg)
+        self.status.progress = "failed in train"
+        await self.write()
+        await self._finished()
+        return None
+
+    async def _train_done(self, result: dict[str, Any], note: str) -> float | None:
+        try:
+            self.rt.executor.record_training_result(self.status, result)
+        except Exception as exc:
+            return await self._stage_failed("train", exc)
+        st = self.status.stage("train")
+        st.message = note
+        started = st.startedAt
+        finish_stage(self.status, "train")
+        self.status.progress = "train done"
+        await self.write()
+        await self.event("Normal", "StageSucceeded", f"train finished: {note}; checkpoint {self.status.checkpointUri}")
+        if started:
+            self.rt.metrics.stage_seconds.labels("train").observe(max(0.0, _age(started)))
+        return NOW
+
+    async def _pods(self, job: str) -> list[dict[str, Any]]:
+        try:
+            pods = await self.rt.kube.list("v1", "pods", self.ns, {"job-name": job})
+        except KubeError:
+            return []
+        return pods
+
+    # ------------------------------------------------------------------------------ terminal
+
+    async def _finished(self) -> None:
+        phase = self.status.phase
+        self.rt.metrics.rounds.labels(phase.value).inc()
+        if phase == Phase.SUCCEEDED:
+            acc = ", ".join(f"{k}={v:.3f}" for k, v in self.status.accuracy.items())
+            await self.event("Normal", "RoundSucceeded", "round finished" + (f"; accuracy {acc}" if acc else ""))
+        else:
+            await self.event("Warning", "RoundFailed", f"{self.status.reason}: {self.status.message}")
+        self.rt.wake_namespace(self.ns)
+
+
+def _age(iso: str) -> float:
+    import datetime as dt
+
+    try:
+        return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
+    except ValueError:
+        return 0.0
+

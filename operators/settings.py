@@ -1,0 +1,82 @@
+"""Operator settings: what the chart renders into ``operator.yaml`` (and what the CLI flags override)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from looptool.shared.config import ConfigError, format_validation_error
+
+
+class TrainerJobSettings(BaseModel):
+    """How training Jobs are built (cluster-wide defaults; a LoopRound's spec.resources overrides some)."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field("ghcr.io/looptool/looptool:0.1.0", description="trainer image (spec.resources.trainerImage overrides)")
+    imagePullPolicy: str = "IfNotPresent"
+    imagePullSecrets: list[str] = Field(default_factory=list)
+    command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "looptool.services.trainer.job"],
+        description="the request file path is appended as `--request <path>`",
+    )
+    serviceAccountName: str = ""
+    gpuResource: str = Field("nvidia.com/gpu", description="extended resource name requested per GPU")
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="merged under spec.resources.nodeSelector")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="added to spec.resources.tolerations when the Job requests GPUs",
+    )
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    priorityClassName: str = ""
+    cpu: str = Field("4", description="CPU request (spec.resources.cpu overrides)")
+    memory: str = Field("32Gi", description="memory request and limit (spec.resources.memory overrides)")
+    shmSize: str = Field("8Gi", description="/dev/shm size (NCCL, dataloaders); empty = no shm volume")
+    backoffLimit: int = Field(1, ge=0)
+    activeDeadlineSeconds: int = Field(0, ge=0, description="0 = no deadline")
+    configMap: str = Field("", description="ConfigMap with config.yaml (LoopTool config) mounted at /etc/looptool/config")
+    s3Secret: str = Field("", description="Secret with S3 credentials (keys below), exposed as LOOPTOOL_S3_* env")
+    s3AccessKeyKey: str = "accessKey"
+    s3SecretKeyKey: str = "secretKey"
+    env: list[dict[str, Any]] = Field(default_factory=list, description="extra container env entries")
+    podLabels: dict[str, str] = Field(default_factory=dict)
+    podAnnotations: dict[str, str] = Field(default_factory=dict)
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    namespaces: list[str] = Field(default_factory=list, description="namespaces to watch; empty = all (needs a ClusterRole)")
+    apiUrl: str = Field("", description="Kubernetes API URL (tests/dev); empty = in-cluster or kubeconfig")
+    metricsPort: int = Field(9100, ge=0, le=65535)
+    pollSeconds: float = Field(15.0, gt=0, description="re-check a running Job at least this often (Job events wake it sooner)")
+    progressSeconds: float = Field(5.0, gt=0, description="how often data-stage progress is written to status")
+    maxConcurrentStages: int = Field(4, ge=1, description="data stages running at once across all rounds")
+    stageRetries: int = Field(2, ge=0, description="retries of a data stage that failed before the round fails")
+    retryBackoffSeconds: float = Field(10.0, ge=0)
+    apiWorkers: int = Field(16, ge=1, description="threads for Kubernetes API calls")
+    finalizer: str = "looptool.io/finalizer"
+    trainer: TrainerJobSettings = Field(default_factory=TrainerJobSettings)
+
+
+def load_settings(path: str | None = None, overrides: dict[str, Any] | None = None) -> OperatorSettings:
+    data: dict[str, Any] = {}
+    source = "operator settings"
+    if path:
+        source = path
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: operator settings file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: malformed YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    try:
+        return OperatorSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
