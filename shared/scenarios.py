@@ -820,12 +820,15 @@ def task_phrase(tool: Tool) -> str:
     if len(words) > 22:
         cut = re.split(r",|;| - | \(", first, maxsplit=1)[0]
         words = cut.split()[:22]
+    if len(words) > 1 and words[0].lower() in ("function", "tool", "api", "method", "endpoint", "this") and _base_verb(words[1]):
+        words = words[1:]
     if words:
         verb = _base_verb(words[0])
         if verb:
             rest = " ".join(words[1:])
             # "... of a triangle given its base and height" → "... of a triangle"
-            cut = re.split(r",? (?:given|based on|using the|using its|by providing|with the given|from the given|for the given|for a given) ", rest, maxsplit=1)[0]
+            cut = re.split(r",? (?:given|based on|using the|using its|by providing|with the given|with a given|with given|"
+                           r"from the given|for the given|for a given|and returns?|and outputs?) ", rest, maxsplit=1)[0]
             if len(cut.split()) >= 2 and cut.split()[-1].lower() not in _FUNCTION_WORDS:
                 rest = cut
             rest = re.sub(r"\b(?:a |an )?(?:specified|given|provided) ", "the ", rest)

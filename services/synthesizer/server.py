@@ -1,0 +1,137 @@
+"""gRPC servicer of the dialogue synthesizer (``looptool serve synthesizer``); logic in ``engine``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from looptool.shared.grpc_util import RunningServer, start_server
+from looptool.shared.logs import get_logger
+from looptool.shared.proto_convert import dataset_from_pb, dialog_to_pb, error_to_pb, progress_to_pb, result_to_pb
+from looptool.shared.records import Dialog, ErrorInfo, Progress, StageResult
+from looptool.v1 import synthesizer_pb2 as pb
+from looptool.v1 import synthesizer_pb2_grpc as pb_grpc
+
+from .agents import make_agents
+from .config import SynthesisConfig, parse_config
+from .engine import LocalToolBackend, iter_synthesis
+
+log = get_logger("looptool.synthesizer")
+SERVICE_NAME = "looptool.v1.DialogueSynthesizer"
+
+
+def event_to_pb(ev: Any) -> pb.SynthesisEvent:
+    if isinstance(ev, Dialog):
+        return pb.SynthesisEvent(dialog=dialog_to_pb(ev))
+    if isinstance(ev, Progress):
+        return pb.SynthesisEvent(progress=progress_to_pb(ev))
+    if isinstance(ev, ErrorInfo):
+        return pb.SynthesisEvent(error=error_to_pb(ev))
+    if isinstance(ev, StageResult):
+        return pb.SynthesisEvent(result=result_to_pb(ev))
+    raise TypeError(type(ev))
+
+
+def output_key(toolset_hash: str, num: int, seed: int, cfg: SynthesisConfig, round: int) -> str:
+    payload = json.dumps({"t": toolset_hash, "n": num, "s": seed, "c": cfg.model_dump(mode="json"), "r": round}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
+    def __init__(self, app_cfg: Any = None, generator: Any = None, toolsim_address: str = "", storage_base: str = ""):
+        self.app_cfg = app_cfg
+        self.generator = generator
+        self.toolsim_address = toolsim_address
+        self.storage_base = storage_base
+        self._embedded: LocalToolBackend | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def s3(self) -> Any:
+        return getattr(getattr(self.app_cfg, "storage", None), "s3", None)
+
+    def _backend(self, cfg: SynthesisConfig):
+        address = cfg.toolsim_address or self.toolsim_address
+        if not address and self.app_cfg is not None:
+            address = self.app_cfg.services.toolsim.address
+        if not address or address == "embedded":
+            with self._lock:
+                if self._embedded is None:
+                    self._embedded = LocalToolBackend()
+            return self._embedded
+        from looptool.services.toolsim.client import ToolSimClient
+
+        return ToolSimClient(address)
+
+    def _generator(self, cfg: SynthesisConfig):
+        if cfg.agents != "llm":
+            return None
+        if self.generator is not None:
+            return self.generator
+        if self.app_cfg is None:
+            return None
+        try:
+            from looptool.services.inference.client import InferenceClient  # type: ignore
+        except ImportError:
+            return None
+        return InferenceClient(self.app_cfg.services.inference.address)
+
+    def Synthesize(self, request: pb.SynthesizeRequest, context: grpc.ServicerContext):
+        from looptool.shared.toolsets import load_toolset
+
+        try:
+            cfg = parse_config(request.config_json)
+        except (ValidationError, ValueError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"config_json: {exc}")
+        if request.num_dialogues < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "num_dialogues must be >= 0")
+        try:
+            ref = dataset_from_pb(request.toolset)
+            tools = load_toolset(ref, self.s3)
+        except Exception as exc:  # noqa: BLE001 - bad reference / missing dataset
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"toolset: {exc}")
+        if not tools:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "toolset: the dataset holds no tools")
+        try:
+            agents = make_agents(cfg, self._generator(cfg))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        out = request.output_prefix
+        if not out:
+            base = self.storage_base or (self.app_cfg.storage.base_uri() if self.app_cfg is not None else "")
+            if not base:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "output_prefix is empty and no storage is configured")
+            out = f"{base.rstrip('/')}/synthesis/{output_key(ref.content_hash, request.num_dialogues, request.seed, cfg, request.round)}"
+        backend = self._backend(cfg)
+        cancel = threading.Event()
+        context.add_callback(cancel.set)
+        try:
+            for ev in iter_synthesis(tools, request.num_dialogues, request.seed, out, cfg, agents, backend,
+                                     concurrency=max(1, request.concurrency or 1), round=request.round, s3=self.s3,
+                                     cancel=cancel, meta={"toolset": ref.uri, "toolset_hash": ref.content_hash}):
+                if cancel.is_set():
+                    break
+                yield event_to_pb(ev)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            close = getattr(backend, "close", None)
+            if callable(close) and backend is not self._embedded:
+                close()
+
+
+def start(cfg: Any = None, host: str = "127.0.0.1", port: int = 0, metrics_port: int = 0, generator: Any = None,
+          toolsim_address: str = "", storage_base: str = "") -> RunningServer:
+    servicer = SynthesizerServicer(cfg, generator=generator, toolsim_address=toolsim_address, storage_base=storage_base)
+    workers = getattr(getattr(getattr(cfg, "services", None), "synthesizer", None), "workers", 8) if cfg is not None else 8
+
+    def register(server: grpc.Server) -> list[str]:
+        pb_grpc.add_DialogueSynthesizerServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    return start_server("synthesizer", register, host=host, port=port, metrics_port=metrics_port, workers=workers)
