@@ -553,4 +553,11 @@ def check(entry: BfclEntry, calls: list[ToolCall] | None) -> tuple[bool, str]:
     return check_decoded(entry.functions, decoded, entry.possible_answer, entry.category, entry.language)
 
 
-__all__ = ["bfcl_standardize", "check", "check_decoded"]
+def check_response(entry: BfclEntry, response: str) -> tuple[bool, str]:
+    """Check a raw model response, decoded the way BFCL decodes Qwen FC output."""
+    from looptool.shared.bfcl import decode_like_bfcl
+
+    return check(entry, decode_like_bfcl(response))
+
+
+__all__ = ["bfcl_standardize", "check", "check_decoded", "check_response"]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -466,6 +467,36 @@ def load_entries(category: str, limit: int | None = None) -> list[BfclEntry]:
 # ---------------------------------------------------------------------------------------------
 
 
+_BFCL_TOOL_CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
+
+
+def decode_like_bfcl(response: str) -> list[ToolCall] | None:
+    """Decode a raw model response exactly as bfcl-eval's Qwen FC handler does.
+
+    The text after the last ``</think>`` is kept; every ``<tool_call>\n…\n</tool_call>`` block
+    (newlines required) whose body is JSON becomes a call, other blocks and surrounding text are
+    silently ignored. ``None`` when BFCL's decoder would raise (a body that is not an object with
+    ``name`` and ``arguments``). Use it to reproduce BFCL's numbers; our reward's own parser
+    (``toolcall_format.parse_tool_calls``) is stricter.
+    """
+    if not isinstance(response, str):
+        return None
+    if "</think>" in response:
+        response = response.split("</think>")[-1].lstrip("\n")
+    bodies = []
+    for body in _BFCL_TOOL_CALL.findall(response):
+        try:
+            bodies.append(json.loads(body))
+        except Exception:  # noqa: BLE001 - BFCL skips undecodable blocks
+            continue
+    if any(type(b) is not dict for b in bodies):
+        return None
+    try:
+        return [ToolCall(name=b["name"], arguments=dict(b["arguments"].items())) for b in bodies]
+    except Exception:  # noqa: BLE001 - BFCL's decode_ast raises here → "decoder failed"
+        return None
+
+
 def decoded_output(calls: list[ToolCall]) -> list[dict[str, dict[str, Any]]]:
     """Our calls in BFCL's decoded form ``[{func_name: {arg: value}}]`` (what Qwen FC's
     ``decode_ast`` returns for ``<tool_call>`` blocks)."""
@@ -525,6 +556,7 @@ __all__ = [
     "answer_to_calls",
     "bfcl_function_to_tool",
     "data_dir",
+    "decode_like_bfcl",
     "decoded_output",
     "is_irrelevance",
     "is_relevance",

@@ -16,7 +16,7 @@ import copy
 import itertools
 import json
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any, Iterator
 
 import pytest
@@ -24,8 +24,7 @@ import pytest
 from looptool.shared import ast_check, bfcl
 from looptool.shared.bfcl import BfclEntry, answer_to_calls
 from looptool.shared.records import ToolCall
-from looptool.shared.reward import RewardConfig, canonical_value, score_response
-from looptool.shared.schema import normalize_schema
+from looptool.shared.reward import RewardConfig, score_response
 from looptool.shared.toolcall_format import render_tool_calls
 
 ALL_CATEGORIES = bfcl.BFCL_AST_CATEGORIES
@@ -517,3 +516,20 @@ def test_greedy_parallel_matching_quirk():
     assert not ast_check.check(entry, calls)[0]
     assert bfcl.official_check(entry, answer_to_calls(entry.possible_answer, 0))[0]
     assert score_response(render_tool_calls(calls), answer_to_calls(entry.possible_answer, 0), entry.tools).correct
+
+
+def test_decode_like_bfcl():
+    from looptool.shared.bfcl import decode_like_bfcl
+
+    good = render_tool_calls([ToolCall(name="f", arguments={"a": 1})])
+    assert decode_like_bfcl(good) == [ToolCall(name="f", arguments={"a": 1})]
+    # text and undecodable blocks are ignored, like BFCL's Qwen FC handler
+    assert decode_like_bfcl("Sure.\n<tool_call>\n{oops}\n</tool_call>\n" + good) == [ToolCall(name="f", arguments={"a": 1})]
+    assert decode_like_bfcl("<think>" + good + "</think>\nno call") == []
+    assert decode_like_bfcl('<tool_call>{"name": "f", "arguments": {}}</tool_call>') == []  # needs the newlines
+    assert decode_like_bfcl('<tool_call>\n[1]\n</tool_call>') is None
+    assert decode_like_bfcl('<tool_call>\n{"name": "f"}\n</tool_call>') is None
+    entry = bfcl.load_entries("simple_python", limit=1)[0]
+    text = render_tool_calls(entry.reference_calls())
+    assert ast_check.check_response(entry, text)[0]
+    assert ast_check.check_response(entry, "<think>x</think>" + text)[0]
