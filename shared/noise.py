@@ -13,6 +13,9 @@ calls, in ways a careful judge can detect from the context alone:
   against the schema, so only the context gives it away.
 - **drop**: a required argument is removed (the label no longer carries a value the user gave).
 
+Arguments whose value the context states are corrupted first (a change there is detectable from the
+context); others (defaults the user never mentioned) only when a sample has no such argument.
+
 Each corrupted sample gets a lineage event (stage ``noise``, action ``corrupted``, reason what
 changed), ``meta["noise"]`` (the same text) and ``meta["clean_reference"]`` (the original calls as
 JSON), so JGLV's corrections can be scored later. Sample ids are kept. The input samples are not
@@ -101,7 +104,9 @@ def _other_number(v: int | float, schema: dict[str, Any], text: str, rng: random
     enum = schema.get("enum")
     if isinstance(enum, list):
         cands = [e for e in enum if type(e) is type(v)]
-    ok = [c for c in dict.fromkeys(cands) if c != v and _in_bounds(c, schema) and not _number_in(text, c)]
+    # keep the sign (a distance stays positive) unless the schema's bounds say otherwise
+    same_sign = [x for x in cands if (x > 0) == (v > 0) and (x < 0) == (v < 0)] if not isinstance(enum, list) else cands
+    ok = [c for c in dict.fromkeys(same_sign) if c != v and _in_bounds(c, schema) and not _number_in(text, c)]
     return rng.choice(ok) if ok else None
 
 
@@ -159,6 +164,17 @@ def _other_string(name: str, v: str, schema: dict[str, Any], text: str, rng: ran
     return fallback
 
 
+def _grounded(value: Any, text: str) -> bool:
+    """Is the value stated in the context? Only then can a judge see that a change is wrong."""
+    if isinstance(value, list):
+        return bool(value) and all(_grounded(v, text) for v in value)
+    if isinstance(value, str):
+        return bool(value.strip()) and value.strip().lower() in text
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _number_in(text, value)
+    return False
+
+
 def _options(sample: Sample) -> list[tuple[str, int, str, int]]:
     """(kind, call index, argument, list index or -1) corruptions this sample allows."""
     tools = {t.name: t for t in sample.tools}
@@ -187,13 +203,23 @@ def _show(v: Any) -> str:
 
 def corrupt_sample(sample: Sample, rng: random.Random, drop_weight: float = 0.25) -> tuple[list[ToolCall], str] | None:
     """A detectably wrong version of ``sample.reference`` and what changed, or None if impossible."""
-    options = _options(sample)
-    values = [o for o in options if o[0] == "value"]
-    drops = [o for o in options if o[0] == "drop"]
-    rng.shuffle(values)
-    rng.shuffle(drops)
-    ordered = (drops + values) if drops and rng.random() < drop_weight else (values + drops)
     text = _context_text(sample)
+    options = _options(sample)
+
+    def value_at(o: tuple[str, int, str, int]) -> Any:
+        v = sample.reference[o[1]].arguments[o[2]]
+        return v[o[3]] if o[3] >= 0 else v
+
+    # arguments whose value the context states first: changing those is detectable
+    grounded = [o for o in options if _grounded(value_at(o), text)]
+    rest = [o for o in options if o not in grounded]
+    ordered: list[tuple[str, int, str, int]] = []
+    for group in (grounded, rest):
+        values = [o for o in group if o[0] == "value"]
+        drops = [o for o in group if o[0] == "drop"]
+        rng.shuffle(values)
+        rng.shuffle(drops)
+        ordered += (drops + values) if drops and rng.random() < drop_weight else (values + drops)
     tools = {t.name: t for t in sample.tools}
     for kind, ci, arg, li in ordered:
         calls = [ToolCall(name=c.name, arguments=json.loads(json.dumps(c.arguments))) for c in sample.reference]

@@ -220,34 +220,64 @@ def test_deterministic_and_idempotent(data):
     assert again.outputs[0] == a.outputs[0] and again.counts == a.counts
 
 
-def test_resume_after_interruption_gives_identical_output(data):
+class CountingExpander(Expander):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.expanded: list[str] = []
+
+    def expand_group(self, seeds, *a, **kw):
+        self.expanded += [sd.id for sd in seeds]
+        return super().expand_group(seeds, *a, **kw)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_resume_after_interruption_gives_identical_output(data, group):
     root, verdicts, corpus = data
-    cfg = ExpandConfig(flushEvery=1)
+    cfg = ExpandConfig(flushEvery=group)
     full = Expander(cfg).run(verdicts, f"{root}/full", 3, 5, 1, corpus)
 
     calls = {"n": 0}
 
-    def stop_after_two() -> bool:
+    def stop_after_first_groups() -> bool:
         calls["n"] += 1
-        return calls["n"] > 2
+        return calls["n"] > (2 if group == 1 else 1)
 
-    events = list(Expander(cfg).events(verdicts, f"{root}/part", 3, 5, 1, corpus, should_stop=stop_after_two))
+    events = list(Expander(cfg).events(verdicts, f"{root}/part", 3, 5, 1, corpus, should_stop=stop_after_first_groups))
     assert not any(isinstance(e, StageResult) for e in events)  # interrupted: nothing committed
-    progress = [e for e in events if isinstance(e, Progress)]
-    assert progress[-1].done == 2
-
-    class CountingExpander(Expander):
-        expanded: list[str] = []
-
-        def expand_seed(self, seed, *a, **kw):
-            self.expanded.append(seed.id)
-            return super().expand_seed(seed, *a, **kw)
+    done_before = [e for e in events if isinstance(e, Progress)][-1].done
+    assert done_before == (2 if group == 1 else 3)
 
     resumed_exp = CountingExpander(cfg)
     resumed = resumed_exp.run(verdicts, f"{root}/part", 3, 5, 1, corpus)
-    assert len(resumed_exp.expanded) == full.counts["seeds"] - 2  # finished seeds were skipped
+    assert len(resumed_exp.expanded) == full.counts["seeds"] - done_before  # finished seeds were skipped
     assert resumed.outputs[0].content_hash == full.outputs[0].content_hash
     assert resumed.counts == full.counts
+
+
+def test_resume_after_a_crash_between_stats_and_part(data, monkeypatch):
+    """The stats record of a group lands, its part does not: the group is redone, output identical."""
+    from looptool.shared.storage.datasets import DatasetWriter
+
+    root, verdicts, corpus = data
+    cfg = ExpandConfig(flushEvery=2)
+    full = Expander(cfg).run(verdicts, f"{root}/full", 2, 9, 1, corpus)
+    real_flush = DatasetWriter.flush
+    n = {"flush": 0}
+
+    def crashing_flush(self):
+        n["flush"] += 1
+        if n["flush"] == 2:
+            raise OSError("disk gone")
+        return real_flush(self)
+
+    monkeypatch.setattr(DatasetWriter, "flush", crashing_flush)
+    with pytest.raises(OSError):
+        Expander(cfg).run(verdicts, f"{root}/crash", 2, 9, 1, corpus)
+    monkeypatch.setattr(DatasetWriter, "flush", real_flush)
+    again = CountingExpander(cfg)
+    resumed = again.run(verdicts, f"{root}/crash", 2, 9, 1, corpus)
+    assert len(again.expanded) == 2  # the second group only
+    assert resumed.outputs[0].content_hash == full.outputs[0].content_hash and resumed.counts == full.counts
 
 
 class FixedDrafts:
@@ -473,3 +503,21 @@ def test_grpc_expand_on_loopback_with_health_and_metrics(data):
             assert missing.value.code == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         running.stop(0)
+
+
+def test_llm_drafts_are_batched_across_seeds(data):
+    root, verdicts, corpus = data
+
+    class Counting(ScriptedGenerator):
+        batches: list[int] = []
+
+        def generate(self, requests):
+            self.batches.append(len(requests))
+            return super().generate(requests)
+
+    gen = Counting(lambda r: "nope")
+    Counting.batches = []
+    result = expand(verdicts, f"{root}/batched", factor=2, seed=0, round=1, corpus=corpus,
+                    config=ExpandConfig(generator="llm", maxAttempts=2), generator=gen)
+    assert result.counts["seeds"] == 4 and result.counts["written"] == 0
+    assert gen.batches == [8, 8]  # one model call per attempt for the whole group of 4 seeds × 2 slots

@@ -29,10 +29,13 @@ correctly.
 
 Determinism: every draft's randomness comes from ``sha256(seed, seed sample id, slot, attempt)``,
 seeds are processed in dataset order and the dedup state is "corpus + samples written so far", so
-the same inputs and seed give byte-identical output. Resume: the output is written with a resumable
-writer; parts are flushed only at seed boundaries, each followed by a small stats record
-(``<output>/_expander/batch-*.json``), so a restarted run skips the seeds already done (their children
-exist) and reports the same counts as an uninterrupted run.
+the same inputs and seed give byte-identical output. Seeds are processed in groups of
+``flushEvery``: each attempt drafts for the whole group at once (one batched model call for the llm
+generator, one batched probe for ``filterMastered``). Resume: the output is written with a resumable
+writer, one part per group, each preceded by a small stats record
+(``<output>/_expander/batch-*.json``: the group's seeds and counts), so a restarted run skips the
+groups already done (and any seed whose children exist) and reports the same counts and bytes as
+an uninterrupted run.
 
 Counts (``StageResult.counts``): ``seeds``, ``generated`` (drafts produced) = ``invalid`` +
 ``duplicates`` + ``filtered_mastered`` + ``written``; ``rejected_<reason>`` per reason;
@@ -51,7 +54,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from pydantic import Field
 
-from looptool.shared.generation import GenRequest, Generator, SamplingParams
+from looptool.shared.generation import GenRequest, GenResult, Generator, SamplingParams
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import ExpandSpec
 from looptool.shared.metrics import counter
@@ -232,11 +235,21 @@ class Draft:
 
 
 class DraftGenerator(Protocol):
-    """Both EDDE generators: one Draft per (slot, attempt) task, deterministic given ``base_seed``."""
+    """Both EDDE generators: one Draft per (slot, attempt) task, deterministic given ``base_seed``.
+
+    ``drafts_many`` drafts for several seeds at once (the llm generator sends them to the model as
+    one batch); ``drafts_for_all`` falls back to ``drafts`` per seed for generators without it."""
 
     name: str
 
     def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]: ...
+
+
+def drafts_for_all(gen: DraftGenerator, work: list[tuple[Seed, list[tuple[int, int]]]], base_seed: int) -> list[list[Draft]]:
+    many = getattr(gen, "drafts_many", None)
+    if many is not None:
+        return many(work, base_seed)
+    return [gen.drafts(seed, tasks, base_seed) for seed, tasks in work]
 
 
 class ProgrammaticGenerator:
@@ -397,35 +410,44 @@ class LLMGenerator:
         self.generator, self.temperature, self.max_tokens = generator, temperature, max_tokens
 
     def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]:
+        return self.drafts_many([(seed, tasks)], base_seed)[0]
+
+    def drafts_many(self, work: list[tuple[Seed, list[tuple[int, int]]]], base_seed: int) -> list[list[Draft]]:
+        """One ``generate`` call for every task of every seed (the backend batches them)."""
         requests, styles = [], []
-        for slot, attempt in tasks:
-            rng = derived_rng(base_seed, seed.id, slot, attempt, self.name)
-            variation = rng.choice(VARIATIONS)
-            styles.append(variation)
-            requests.append(
-                GenRequest(
-                    messages=[Message(role="system", content=LLM_SYSTEM), Message(role="user", content=llm_prompt(seed, variation))],
-                    tools=[],
-                    params=SamplingParams(
-                        temperature=self.temperature, max_tokens=self.max_tokens, seed=rng.getrandbits(31)
-                    ),
-                    request_id=f"edde-{seed.id}-{slot}-{attempt}",
+        for seed, tasks in work:
+            for slot, attempt in tasks:
+                rng = derived_rng(base_seed, seed.id, slot, attempt, self.name)
+                variation = rng.choice(VARIATIONS)
+                styles.append(variation)
+                requests.append(
+                    GenRequest(
+                        messages=[Message(role="system", content=LLM_SYSTEM), Message(role="user", content=llm_prompt(seed, variation))],
+                        tools=[],
+                        params=SamplingParams(
+                            temperature=self.temperature, max_tokens=self.max_tokens, seed=rng.getrandbits(31)
+                        ),
+                        request_id=f"edde-{seed.id}-{slot}-{attempt}",
+                    )
                 )
-            )
         try:
-            results = self.generator.generate(requests)
+            results = self.generator.generate(requests) if requests else []
         except Exception as exc:  # the backend is down: every draft of this batch failed
-            log.warning("llm generator failed", extra={"seed": seed.id, "error": repr(exc)})
-            return [Draft(error="generation_error", detail=repr(exc)[:300]) for _ in tasks]
-        out: list[Draft] = []
-        for i, _task in enumerate(tasks):
+            log.warning("llm generator failed", extra={"error": repr(exc)})
+            results = [GenResult(error=f"generator failed: {exc!r}"[:300]) for _ in requests]
+        flat: list[Draft] = []
+        for i in range(len(requests)):
             res = results[i] if i < len(results) else None
             if res is None or res.error or not res.completions:
-                out.append(Draft(error="generation_error", detail=(res.error if res else "no result") or "no completion"))
+                flat.append(Draft(error="generation_error", detail=(res.error if res else "no result") or "no completion"))
                 continue
             d = parse_llm_draft(res.completions[0].text)
             d.style = styles[i]
-            out.append(d)
+            flat.append(d)
+        out, pos = [], 0
+        for _seed, tasks in work:
+            out.append(flat[pos : pos + len(tasks)])
+            pos += len(tasks)
         return out
 
 
@@ -556,81 +578,96 @@ class Expander:
     def expand_seed(
         self, seed: Seed, factor: int, base_seed: int, round: int, pool: list[Tool], state: _State
     ) -> tuple[list[Sample], dict[str, int], list[str]]:
-        """Up to ``factor`` new samples for one seed; updates the dedup state. Returns the samples,
-        this seed's counts and the rejection details of the slots that stayed empty."""
-        c = _new_counts()
-        c["seeds"] = 1
-        accepted: list[tuple[int, Sample]] = []
-        pending = list(range(factor))
-        last_reject: dict[int, str] = {}
-        for attempt in range(self.config.maxAttempts):
-            if not pending:
-                break
-            tasks = [(slot, attempt) for slot in pending]
-            drafts = self.generator.drafts(seed, tasks, base_seed)
-            retry = []
-            for (slot, _a), draft in zip(tasks, drafts):
-                c["generated"] += 1
-                reason, detail = check_draft(seed, draft, self.config.requireGrounded)
-                if reason:
-                    c["invalid"] += 1
-                    c[f"rejected_{reason}"] = c.get(f"rejected_{reason}", 0) + 1
-                    last_reject[slot] = f"{reason}: {detail}"
-                    retry.append(slot)
-                    continue
-                rng = derived_rng(base_seed, seed.id, slot, _a, "tools")
-                sample = self._build(seed, draft, self._tools_for(seed, pool, rng), round)
-                text_key = user_text_key(sample)
-                if sample.id in state.ids or (text_key and text_key in state.texts):
-                    c["duplicates"] += 1
-                    last_reject[slot] = "duplicate"
-                    retry.append(slot)
-                    continue
-                state.ids.add(sample.id)
-                if text_key:
-                    state.texts.add(text_key)
-                accepted.append((slot, sample))
-            pending = retry
-        accepted.sort(key=lambda x: x[0])
-        samples = [s for _, s in accepted]
-        if self.config.filterMastered and samples:
-            samples = self._filter_mastered(samples, c, state)
-        c["written"] = len(samples)
-        return samples, c, [last_reject[s] for s in pending if s in last_reject]
+        """Up to ``factor`` new samples for one seed (``expand_group`` of one)."""
+        return self.expand_group([seed], factor, base_seed, round, pool, state)[0]
 
-    def _filter_mastered(self, samples: list[Sample], c: dict[str, int], state: _State) -> list[Sample]:
+    def expand_group(
+        self, seeds: list[Seed], factor: int, base_seed: int, round: int, pool: list[Tool], state: _State
+    ) -> list[tuple[list[Sample], dict[str, int], list[str]]]:
+        """Up to ``factor`` new samples per seed, drafted as one batch per attempt; updates the dedup
+        state. Per seed: its samples, its counts and the rejection details of slots left empty.
+
+        Drafts are checked in seed order, then slot order, attempt by attempt, so the result depends
+        only on the group (groups are the resume unit: ``flushEvery`` seeds)."""
+        counts = [_new_counts() | {"seeds": 1} for _ in seeds]
+        accepted: list[list[tuple[int, Sample]]] = [[] for _ in seeds]
+        pending = [list(range(factor)) for _ in seeds]
+        last_reject: list[dict[int, str]] = [{} for _ in seeds]
+        for attempt in range(self.config.maxAttempts):
+            work = [(i, [(slot, attempt) for slot in pending[i]]) for i in range(len(seeds)) if pending[i]]
+            if not work:
+                break
+            drafted = drafts_for_all(self.generator, [(seeds[i], tasks) for i, tasks in work], base_seed)
+            for (i, tasks), drafts in zip(work, drafted):
+                seed, c, retry = seeds[i], counts[i], []
+                for (slot, _a), draft in zip(tasks, drafts):
+                    c["generated"] += 1
+                    reason, detail = check_draft(seed, draft, self.config.requireGrounded)
+                    if reason:
+                        c["invalid"] += 1
+                        c[f"rejected_{reason}"] = c.get(f"rejected_{reason}", 0) + 1
+                        last_reject[i][slot] = f"{reason}: {detail}"
+                        retry.append(slot)
+                        continue
+                    rng = derived_rng(base_seed, seed.id, slot, _a, "tools")
+                    sample = self._build(seed, draft, self._tools_for(seed, pool, rng), round)
+                    text_key = user_text_key(sample)
+                    if sample.id in state.ids or (text_key and text_key in state.texts):
+                        c["duplicates"] += 1
+                        last_reject[i][slot] = "duplicate"
+                        retry.append(slot)
+                        continue
+                    state.ids.add(sample.id)
+                    if text_key:
+                        state.texts.add(text_key)
+                    accepted[i].append((slot, sample))
+                pending[i] = retry
+        per_seed = [[smp for _, smp in sorted(acc, key=lambda x: x[0])] for acc in accepted]
+        if self.config.filterMastered:
+            per_seed = self._filter_mastered(per_seed, counts, state)
+        out = []
+        for i, samples in enumerate(per_seed):
+            counts[i]["written"] = len(samples)
+            out.append((samples, counts[i], [last_reject[i][s] for s in pending[i] if s in last_reject[i]]))
+        return out
+
+    def _filter_mastered(
+        self, per_seed: list[list[Sample]], counts: list[dict[str, int]], state: _State
+    ) -> list[list[Sample]]:
+        """Probe every new sample greedily (one batch); drop those the current model answers right."""
         assert self.prober is not None
+        flat = [(i, smp) for i, samples in enumerate(per_seed) for smp in samples]
+        if not flat:
+            return per_seed
         reqs = [
             GenRequest(
-                messages=s.context,
-                tools=s.tools,
+                messages=smp.context,
+                tools=smp.tools,
                 params=SamplingParams(temperature=0.0, max_tokens=self.config.probeMaxTokens),
-                request_id=f"edde-probe-{s.id}",
+                request_id=f"edde-probe-{smp.id}",
             )
-            for s in samples
+            for _, smp in flat
         ]
         try:
             results = self.prober.generate(reqs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - cannot tell: keep them, count it
             log.warning("mastery probe failed; keeping the samples", extra={"error": repr(exc)})
-            c["probe_errors"] += len(samples)
-            return samples
-        kept = []
-        for i, s in enumerate(samples):
-            res = results[i] if i < len(results) else None
+            results = []
+        kept: list[list[Sample]] = [[] for _ in per_seed]
+        for k, (i, smp) in enumerate(flat):
+            res = results[k] if k < len(results) else None
             if res is None or res.error or not res.completions:
-                c["probe_errors"] += 1
-                kept.append(s)
-                continue
-            if self.is_correct(res.completions[0].text, s):
-                c["filtered_mastered"] += 1
+                counts[i]["probe_errors"] += 1
+                kept[i].append(smp)
+            elif self.is_correct(res.completions[0].text, smp):
+                counts[i]["filtered_mastered"] += 1
                 # forget its dedup keys: the state stays "corpus + samples written" (resume-exact)
-                state.ids.discard(s.id)
-                key = user_text_key(s)
+                state.ids.discard(smp.id)
+                key = user_text_key(smp)
                 if key:
                     state.texts.discard(key)
             else:
-                kept.append(s)
+                kept[i].append(smp)
         return kept
 
     # -- the whole stage
@@ -692,11 +729,14 @@ class Expander:
             out_uri,
             self.s3,
             kind="samples",
-            part_size=1 << 30,  # flushed by hand at seed boundaries only
+            part_size=1 << 30,  # flushed by hand, one part per group of seeds
             resume=True,
             meta={"stage": STAGE, "round": round, "factor": factor, "seed": seed, "config": cfg_meta},
         )
-        # resume: seeds with a stats record or with children already written are done
+        # Resume. Groups of ``flushEvery`` seeds are the unit of work: for each, a stats record naming
+        # its seeds and counts is written *before* its part is flushed, with the part count the
+        # writer must reach. A record whose part did not survive is ignored (the group is redone and
+        # the record overwritten); records are read in order and the first invalid one ends the scan.
         done: set[str] = set()
         stats_prefix = f"{writer.prefix}/{STATS_DIR}/"
         batch_index = 0
@@ -704,79 +744,70 @@ class Expander:
             try:
                 rec = json.loads(store.get_bytes(key))
             except (NotFound, ValueError):
-                continue
-            if rec.get("parts", 0) > len(writer.parts):  # its part did not survive: redo those seeds
-                continue
+                break
+            if int(rec.get("batch", -1)) != batch_index or int(rec.get("parts", 1 << 30)) > len(writer.parts):
+                break
             done.update(rec["seeds"])
             _merge(state.counts, rec["counts"])
-            batch_index = max(batch_index, int(rec["batch"]) + 1)
-        resumed_children = 0
+            batch_index += 1
         for rec in writer.existing_records():
-            s = Sample.model_validate(rec)
-            parent = s.meta.get("edde_seed", "")
-            if parent and parent not in done:
-                done.add(parent)
-                state.counts["resumed_without_stats"] = state.counts.get("resumed_without_stats", 0) + 1
-            resumed_children += 1
-            list(_register([s]))
+            child = Sample.model_validate(rec)
+            done.add(child.meta.get("edde_seed", ""))  # children exist: that seed is done in any case
+            list(_register([child]))
         if done:
-            log.info("resuming expansion", extra={"uri": out_uri, "seeds_done": len(done), "children": resumed_children})
+            log.info("resuming expansion", extra={"uri": out_uri, "seeds_done": len(done & seen_ids), "children": len(writer.parts)})
 
         total = len(seeds)
-        batch_seeds: list[str] = []
-        batch_counts = _new_counts()
-        finished = sum(1 for s in seeds if s.id in done)
+        todo = [sd for sd in seeds if sd.id not in done]
+        finished = total - len(todo)
         yield Progress(stage=STAGE, done=finished, total=total, message=f"{total} seeds, {len(pool)} tools in the pool")
-
-        def _flush() -> None:
-            nonlocal batch_index, batch_seeds, batch_counts
-            if not batch_seeds:
-                return
-            writer.flush()
-            body = {"batch": batch_index, "parts": len(writer.parts), "seeds": batch_seeds, "counts": batch_counts}
-            store.put_bytes(f"{stats_prefix}batch-{batch_index:06d}.json", json.dumps(body).encode())
-            _merge(state.counts, batch_counts)
-            batch_index += 1
-            batch_seeds, batch_counts = [], _new_counts()
-
-        for sd in seeds:
-            if sd.id in done:
-                continue
+        group_size = self.config.flushEvery
+        for g in range(0, len(todo), group_size):
             if should_stop():
-                _flush()
-                return
-            children, c, rejects = self.expand_seed(sd, factor, seed, round, pool, state)
-            writer.write_many(children)
-            _merge(batch_counts, c)
-            batch_seeds.append(sd.id)
-            self._observe(c)
-            finished += 1
-            if factor and not children and rejects:
-                yield ErrorInfo(
-                    code="EXPANSION_EMPTY",
-                    message=f"no sample kept after {self.config.maxAttempts} attempts per slot; last: {rejects[-1][:300]}",
-                    item_id=sd.id,
+                return  # finished groups are durable; a new call resumes after them
+            group = todo[g : g + group_size]
+            results = self.expand_group(group, factor, seed, round, pool, state)
+            group_counts = _new_counts()
+            n_children = 0
+            for (children, c, _rejects) in results:
+                writer.write_many(children)
+                _merge(group_counts, c)
+                n_children += len(children)
+                self._observe(c)
+            body = {
+                "batch": batch_index,
+                "parts": len(writer.parts) + (1 if n_children else 0),
+                "seeds": [sd.id for sd in group],
+                "counts": group_counts,
+            }
+            store.put_bytes(f"{stats_prefix}batch-{batch_index:06d}.json", json.dumps(body).encode())
+            writer.flush()
+            _merge(state.counts, group_counts)
+            batch_index += 1
+            for sd, (children, c, rejects) in zip(group, results):
+                finished += 1
+                if factor and not children and rejects:
+                    yield ErrorInfo(
+                        code="EXPANSION_EMPTY",
+                        message=f"no sample kept after {self.config.maxAttempts} attempts per slot; last: {rejects[-1][:300]}",
+                        item_id=sd.id,
+                    )
+                yield Progress(
+                    stage=STAGE,
+                    done=finished,
+                    total=total,
+                    message=f"{sd.id}: {len(children)} new",
+                    metrics={"written": float(state.counts["written"])},
                 )
-            if len(batch_seeds) >= self.config.flushEvery:
-                _flush()
-            written_so_far = state.counts["written"] + batch_counts["written"]
-            yield Progress(
-                stage=STAGE,
-                done=finished,
-                total=total,
-                message=f"{sd.id}: {len(children)} new",
-                metrics={"written": float(written_so_far)},
-            )
-        _flush()
         counts = dict(state.counts)
         _merge(counts, skipped)
         counts["seeds"] = total
-        counts["written"] = writer.records_flushed  # exact, also after a resume without stats
+        counts["written"] = writer.records_flushed
         writer.meta["counts"] = counts
         ref = writer.commit()
         store.delete_prefix(stats_prefix)
-        g = counts["generated"]
-        metrics = {"acceptance_rate": counts["written"] / g if g else 0.0, "per_seed": counts["written"] / total if total else 0.0}
+        g_ = counts["generated"]
+        metrics = {"acceptance_rate": counts["written"] / g_ if g_ else 0.0, "per_seed": counts["written"] / total if total else 0.0}
         yield StageResult(outputs=[ref], counts=counts, metrics=metrics)
 
     def _observe(self, c: dict[str, int]) -> None:
