@@ -213,6 +213,7 @@ def test_mcp_http_streamable():
         assert rep.counts["duplicate"] == 1
     finally:
         server.shutdown()
+        server.server_close()
     with pytest.raises(ToolsetError, match="cannot reach"):
         import_source(f"http://127.0.0.1:{server.server_port}/mcp", timeout=2)
 
