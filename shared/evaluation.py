@@ -9,7 +9,6 @@ from typing import Callable, Iterable
 
 from looptool.shared.generation import Completion, Generator, GenRequest, GenResult, SamplingParams
 from looptool.shared.records import DatasetRef, Message, Progress, Sample, Tool, ToolCall
-from looptool.shared.toolcall_format import parse_tool_calls
 
 BATCH = 16
 
@@ -153,9 +152,7 @@ def evaluate_bfcl(
     failures: list[dict] = []
     for e, r in zip(entries, results):
         text = r.completions[0].text if r.completions else ""
-        parsed = parse_tool_calls(text)
-        calls: list[ToolCall] | None = parsed.calls if parsed.ok else None
-        ok, reason = ast_check.check(e, calls)
+        ok, reason = ast_check.check_response(e, text)  # decoded as BFCL decodes Qwen FC output
         ok = ok and not r.error
         correct += int(ok)
         if not ok and len(failures) < 5:
