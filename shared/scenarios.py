@@ -31,10 +31,15 @@ import json
 import math
 import random
 import re
-import sre_constants
-import sre_parse
 import string
 from typing import Any, Iterable, Mapping
+
+try:  # Python ≥ 3.11 moved the regex parser; the old names warn
+    from re import _constants as sre_constants  # type: ignore[attr-defined]
+    from re import _parser as sre_parse  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    import sre_constants  # type: ignore[no-redef]
+    import sre_parse  # type: ignore[no-redef]
 
 from looptool.shared.records import Tool, ToolCall
 from looptool.shared.schema import normalize_schema, validate_call
