@@ -521,3 +521,8 @@ def test_llm_drafts_are_batched_across_seeds(data):
                     config=ExpandConfig(generator="llm", maxAttempts=2), generator=gen)
     assert result.counts["seeds"] == 4 and result.counts["written"] == 0
     assert gen.batches == [8, 8]  # one model call per attempt for the whole group of 4 seeds × 2 slots
+
+
+def test_seed_with_a_schema_invalid_correct_side_is_skipped():
+    bad = judged(S_WEATHER, Decision.LABEL_WRONG, [], corrected=[call("get_weather", city="Paris", unit="kelvin")])
+    assert seed_from_judged(bad) == (None, "invalid_label")

@@ -9,10 +9,13 @@ side contains a call:
 - ``both_acceptable`` is not an error (skipped); ``unclear`` is skipped unless ``includeUnclear``
   (then the unchallenged reference counts as correct).
 
+A seed whose correct calls do not validate against its tools is skipped (``skipped_invalid_label``).
 For each seed, ``factor`` new samples keep the failure's *structure* (the same functions, the same
 number and order of calls, the same argument names) but change its *context*: new argument values,
 a new request phrasing/style, and the seed's tools shuffled among extra distractor tools from the
-corpus' toolset. Every draft is checked before it is kept:
+corpus' toolset. A new sample is single-turn: the seed's system messages and the new user request
+(the seed's earlier turns refer to the old values, so they are not carried over). Every draft is
+checked before it is kept:
 
 ``parse``        the generator's output is not the strict JSON asked for (llm);
 ``structure``    different functions / call count / argument names than the seed's correct calls;
@@ -159,6 +162,11 @@ def seed_from_judged(j: JudgedSample, include_unclear: bool = False) -> tuple[Se
     if not correct:
         return None, "no_call"
     correct = [ToolCall(name=c.name, arguments=c.arguments) for c in correct]
+    try:
+        if any(validate_call(c, sample.tools) for c in correct):
+            return None, "invalid_label"  # the "correct" side does not validate: nothing safe to vary
+    except ToolSchemaError:
+        return None, "invalid_tool"
     return Seed(sid, v.decision, sample, correct, list(wrong), wrong_text, v.reason), ""
 
 
