@@ -148,6 +148,10 @@ class RoundReconciler:
         self._attempts: dict[str, int] = {}
         self._last_invalid = ""
         self._last_pod_check = 0.0
+        self._stopped: Any = None
+
+    def stopping(self) -> bool:
+        return self._stopped is not None and bool(self._stopped)
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -179,9 +183,10 @@ class RoundReconciler:
 
     async def run(self, stopped: Any = None) -> None:
         """Reconcile until the round is terminal or ``stopped`` (kopf's daemon flag) becomes true."""
+        self._stopped = stopped
         waker = self.rt.waker(self.ns, self.name)
         try:
-            while not (stopped is not None and bool(stopped)):
+            while not self.stopping():
                 waker.clear()
                 started = time.perf_counter()
                 try:
@@ -196,12 +201,20 @@ class RoundReconciler:
                 if delay is None:
                     return
                 if delay > 0:
-                    try:
-                        await asyncio.wait_for(waker.wait(), timeout=delay)
-                    except asyncio.TimeoutError:
-                        pass
+                    await self._sleep(waker, delay)
         finally:
             self.rt.wakers.pop((self.ns, self.name), None)
+
+    async def _sleep(self, waker: asyncio.Event, delay: float) -> None:
+        """Until woken (spec change, Job event, a round finished), stopped, or ``delay`` passes."""
+        waiters = [asyncio.ensure_future(waker.wait())]
+        if self._stopped is not None and hasattr(self._stopped, "wait"):
+            waiters.append(asyncio.ensure_future(self._stopped.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
 
     async def step(self) -> float | None:
         """One level-triggered step. Returns how long to wait before the next, or None when done."""
@@ -292,14 +305,21 @@ class RoundReconciler:
             self.rt.stage_pool, lambda: self.rt.executor.run_data_stage(phase, lr, work, previous, self._on_progress)
         )
         seen: Progress | None = None
+        every = self.rt.settings.progressSeconds
+        last_write = time.monotonic()
         while True:
-            done, _ = await asyncio.wait({fut}, timeout=self.rt.settings.progressSeconds)
-            p = self._progress
-            if p is not None and p is not seen:
-                seen = p
-                await self._record_progress(stage, p)
+            done, _ = await asyncio.wait({fut}, timeout=min(every, 1.0))
             if done:
                 break
+            if self.stopping():
+                # Operator shutting down or round deleted: leave the stage to the next operator
+                # (it re-enters the stage; outputs are keyed by inputs). The worker's result is dropped.
+                return None
+            p = self._progress
+            if p is not None and p is not seen and time.monotonic() - last_write >= every:
+                seen, last_write = p, time.monotonic()
+                await self._record_progress(stage, p)
+        seen = self._progress
         try:
             fut.result()
         except Exception as exc:

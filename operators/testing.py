@@ -200,6 +200,7 @@ class FakeKubeApi:
         self._rv = 0
         self._rv_lock = threading.Lock()
         self.error: BaseException | None = None
+        self.creates: Counter[str] = Counter()  # plural -> POSTs received (incl. rejected ones)
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -327,6 +328,7 @@ def _make_emulator_class():
             if res is not None and isinstance(request.data, (dict, list)):
                 is_round = res.group == "looptool.io" and res.plural == "looprounds"
                 if action == "CREATE" and isinstance(request.data, dict):
+                    self.api.creates[res.plural] += 1
                     meta = request.data.setdefault("metadata", {})
                     if request.namespace and not meta.get("namespace"):
                         meta["namespace"] = request.namespace

@@ -1,0 +1,342 @@
+"""The LoopRound operator under ``kopf.testing.KopfRunner`` against a Kubernetes API served over HTTP
+on loopback by kmock (``looptool.operators.testing.FakeKubeApi`` fills kmock's gaps: uids, resource
+versions, generations, the status subresource, CRD schema validation, 422 on JSON-patch conflicts).
+
+The data stages run through the TEST EXECUTOR (``looptool.operators.testing.TestStageExecutor``): real,
+small, deterministic datasets in a local store — what is under test here is the Kubernetes behaviour.
+The test plays kubelet + trainer: it writes the trainer's ``result.json`` and patches Job status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+from kopf.testing import KopfRunner
+
+from looptool.operators.main import build
+from looptool.operators.settings import OperatorSettings, TrainerJobSettings
+from looptool.operators.testing import FakeApiError, FakeKubeApi, TestStageExecutor, complete_training
+from looptool.shared.loop.state import ORDER, Phase
+
+LR = ("looptool.io/v1alpha1", "looprounds")
+JOBS = ("batch/v1", "jobs")
+
+
+def loopround(name: str, **spec: Any) -> dict[str, Any]:
+    base = {
+        "baseModel": {"uri": "s3://looptool/models/qwen3-8b"},
+        "toolset": {"bfcl": {"category": "simple_python", "limit": 20}},
+        "training": {"backend": "verl", "gpus": 4},
+        "resources": {
+            "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}],
+            "trainerImage": "registry.example.com/looptool-trainer:1.2",
+        },
+    }
+    base.update(spec)
+    return {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound", "metadata": {"name": name}, "spec": base}
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def api() -> Iterator[FakeKubeApi]:
+    with FakeKubeApi() as server:
+        yield server
+
+
+@pytest.fixture
+def executor(tmp_path) -> TestStageExecutor:
+    return TestStageExecutor(tmp_path / "store")
+
+
+@contextlib.contextmanager
+def operator(api: FakeKubeApi, executor: TestStageExecutor, **overrides: Any) -> Iterator[KopfRunner]:
+    settings = OperatorSettings(
+        namespaces=["default"], apiUrl=api.url, metricsPort=0, pollSeconds=1.0, progressSeconds=0.2,
+        retryBackoffSeconds=0.05, **overrides,
+    )
+    _, registry, kopf_settings = build(settings, executor)
+    with KopfRunner(["run", "--standalone", "-n", "default"], registry=registry, settings=kopf_settings, timeout=30) as runner:
+        yield runner
+    # KopfRunner re-raises operator exceptions; a clean exit means the operator never crashed.
+    assert runner.exception is None, runner.output[-3000:]
+    assert runner.exit_code == 0
+
+
+def status(api: FakeKubeApi, name: str) -> dict[str, Any]:
+    obj = api.get(*LR, name) or {}
+    return obj.get("status") or {}
+
+
+def phase_is(api: FakeKubeApi, name: str, *phases: str) -> Callable[[], bool]:
+    return lambda: status(api, name).get("phase") in phases
+
+
+def jobs_of(api: FakeKubeApi, name: str) -> list[dict[str, Any]]:
+    return [j for j in api.list(*JOBS) if (j["metadata"].get("labels") or {}).get("looptool.io/round") == name]
+
+
+def events(api: FakeKubeApi, name: str) -> list[tuple[str, str, str]]:
+    return [(e["type"], e["reason"], e["message"]) for e in api.list("v1", "events") if e["involvedObject"]["name"] == name]
+
+
+def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in st.get("conditions", []) if c["type"] == type_)
+
+
+def finish_job(api: FakeKubeApi, job: dict[str, Any]) -> str:
+    """What the trainer Job + kubelet + job controller do: result.json, then Job Complete."""
+    name = job["metadata"]["name"]
+    request = json.loads(api.get("v1", "configmaps", name)["data"]["request.json"])
+    ckpt = complete_training(request)
+    api.patch(*JOBS, name, {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}, sub="status")
+    return ckpt
+
+
+def job_creations(api: FakeKubeApi) -> int:
+    return api.creates["jobs"]
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_loopround_creates_gpu_training_job_owned_by_the_round(api, executor):
+    with operator(api, executor):
+        created = api.create(*LR, loopround("r1"))
+        job = wait_for(lambda: jobs_of(api, "r1"), what="training Job")[0]
+        st = wait_for(lambda: status(api, "r1") if status(api, "r1").get("phase") == "Training" else None, what="Training")
+
+    uid = created["metadata"]["uid"]
+    assert job["metadata"]["ownerReferences"] == [
+        {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound", "name": "r1", "uid": uid, "controller": True, "blockOwnerDeletion": True}
+    ]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["image"] == "registry.example.com/looptool-trainer:1.2"
+    assert container["command"][-2:] == ["--request", "/etc/looptool/request/request.json"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["restartPolicy"] == "Never"
+    # The request the trainer runs with: mounted from a ConfigMap owned by the round as well.
+    cm = api.get("v1", "configmaps", job["metadata"]["name"])
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == uid
+    request = json.loads(cm["data"]["request.json"])
+    assert request["base_checkpoint_uri"] == "s3://looptool/models/qwen3-8b"
+    assert request["dataset"]["uri"] == st["stages"]["synthesize"]["outputs"]["train_parquet"]["uri"]
+    # Status: the finished stage, the running one, conventions.
+    assert st["stages"]["synthesize"]["state"] == "Done"
+    assert st["stages"]["train"]["state"] == "Running"
+    assert st["observedGeneration"] == 1
+    assert condition(st, "Ready")["status"] == "False" and condition(st, "SpecValid")["status"] == "True"
+    assert ("Normal", "JobCreated", f"training Job {job['metadata']['name']} created (4 x nvidia.com/gpu)") in events(api, "r1")
+
+
+def test_status_moves_through_all_phases_as_the_job_succeeds(api, executor):
+    from prometheus_client import REGISTRY
+
+    with operator(api, executor):
+        api.create(*LR, loopround("r2"))
+        job = wait_for(lambda: jobs_of(api, "r2"), what="training Job")[0]
+        ckpt = finish_job(api, job)
+        wait_for(phase_is(api, "r2", "Succeeded", "Failed"), what="terminal phase")
+
+    st = status(api, "r2")
+    assert st["phase"] == "Succeeded", st
+    # Every write of .status is in kmock's history: the phases appear in state-machine order.
+    history = api.kmock.objects[_res(api, "looprounds"), "default", "r2"].history
+    seen: list[str] = []
+    for version in list(history):
+        ph = ((version or {}).get("status") or {}).get("phase") if version is not None else None
+        if ph and (not seen or seen[-1] != ph):
+            seen.append(ph)
+    assert seen == [p.value for p in ORDER[1:]], seen
+    assert st["checkpointUri"] == ckpt
+    assert st["accuracy"]["heldout"] > 0.5
+    assert st["datasetUri"].startswith("file://")
+    assert all(st["stages"][s]["state"] == "Done" for s in ("synthesize", "train", "probe", "judge", "expand", "evaluate"))
+    assert st["stages"]["probe"]["counts"] == {"mastered": 3, "borderline": 3, "failed": 2}
+    assert condition(st, "Ready") | {"lastTransitionTime": None} == {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "round finished", "lastTransitionTime": None}
+    assert st["progress"] == "done"
+    reasons = [r for _, r, _ in events(api, "r2")]
+    assert reasons[0] == "RoundStarted" and reasons[-1] == "RoundSucceeded" and "JobCreated" in reasons
+    # Operator metrics: the round's phase gauge and accuracy.
+    assert REGISTRY.get_sample_value("looptool_operator_round_phase", {"namespace": "default", "round": "r2", "phase": "Succeeded"}) == 1
+    assert REGISTRY.get_sample_value("looptool_operator_round_phase", {"namespace": "default", "round": "r2", "phase": "Training"}) == 0
+    assert REGISTRY.get_sample_value("looptool_operator_round_accuracy", {"namespace": "default", "round": "r2", "metric": "heldout"}) == st["accuracy"]["heldout"]
+
+
+def _res(api: FakeKubeApi, plural: str):
+    return next(r for r, _, _ in api.kmock.objects if r.plural == plural)
+
+
+def test_failed_job_fails_the_round_with_a_reason(api, executor):
+    with operator(api, executor):
+        api.create(*LR, loopround("r3"))
+        job = wait_for(lambda: jobs_of(api, "r3"), what="training Job")[0]
+        name = job["metadata"]["name"]
+        # The kubelet's view of the trainer pod: killed for memory.
+        api.create("v1", "pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-x7k2p", "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
+            "spec": {"containers": [{"name": "trainer", "image": "x"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
+        })
+        api.patch(*JOBS, name, {"status": {"failed": 2, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}, sub="status")
+        wait_for(phase_is(api, "r3", "Failed"), what="Failed")
+
+    st = status(api, "r3")
+    assert st["reason"] == "TrainingJobFailed"
+    assert "BackoffLimitExceeded" in st["message"] and "OOMKilled (exit 137)" in st["message"]
+    assert condition(st, "Ready")["reason"] == "TrainingJobFailed"
+    assert st["stages"]["train"]["state"] == "Failed"
+    assert "probe" not in st["stages"]
+    assert any(t == "Warning" and r == "RoundFailed" for t, r, _ in events(api, "r3"))
+
+
+def test_invalid_spec_yields_a_condition_not_a_crash(api, executor):
+    # Passes the CRD schema (one field at a time is fine) but not the semantic checks.
+    bad = loopround("bad", toolset={"uri": "s3://looptool/toolsets/a", "file": "/tools.json"})
+    with operator(api, executor):
+        api.create(*LR, bad)
+        api.create(*LR, loopround("good"))
+        st = wait_for(lambda: status(api, "bad") if "conditions" in status(api, "bad") else None, what="InvalidSpec")
+        wait_for(lambda: jobs_of(api, "good"), what="the valid round's Job (the operator keeps working)")
+        ready = condition(st, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        assert "toolset" in ready["message"] and "exactly one" in ready["message"]
+        assert condition(st, "SpecValid")["status"] == "False"
+        assert st["phase"] == "Pending" and st["observedGeneration"] == 1
+        assert not jobs_of(api, "bad")
+        assert any(t == "Warning" and r == "InvalidSpec" for t, r, _ in events(api, "bad"))
+
+        # Fixing the spec (generation 2) lets the round proceed.
+        api.patch(*LR, "bad", {"spec": {"toolset": {"uri": None}}})
+        wait_for(lambda: jobs_of(api, "bad"), what="Job after the fix")
+        st = status(api, "bad")
+        assert st["observedGeneration"] == 2 and condition(st, "SpecValid")["status"] == "True"
+
+
+def test_schema_invalid_round_is_rejected_by_the_api_and_reported_if_it_slips_through(executor):
+    bad = loopround("typo", training={"backend": "tpu", "gpus": 1})
+    with FakeKubeApi() as strict:
+        with pytest.raises(FakeApiError) as err:
+            strict.create(*LR, bad)
+        assert err.value.status == 422 and "spec.training.backend" in err.value.message
+    # An API server without the schema (e.g. an old CRD): the operator's own validation catches it.
+    with FakeKubeApi(validate_schema=False) as lax, operator(lax, executor):
+        lax.create(*LR, bad)
+        st = wait_for(lambda: status(lax, "typo") if "conditions" in status(lax, "typo") else None, what="InvalidSpec")
+        assert condition(st, "Ready")["reason"] == "InvalidSpec"
+        assert "spec.training.backend" in condition(st, "Ready")["message"]
+
+
+def test_operator_restart_mid_round_resumes_without_duplicating_work(api, executor):
+    with operator(api, executor):
+        api.create(*LR, loopround("r4"))
+        wait_for(lambda: jobs_of(api, "r4"), what="training Job")
+    assert job_creations(api) == 1 and executor.calls["synthesize"] == 1
+
+    # Second operator process (same state in the API): finds the Job by its name, creates none.
+    gate = executor.gates["probe"] = threading.Event()
+    with operator(api, executor):
+        time.sleep(1.0)
+        assert job_creations(api) == 1 and len(jobs_of(api, "r4")) == 1
+        finish_job(api, jobs_of(api, "r4")[0])
+        wait_for(lambda: status(api, "r4").get("stages", {}).get("probe", {}).get("state") == "Running", what="probe running")
+    # Stopped in the middle of a data stage; the third operator re-enters it, nothing before it.
+    gate.set()
+    with operator(api, executor):
+        wait_for(phase_is(api, "r4", "Succeeded", "Failed"), what="terminal phase")
+    st = status(api, "r4")
+    assert st["phase"] == "Succeeded", st
+    assert job_creations(api) == 1
+    assert executor.calls["synthesize"] == 1  # finished stages are never redone
+    assert executor.calls["probe"] == 2  # the interrupted stage re-entered once (idempotent outputs)
+    assert executor.calls["judge"] == executor.calls["expand"] == executor.calls["evaluate"] == 1
+    assert any(r == "StageResumed" for _, r, _ in events(api, "r4"))
+
+
+def test_deleting_a_round_removes_its_job_and_request(api, executor):
+    with operator(api, executor):
+        api.create(*LR, loopround("r5"))
+        job = wait_for(lambda: jobs_of(api, "r5"), what="training Job")[0]
+        assert api.get(*LR, "r5")["metadata"]["finalizers"] == ["looptool.io/finalizer"]
+        api.delete(*LR, "r5")
+        wait_for(lambda: api.get(*LR, "r5") is None, what="round gone (finalizer released)")
+        assert api.get(*JOBS, job["metadata"]["name"]) is None
+        assert api.get("v1", "configmaps", job["metadata"]["name"]) is None
+
+
+def test_chained_round_waits_for_and_continues_from_the_previous_round(api, executor):
+    with operator(api, executor):
+        api.create(*LR, loopround("chain-2", round=2, previousRound="chain-1", baseModel=None))
+        st = wait_for(lambda: status(api, "chain-2") if status(api, "chain-2").get("conditions") else None, what="waiting")
+        assert condition(st, "Ready")["reason"] == "WaitingForPreviousRound" and st["phase"] == "Pending"
+
+        api.create(*LR, loopround("chain-1"))
+        ckpt1 = finish_job(api, wait_for(lambda: jobs_of(api, "chain-1"), what="round 1 Job")[0])
+        job2 = wait_for(lambda: jobs_of(api, "chain-2"), what="round 2 Job")[0]
+        request = json.loads(api.get("v1", "configmaps", job2["metadata"]["name"])["data"]["request.json"])
+        assert request["base_checkpoint_uri"] == ckpt1  # continues from round 1's checkpoint
+        assert request["round"] == 2
+
+
+def test_data_stage_failure_is_retried_then_fails_the_round(api, executor):
+    executor.fail["synthesize"] = ("SynthesisFailed", "synthesizer service: UNAVAILABLE: connection refused")
+    with operator(api, executor, stageRetries=1):
+        api.create(*LR, loopround("r6"))
+        wait_for(phase_is(api, "r6", "Failed"), what="Failed")
+    st = status(api, "r6")
+    assert st["reason"] == "SynthesisFailed" and "UNAVAILABLE" in st["message"]
+    assert executor.calls["synthesize"] == 2
+    assert [r for _, r, _ in events(api, "r6")].count("StageRetrying") == 1
+    assert not jobs_of(api, "r6")
+
+
+def test_training_job_manifest_is_valid_kubernetes():
+    import kubernetes_validate
+
+    from looptool.operators.jobs import request_configmap, training_job
+    from looptool.shared.loop.manifest import parse_round
+
+    obj = loopround("r7")
+    obj["metadata"].update(namespace="default", uid="5f0c4e1a-0000-4000-8000-000000000001")
+    spec = parse_round(obj).spec
+    cfg = TrainerJobSettings(s3Secret="looptool-minio", configMap="looptool-config", activeDeadlineSeconds=86400,
+                             priorityClassName="training", imagePullSecrets=["regcred"])
+    req = {"run_id": "r7-abc", "output_prefix": "s3://looptool/runs/r7/train-abc"}
+    for manifest in (training_job(obj, spec, req, cfg), request_configmap(obj, req)):
+        kubernetes_validate.validate(manifest, "1.37.0", strict=True)
+    job = training_job(obj, spec, req, cfg)
+    assert len(job["metadata"]["name"]) <= 63
+    cpu_only = training_job(obj, parse_round(loopround("r8", training={"backend": "cpu", "gpus": 0})).spec, req, cfg)
+    res = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in res["requests"] and "tolerations" in cpu_only["spec"]["template"]["spec"]  # user's only
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} not in cpu_only["spec"]["template"]["spec"]["tolerations"]
+
+
+def test_job_names_are_deterministic_and_bounded():
+    from looptool.operators.jobs import job_name
+
+    assert job_name("r1", "uid-1") == job_name("r1", "uid-1") != job_name("r1", "uid-2")
+    long = job_name("x" * 63, "uid")
+    assert len(long) <= 63 and long.startswith("x") and "-train-" in long
