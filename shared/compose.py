@@ -8,7 +8,9 @@ probe outcome/verdict  next round
 =====================  ===================================================================
 mastered               dropped when ``spec.dropMastered`` (kept otherwise)
 borderline             kept (correct but unsure: high perplexity, or inconsistent sampling)
-failed, label_wrong    kept with the judge's corrected label (``reference := corrected``;
+failed, label_wrong    kept with the judge's corrected label (``reference := corrected``, also
+                       when the judge already wrote it; the old label is taken from
+                       ``meta["label_before_judge"]`` or the probe results;
                        no corrected calls → the model's calls; a correction that does not
                        validate against the tools is not applied: the sample goes by the
                        ``unclear`` policy and counts as ``relabel_rejected``)
@@ -106,6 +108,18 @@ def _short(text: str, n: int = 200) -> str:
 # ----------------------------------------------------------------------------- composition
 
 
+def label_before_judge(sample: Sample) -> list[ToolCall] | None:
+    """The label a sample had before the judge relabelled it (the judge keeps it in
+    ``meta["label_before_judge"]``), or None when the judge did not record one."""
+    raw = sample.meta.get("label_before_judge")
+    if not raw:
+        return None
+    try:
+        return [ToolCall.model_validate(c) for c in json.loads(raw)]
+    except (ValueError, TypeError):
+        return None
+
+
 def _valid_label(calls: list[ToolCall], sample: Sample) -> str:
     """"" when every call validates against the sample's tools, else the first problem."""
     for c in calls:
@@ -160,8 +174,10 @@ class _Composer:
 
     def route(self, probe: ProbeResult | None, judged: JudgedSample | None) -> None:
         if judged is not None:
-            s = (probe.sample if probe is not None else judged.probe.sample).model_copy(deep=True)
-            self._route_verdict(s, judged)
+            # the judged copy carries the judge's lineage (and, for label_wrong, often the new label)
+            s = judged.probe.sample.model_copy(deep=True)
+            original = probe.sample.reference if probe is not None else None
+            self._route_verdict(s, judged, original)
             return
         assert probe is not None
         s = probe.sample.model_copy(deep=True)
@@ -185,17 +201,21 @@ class _Composer:
             self.counts["failed_unjudged"] += 1
             self._keep(s, "kept", f"failed_unjudged: no verdict, label unchanged ({_short(probe.reason, 120)})")
 
-    def _route_verdict(self, s: Sample, j: JudgedSample) -> None:
+    def _route_verdict(self, s: Sample, j: JudgedSample, original: list[ToolCall] | None) -> None:
         v: Verdict = j.verdict
         why = _short(v.reason)
         if v.decision == Decision.LABEL_WRONG:
+            before = label_before_judge(s)
+            if before is None:
+                before = list(original) if original is not None else list(s.reference)
             new = [ToolCall(name=c.name, arguments=c.arguments) for c in (v.corrected or j.probe.predicted_calls)]
             problem = _valid_label(new, s)
             if problem:
+                s.reference = before  # the judge may already have written the correction: undo it
                 self.counts["relabel_rejected"] += 1
                 self._unclear(s, f"corrected label rejected ({_short(problem, 120)}); judge: {why}")
                 return
-            old = format_calls(s.reference)
+            old = format_calls(before)
             s.reference = new
             if not new:  # the right answer is text (e.g. ask for a missing parameter)
                 s.reference_text = j.probe.prediction

@@ -76,8 +76,13 @@ def build(tmp_path):
         probe(F_TEXT, ProbeOutcome.FAILED, False, []),
     ]
     probes[-1].prediction = "Which city do you mean?"
+    # as the judge writes it: the judged copy already carries the new label, the old one in meta
+    judged_label = probes[3].model_copy(deep=True)
+    judged_label.sample.meta["label_before_judge"] = '[{"name":"get_weather","arguments":{"city":"Lyon"}}]'
+    judged_label.sample.reference = [w("Lima")]
+    judged_label.sample.add_lineage(1, "judge", "relabelled", reason="label_wrong: the user said Lima")
     verdicts = [
-        JudgedSample(probe=probes[3], verdict=verdict(F_LABEL, Decision.LABEL_WRONG, [w("Lima")], "the user said Lima")),
+        JudgedSample(probe=judged_label, verdict=verdict(F_LABEL, Decision.LABEL_WRONG, [w("Lima")], "the user said Lima")),
         JudgedSample(probe=probes[4], verdict=verdict(F_MODEL, Decision.MODEL_WRONG, reason="no unit was asked for")),
         JudgedSample(probe=probes[5], verdict=verdict(F_BOTH, Decision.BOTH_ACCEPTABLE)),
         JudgedSample(probe=probes[6], verdict=verdict(F_UNCLEAR, Decision.UNCLEAR)),
@@ -118,7 +123,9 @@ def test_each_category_is_routed(tmp_path):
     # label_wrong: the corrected label replaces the reference; id kept; lineage extended
     fixed = out[F_LABEL.id]
     assert fixed.reference == [w("Lima")]
-    assert [(e.stage, e.action) for e in fixed.lineage] == [("synthesize", "created"), ("compose", "relabelled")]
+    assert [(e.stage, e.action) for e in fixed.lineage] == [
+        ("synthesize", "created"), ("judge", "relabelled"), ("compose", "relabelled"),
+    ]
     ev = fixed.lineage[-1]
     assert ev.round == 1 and "Lyon" in ev.reason and "Lima" in ev.reason and "the user said Lima" in ev.reason
     # text answer: no corrected calls, the model asked instead

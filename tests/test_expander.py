@@ -526,3 +526,16 @@ def test_llm_drafts_are_batched_across_seeds(data):
 def test_seed_with_a_schema_invalid_correct_side_is_skipped():
     bad = judged(S_WEATHER, Decision.LABEL_WRONG, [], corrected=[call("get_weather", city="Paris", unit="kelvin")])
     assert seed_from_judged(bad) == (None, "invalid_label")
+
+
+def test_label_wrong_seed_written_by_the_judge_keeps_the_old_label_as_the_wrong_side():
+    relabelled = S_STOCK.model_copy(deep=True)
+    relabelled.meta["label_before_judge"] = '[{"name":"get_stock_price","arguments":{"ticker":"MSFT"}}]'
+    relabelled.reference = [call("get_stock_price", ticker="AAPL")]
+    seed, _ = seed_from_judged(judged(relabelled, Decision.LABEL_WRONG, [call("get_stock_price", ticker="AAPL")],
+                                      corrected=[call("get_stock_price", ticker="AAPL")]))
+    assert seed.correct == [call("get_stock_price", ticker="AAPL")] and seed.wrong == [call("get_stock_price", ticker="MSFT")]
+    no_meta = S_STOCK.model_copy(deep=True)
+    no_meta.reference = [call("get_stock_price", ticker="AAPL")]
+    seed, _ = seed_from_judged(judged(no_meta, Decision.LABEL_WRONG, [], corrected=no_meta.reference))
+    assert seed.wrong == []  # the old label is unknown: not shown as the wrong side

@@ -57,6 +57,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from pydantic import Field
 
+from looptool.shared.compose import label_before_judge
 from looptool.shared.generation import GenRequest, GenResult, Generator, SamplingParams
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import ExpandSpec
@@ -152,7 +153,10 @@ def seed_from_judged(j: JudgedSample, include_unclear: bool = False) -> tuple[Se
         wrong_text = j.probe.prediction
     elif v.decision == Decision.LABEL_WRONG:
         correct = v.corrected or j.probe.predicted_calls
-        wrong, wrong_text = sample.reference, ""
+        before = label_before_judge(sample)  # the judge may already have relabelled the sample
+        if before is None:
+            before = [] if _calls_key(sample.reference) == _calls_key(correct) else sample.reference
+        wrong, wrong_text = before, ""
     elif v.decision == Decision.UNCLEAR:
         if not include_unclear:
             return None, "unclear"
