@@ -375,6 +375,21 @@ def lineage_label(s: Sample) -> str:
     return f"r{e.round} {e.stage}/{e.action}{cat}"
 
 
+def _samples_of(ds: Any) -> Iterator[Sample]:
+    """The dataset's records as Samples; a dataset of another kind is a one-line user error."""
+    from pydantic import ValidationError
+
+    from looptool.shared.errors import InputError
+
+    for i, d in enumerate(ds.iter_dicts()):
+        try:
+            yield Sample.model_validate(d)
+        except ValidationError:
+            raise InputError(
+                ds.ref.uri, f"record {i} is not a sample (dataset kind {ds.manifest.get('kind')!r})", "diff two sample datasets"
+            ) from None
+
+
 @dataclass
 class _Entry:
     ref_key: str
@@ -387,7 +402,7 @@ class _Entry:
 def _entries(ref: DatasetRef | str, s3: Any) -> tuple[DatasetRef, dict[str, _Entry]]:
     ds = open_dataset(ref, s3)
     out: dict[str, _Entry] = {}
-    for s in ds.iter(Sample):
+    for s in _samples_of(ds):
         sid = s.id or s.content_id()
         if sid in out:
             continue
