@@ -65,10 +65,15 @@ def _trim_to_user_turns(context: list[Message], max_user_turns: int) -> list[Mes
 def build_chat(
     context: list[Message], tools: list[Tool], date: str = "", max_user_turns: int = MAX_USER_TURNS
 ) -> list[ChatMessage]:
-    """Context messages + tools → chat messages (system first) for any chat template."""
+    """Context messages + tools → chat messages (system first) for any chat template.
+
+    Without tools, a context that brings its own system message (an agent or judge prompt) is
+    used as is: the tool-calling instruction is only added when tools are offered or no system
+    message is given."""
     extra = "\n\n".join(m.content for m in context if m.role == "system" and m.content.strip())
     body = [m for m in context if m.role != "system"]
-    out: list[ChatMessage] = [{"role": "system", "content": system_prompt(tools, date, extra)}]
+    system = extra if (not tools and extra) else system_prompt(tools, date, extra)
+    out: list[ChatMessage] = [{"role": "system", "content": system}]
     for m in _trim_to_user_turns(body, max_user_turns):
         if m.role == "assistant":
             out.append({"role": "assistant", "content": render_tool_calls(m.tool_calls, m.content)})

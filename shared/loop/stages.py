@@ -426,7 +426,8 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
             output_prefix=ctx.out(f"expand-{key}"),
             factor=spec.factor,
             seed=spec.seed * 1000 + ctx.spec.round,
-            config_json=spec.model_dump_json(),
+            # The mastered filter probes the checkpoint trained this round.
+            config_json=json.dumps({**spec.model_dump(mode="json"), "probeModel": status.checkpointUri}),
             round=ctx.spec.round,
         )
         with ctx.channel("expander") as ch:
