@@ -647,7 +647,8 @@ def make_call(tool: Tool, rng: random.Random, include_optional: float = 0.5, att
             return call
         if not issues:
             return call
-        bad = {i.field.split(".")[1] for i in issues if i.field.startswith("arguments.") and len(i.field.split(".")) > 1}
+        # a sorted list, not a set: the redraw order must not depend on PYTHONHASHSEED
+        bad = sorted({i.field.split(".")[1] for i in issues if i.field.startswith("arguments.") and len(i.field.split(".")) > 1})
         if not bad:
             break
         for pname in bad:

@@ -223,7 +223,7 @@ def iter_synthesis(
     """Synthesize ``num_dialogues`` dialogues into the dataset at ``out_uri``; yields progress,
     each kept dialogue (in index order), per-item errors, and finally the StageResult.
 
-    ``stop_after`` (tests: simulate a crash) stops after that many indices, flushing but not
+    ``stop_after`` (tests: simulate a crash) stops after that many indices without flushing or
     committing. A committed dataset at ``out_uri`` is returned as is (the stage is idempotent).
     """
     from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
@@ -313,8 +313,7 @@ def iter_synthesis(
             yield ErrorInfo(code="CANCELLED", message="synthesis cancelled; finished dialogues are kept for a resumed run")
             return
     if stop_after is not None and start_index + len(todo) < num_dialogues:
-        writer.flush()
-        return
+        return  # a simulated crash: only the parts flushed so far survive
     elapsed = time.perf_counter() - t0
     writer.meta["counts"] = counts
     ref: DatasetRef = writer.commit()

@@ -2,8 +2,9 @@
 
 - ``invalid_call``: every assistant call must survive the wire format (render → strict parse gives
   the same call) and validate against its tool's JSON Schema.
-- ``broken_turn``: no empty assistant turn, the dialogue ends with an assistant turn (the engine
-  also rejects turns the model never produced in a parseable form).
+- ``broken_turn``: no empty assistant turn, no garbled text (control / replacement characters, what
+  a broken model emits), the dialogue ends with an assistant turn (the engine also rejects turns
+  the model never produced in a parseable form).
 - ``duplicate``: near-identical user queries — the first user message normalised (lowercase,
   punctuation and extra spaces removed) must differ from every kept one, and, when
   ``jaccard`` > 0, its token set must have Jaccard similarity below ``jaccard`` with every kept
@@ -41,12 +42,17 @@ def check_calls(dialog: Dialog) -> str:
     return ""
 
 
+_GARBLED = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def check_turns(dialog: Dialog) -> str:
     if not dialog.messages or dialog.messages[-1].role != "assistant":
         return "the dialogue does not end with an assistant turn"
     for i, m in enumerate(dialog.messages):
         if m.role == "assistant" and not m.tool_calls and not m.content.strip():
             return f"message {i}: empty assistant turn"
+        if m.role in ("assistant", "user") and _GARBLED.search(m.content):
+            return f"message {i}: garbled text (control or replacement characters)"
     if not any(m.role == "user" for m in dialog.messages):
         return "no user turn"
     return ""
