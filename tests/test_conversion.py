@@ -145,3 +145,19 @@ def test_convert_dataset_parquet_has_verl_columns_and_is_idempotent(tmp_path):
 def test_fraction_edges(fraction):
     train, held = samples_to_verl_rows(dialog_to_samples(hand_dialog(), at=AT), fraction)
     assert len(train) + len(held) == 6
+
+
+def test_cli_convert(tmp_path, capsys):
+    from looptool.cli import main
+
+    base = (tmp_path / "store").as_uri()
+    w = writer_for_uri(f"{base}/dialogs", kind="dialogs")
+    w.write(hand_dialog())
+    w.commit()
+    assert main(["data", "convert", f"{base}/dialogs", f"{base}/conv", "--heldout-fraction", "0.5", "--round", "3"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["counts"]["samples"] == 6 and out["counts"]["train"] + out["counts"]["heldout"] == 6
+    assert [o["kind"] for o in out["outputs"]] == ["samples", "verl", "verl"]
+    assert main(["data", "convert", f"{base}/dialogs", f"{base}/conv2", "--kinds", "call,parallel"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["counts"]["samples"] == 2
+    assert main(["data", "convert", f"{base}/dialogs", f"{base}/conv3", "--heldout-fraction", "1.5"]) == 2

@@ -24,6 +24,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     imp.add_argument("dst", help="dataset URI to create")
     imp.add_argument("--kind", default="samples", help="record kind (samples, dialogs, tools, ...)")
     imp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    conv = sub.add_parser("convert", help="dialogues dataset → per-assistant-turn samples + verl GRPO Parquet (train/heldout)")
+    conv.add_argument("src", help="a committed dialogs dataset URI")
+    conv.add_argument("dst", help="output prefix: writes <dst>/samples (JSONL), <dst>/train and <dst>/heldout (Parquet)")
+    conv.add_argument("--heldout-fraction", type=float, default=0.02, help="share held out, by a hash of the sample id (default 0.02)")
+    conv.add_argument("--round", type=int, default=0, help="round number recorded in the samples' lineage")
+    conv.add_argument("--kinds", default="", help="only these turn kinds, comma-separated (call,parallel,clarification,no_tool,summary,text)")
     diff = sub.add_parser("diff", help="compare two sample datasets (e.g. two rounds): added/removed/relabelled")
     diff.add_argument("a", help="the earlier dataset URI")
     diff.add_argument("b", help="the later dataset URI")
@@ -102,6 +108,16 @@ def run(args: argparse.Namespace) -> int:
 
         d = diff_datasets(args.a, args.b, examples=max(0, args.show), s3=s3)
         print(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) if args.json else format_diff(d))
+        return 0
+    if args.action == "convert":
+        from looptool.shared.conversion import convert_dataset
+        from looptool.shared.errors import InputError
+
+        if not 0 <= args.heldout_fraction < 1:
+            raise InputError("--heldout-fraction", f"{args.heldout_fraction} is outside [0, 1)")
+        kinds = [k for k in args.kinds.split(",") if k] or None
+        res = convert_dataset(args.src, args.dst, heldout_fraction=args.heldout_fraction, round=args.round, s3=s3, include_kinds=kinds)
+        print(json.dumps({"counts": res.counts, "outputs": [o.model_dump() for o in res.outputs()]}))
         return 0
     print(f"unknown action {args.action}", file=sys.stderr)
     return 2
