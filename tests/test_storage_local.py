@@ -25,7 +25,7 @@ from looptool.shared.storage import (
     split_uri,
     writer_for_uri,
 )
-from looptool.shared.storage.datasets import JOURNAL, MANIFEST, PARQUET_JSON_COLUMN, PARTS
+from looptool.shared.storage.datasets import MANIFEST, PARQUET_JSON_COLUMN, PARTS
 
 
 def make_sample(i: int) -> Sample:
@@ -155,13 +155,15 @@ def test_writer_layout_and_manifest(store: LocalStore):
     w = DatasetWriter(store, "rounds/r1/samples", part_size=10, meta={"round": 1})
     w.write_many(samples)
     assert not dataset_exists(store, "rounds/r1/samples")
-    assert w.records_flushed == 20  # two full parts are durable already
+    w.flush()
+    assert w.records_flushed == 23  # all three parts are durable, still invisible
+    assert not dataset_exists(store, "rounds/r1/samples")
     ref = w.commit()
     assert isinstance(ref, DatasetRef) and ref.record_count == 23 and ref.format == "jsonl" and ref.kind == "samples"
     assert ref.uri == store.uri("rounds/r1/samples") and ref.content_hash == expected_hash(samples)
     keys = list(store.list("rounds/r1/samples/"))
     parts = [k for k in keys if f"/{PARTS}/" in k]
-    assert len(parts) == 3 and not any(f"/{JOURNAL}/" in k for k in keys)
+    assert len(parts) == 3 and len(keys) == 4  # parts + manifest, nothing else
     assert all(k.split("/")[-1].startswith(f"part-0000{i}-") for i, k in enumerate(parts))
     manifest = json.loads(store.get_bytes(f"rounds/r1/samples/{MANIFEST}"))
     assert manifest["record_count"] == 23 and manifest["meta"] == {"round": 1}
@@ -262,7 +264,7 @@ def test_dataset_uri_must_not_be_the_store_root(store: LocalStore):
 
 def test_new_writer_clears_only_dataset_leftovers(store: LocalStore):
     store.put_bytes("ds/notes.txt", b"user file")  # not ours: must survive
-    w = DatasetWriter(store, "ds", part_size=2)
+    w = DatasetWriter(store, "ds", part_size=2, pipeline=False)
     w.write_many([{"i": i} for i in range(5)])  # two parts flushed, then "crash"
     del w
     w2 = DatasetWriter(store, "ds", part_size=2)  # resume=False: start over
@@ -276,20 +278,22 @@ def test_new_writer_clears_only_dataset_leftovers(store: LocalStore):
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_resume_keeps_flushed_parts_after_crash(store: LocalStore, fmt):
     records = [make_sample(i).model_dump(mode="json") for i in range(95)]
-    w = DatasetWriter(store, "resumable", fmt=fmt, part_size=10)
+    # pipeline=False: every automatic flush is durable before write() returns, so the simulated
+    # crash below is deterministic (a real crash also loses an upload still in flight)
+    w = DatasetWriter(store, "resumable", fmt=fmt, part_size=10, pipeline=False)
     for r in records[:47]:
         w.write(r)
-    # crash: 4 parts flushed, 7 records only in memory; plus a part whose journal entry never landed
-    store.put_bytes("resumable/parts/part-00004-deadbeefdeadbeef." + fmt, b"torn")
+    # crash: 4 parts flushed, 7 records only in memory (lost)
+    store.put_bytes("resumable/parts/README", b"not a part")  # ignored by the writer
     del w
     assert not dataset_exists(store, "resumable")
     with pytest.raises(NotFound):
         open_dataset(store.uri("resumable"))
 
     w2 = DatasetWriter(store, "resumable", fmt=fmt, part_size=10, resume=True)
+    assert w2.records_flushed == 40
     done = list(w2.existing_records())
     assert done == records[:40]
-    assert not store.exists("resumable/parts/part-00004-deadbeefdeadbeef." + fmt)  # orphan removed
     w2.write_many(records[len(done) :])
     ref = w2.commit()
     assert ref.record_count == 95 and ref.content_hash == expected_hash(records)
@@ -298,14 +302,26 @@ def test_resume_keeps_flushed_parts_after_crash(store: LocalStore, fmt):
     assert [n.split("/")[-1][:10] for n in names] == [f"part-{i:05d}" for i in range(10)]
 
 
+def test_resume_twice_and_resume_with_nothing(store: LocalStore):
+    w = DatasetWriter(store, "r2", part_size=3, resume=True, pipeline=False)  # nothing to resume: fine
+    w.write_many({"i": i} for i in range(4))
+    del w
+    w = DatasetWriter(store, "r2", part_size=3, resume=True, pipeline=False)
+    w.write_many({"i": i} for i in range(3, 8))
+    del w
+    w = DatasetWriter(store, "r2", part_size=3, resume=True)
+    assert [r["i"] for r in w.existing_records()] == [0, 1, 2, 3, 4, 5]
+    ref = w.commit()
+    assert ref.record_count == 6 and ref.content_hash == expected_hash([{"i": i} for i in range(6)])
+
+
 def test_resume_detects_tampered_part(store: LocalStore):
-    w = DatasetWriter(store, "tamper", part_size=2)
+    w = DatasetWriter(store, "tamper", part_size=2, pipeline=False)
     w.write_many([{"i": i} for i in range(4)])
     part = next(iter(store.list("tamper/parts/")))
     store.put_bytes(part, b'{"i":999}\n{"i":1}\n')
-    w2 = DatasetWriter(store, "tamper", part_size=2, resume=True)
-    with pytest.raises(StorageError, match="does not match its journal"):
-        w2.commit()
+    with pytest.raises(StorageError, match="does not match the hash in its name"):
+        DatasetWriter(store, "tamper", part_size=2, resume=True)
 
 
 def test_context_manager_commits_or_keeps_parts(store: LocalStore):
@@ -329,6 +345,50 @@ def test_abort_removes_everything(store: LocalStore):
     assert list(store.list("aborted/")) == []
     with pytest.raises(StorageError, match="aborted"):
         w.write({"i": 0})
+
+
+def test_pipelined_and_synchronous_writers_agree(store: LocalStore):
+    records = [{"i": i, "s": "x" * (i % 5)} for i in range(1003)]
+    refs = []
+    for pipeline in (True, False):
+        w = DatasetWriter(store, f"pipe-{pipeline}", part_size=100, pipeline=pipeline)
+        w.write_many(records)
+        refs.append(w.commit())
+        assert w.records_flushed == 1003 and len(w.parts) == 11
+    assert refs[0].content_hash == refs[1].content_hash == expected_hash(records)
+    assert list(open_dataset(refs[0].uri).iter_dicts()) == records
+
+
+class FailingStore(LocalStore):
+    """Fails the n-th part upload."""
+
+    def __init__(self, root, fail_at: int):
+        super().__init__(root)
+        self.fail_at, self.part_puts = fail_at, 0
+
+    def put_bytes(self, key, data):
+        if "/parts/" in key:
+            self.part_puts += 1
+            if self.part_puts == self.fail_at:
+                raise StorageError(f"{self.uri(key)}: injected failure")
+        super().put_bytes(key, data)
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_upload_failure_surfaces_and_nothing_is_committed(tmp_path, pipeline):
+    store = FailingStore(tmp_path / "s", fail_at=2)
+    w = DatasetWriter(store, "failing", part_size=10, pipeline=pipeline)
+    with pytest.raises(StorageError, match="injected failure"):
+        w.write_many({"i": i} for i in range(100))
+        w.commit()
+    with pytest.raises(StorageError, match="failed earlier"):
+        w.commit()
+    assert not dataset_exists(store, "failing")
+    # a resumed writer picks up the one good part and finishes the job
+    w2 = DatasetWriter(store, "failing", part_size=10, resume=True)
+    assert [r["i"] for r in w2.existing_records()] == list(range(10))
+    w2.write_many({"i": i} for i in range(10, 100))
+    assert w2.commit().content_hash == expected_hash([{"i": i} for i in range(100)])
 
 
 def test_racing_reader_never_sees_a_partial_dataset(store: LocalStore):

@@ -2,9 +2,11 @@
 
 Layout under a dataset prefix ``P``::
 
-    P/parts/part-00000-<sha16>.jsonl     content-addressed parts (JSONL or Parquet)
-    P/_journal/part-00000.json           one entry per flushed part (for resuming a writer)
+    P/parts/part-00000-<sha16>.jsonl     content-addressed parts (JSONL or Parquet), one atomic put each
     P/_manifest.json                     written last, atomically: the dataset exists once it does
+
+A writer costs one request per part plus three (check, clean-up listing, manifest); a reader one
+per part plus the manifest.
 
 Records are JSON objects (pydantic models are dumped with ``mode="json"``; plain dicts must have
 string keys). The **content hash** is sha256 over the canonical JSON of every record (sorted keys,
@@ -27,6 +29,7 @@ import json
 import hashlib
 import logging
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Iterator, TypeVar
 
@@ -34,16 +37,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from looptool.shared.records import DatasetRef, canonical_json, utcnow
+from looptool.shared.records import DatasetRef, utcnow
 from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
 
 MANIFEST = "_manifest.json"
-JOURNAL = "_journal"
 PARTS = "parts"
 FORMATS = ("jsonl", "parquet")
 PARQUET_ENCODING_KEY = b"looptool.encoding"
 PARQUET_JSON_COLUMN = "record_json"
-_PART_INDEX_RE = re.compile(r"part-(\d+)")
+_PART_NAME_RE = re.compile(r"part-(\d+)-([0-9a-f]{16})\.(?:jsonl|parquet)")
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("looptool.storage")
 
@@ -56,10 +58,24 @@ def _to_dict(record: BaseModel | dict[str, Any]) -> dict[str, Any]:
     raise StorageError(f"dataset records must be pydantic models or dicts, got {type(record).__name__}")
 
 
+# Same settings as records.canonical_json (sorted keys, no whitespace, UTF-8 kept); one prebuilt
+# encoder/decoder avoids rebuilding them per record on the hot path.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_DECODE = json.JSONDecoder().decode
+
+
 def canonical_line(record: dict[str, Any]) -> bytes:
     """The record as one canonical JSON line (the unit of the content hash)."""
     try:
-        return (canonical_json(record) + "\n").encode("utf-8")
+        return (_ENCODER.encode(record) + "\n").encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise StorageError(f"record is not JSON data ({exc}); store JSON-compatible values with string keys") from None
+
+
+def canonical_lines(records: list[dict[str, Any]]) -> bytes:
+    """Canonical lines of many records, concatenated (what a JSONL part holds and the hash reads)."""
+    try:
+        return ("\n".join(map(_ENCODER.encode, records)) + "\n").encode("utf-8") if records else b""
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise StorageError(f"record is not JSON data ({exc}); store JSON-compatible values with string keys") from None
 
@@ -85,34 +101,40 @@ class RecordHasher:
         self._h.update(line)
         self.count += 1
 
+    def update_lines(self, blob: bytes, count: int) -> None:
+        """Feed ``count`` canonical lines at once (a JSONL part's bytes)."""
+        self._h.update(blob)
+        self.count += count
+
     def hexdigest(self) -> str:
         return self._h.hexdigest()
 
 
-def _encode_parquet(rows: list[dict[str, Any]], lines: list[bytes]) -> bytes:
+def _encode_parquet(rows: list[dict[str, Any]], lines: bytes) -> bytes:
+    texts = lines.decode("utf-8").split("\n")[:-1]
     try:
         table = pa.Table.from_pylist(rows)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
         back = pq.read_table(pa.BufferReader(data)).to_pylist()
-        if len(back) == len(lines) and all(canonical_line(b) == line for b, line in zip(back, lines)):
+        if len(back) == len(texts) and all(_ENCODER.encode(b) == t for b, t in zip(back, texts)):
             return data
-    except (pa.ArrowException, StorageError, TypeError, ValueError, OverflowError):
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
         pass
     # Irregular records: one canonical JSON string per row (still Parquet, still exact).
-    column = pa.array([line[:-1].decode("utf-8") for line in lines], type=pa.large_string())
+    column = pa.array(texts, type=pa.large_string())
     table = pa.table({PARQUET_JSON_COLUMN: column}).replace_schema_metadata({PARQUET_ENCODING_KEY: b"json"})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
-def _encode_part(rows: list[dict[str, Any]], fmt: str) -> tuple[bytes, list[bytes]]:
-    """Serialize rows; return the bytes and the canonical lines a reader will hash."""
-    lines = [canonical_line(r) for r in rows]
+def _encode_part(rows: list[dict[str, Any]], fmt: str) -> tuple[bytes, bytes]:
+    """Serialize rows; return the part's bytes and the canonical lines a reader will hash."""
+    lines = canonical_lines(rows)
     if fmt == "jsonl":
-        return b"".join(lines), lines
+        return lines, lines
     if fmt == "parquet":
         return _encode_parquet(rows, lines), lines
     raise StorageError(f"unknown dataset format {fmt!r}; use 'jsonl' or 'parquet'")
@@ -132,9 +154,9 @@ def _read_part(store: ObjectStore, key: str, fmt: str) -> Iterator[dict[str, Any
         try:
             if fmt == "jsonl":
                 reader = io.BufferedReader(raw, 1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
-                for line in reader:
-                    if line.strip():
-                        yield json.loads(line)
+                for line in io.TextIOWrapper(reader, encoding="utf-8"):  # type: ignore[arg-type]
+                    if len(line) > 1 or line.strip():
+                        yield _DECODE(line)
                 return
             source: BinaryIO | pa.BufferReader = raw if raw.seekable() else pa.BufferReader(raw.read())
             pf = pq.ParquetFile(source)
@@ -142,16 +164,11 @@ def _read_part(store: ObjectStore, key: str, fmt: str) -> Iterator[dict[str, Any
             for batch in pf.iter_batches(batch_size=4096):
                 if as_json:
                     for text in batch.column(0).to_pylist():
-                        yield json.loads(text)
+                        yield _DECODE(text)
                 else:
                     yield from batch.to_pylist()
         except (json.JSONDecodeError, UnicodeDecodeError, pa.ArrowException) as exc:
             raise StorageError(f"{store.uri(key)} is corrupt ({exc.__class__.__name__}: {exc}); rewrite the dataset") from None
-
-
-def _part_index(key: str) -> int:
-    m = _PART_INDEX_RE.search(key.rsplit("/", 1)[-1])
-    return int(m.group(1)) if m else -1
 
 
 def _check_prefix(store: ObjectStore, prefix: str) -> str:
@@ -164,11 +181,15 @@ def _check_prefix(store: ObjectStore, prefix: str) -> str:
 class DatasetWriter:
     """Write records in parts; ``commit()`` publishes the manifest and returns the DatasetRef.
 
-    Nothing is visible to readers before ``commit()``. Without ``resume``, leftovers of an earlier
-    uncommitted writer at the same prefix (its ``parts/`` and ``_journal/``) are removed; nothing
-    else under the prefix is touched. With ``resume=True`` parts flushed by an earlier, interrupted
-    writer are kept; ``existing_records()`` yields them so the stage can skip work already done.
-    ``abort()`` removes everything this writer (and its predecessors) wrote.
+    Nothing is visible to readers before ``commit()``. Each part is one atomic put whose name
+    carries its index and the first 16 hex digits of its content hash, so the parts themselves are
+    the writer's journal: a part either exists complete or not at all.
+
+    Without ``resume``, parts left by an earlier uncommitted writer at the same prefix are removed
+    (nothing else under the prefix is touched). With ``resume=True`` they are kept (each is read
+    once and checked against the hash in its name); ``existing_records()`` yields their records so
+    the stage can skip work already done. ``abort()`` removes every part. One writer per prefix at
+    a time.
     """
 
     def __init__(
@@ -180,6 +201,7 @@ class DatasetWriter:
         part_size: int = 5000,
         resume: bool = False,
         meta: dict[str, Any] | None = None,
+        pipeline: bool = True,
     ):
         if fmt not in FORMATS:
             raise StorageError(f"unknown dataset format {fmt!r}; use 'jsonl' or 'parquet'")
@@ -190,28 +212,42 @@ class DatasetWriter:
         self._buf: list[dict[str, Any]] = []
         self.parts: list[PartInfo] = []
         self._hasher = RecordHasher()
-        self._hashed_parts = 0  # parts[:_hashed_parts] are in _hasher
         self._committed: DatasetRef | None = None
         self._aborted = False
+        self._failed: BaseException | None = None
+        self._next_index = 0
+        self._pipeline = pipeline
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: tuple[Future, PartInfo] | None = None
         if store.exists(self._key(MANIFEST)):
             raise StorageError(f"dataset {store.uri(self.prefix)} is already committed; read it instead of rewriting")
         if resume:
-            for key in store.list(self._key(JOURNAL) + "/"):
-                try:
-                    info = PartInfo(**json.loads(store.get_bytes(key)))
-                except (ValueError, TypeError) as exc:
-                    log.warning("ignoring unreadable journal entry", extra={"key": key, "error": str(exc)})
-                    continue
-                if store.exists(self._key(info.key)):
-                    self.parts.append(info)
-            self.parts.sort(key=lambda p: _part_index(p.key))
-            kept = {p.key for p in self.parts}
-            for key in list(store.list(self._key(PARTS) + "/")):  # parts whose journal entry never landed
-                if key[len(self.prefix) + 1 :] not in kept:
-                    store.delete(key)
+            self._resume()
         else:
             store.delete_prefix(self._key(PARTS) + "/")
-            store.delete_prefix(self._key(JOURNAL) + "/")
+
+    def _resume(self) -> None:
+        """Adopt the parts an interrupted writer left, in index order, verifying each."""
+        found = []
+        for key in self.store.list(self._key(PARTS) + "/"):
+            m = _PART_NAME_RE.fullmatch(key.rsplit("/", 1)[-1])
+            if m:
+                found.append((int(m.group(1)), m.group(2), key[len(self.prefix) + 1 :]))
+        for index, short_hash, rel in sorted(found):
+            part_hash = RecordHasher()
+            lines = []
+            for record in _read_part(self.store, self._key(rel), self.fmt):
+                lines.append(canonical_line(record))
+            blob = b"".join(lines)
+            part_hash.update_lines(blob, len(lines))
+            if not part_hash.hexdigest().startswith(short_hash):
+                raise StorageError(
+                    f"{self.store.uri(self._key(rel))} does not match the hash in its name; "
+                    f"delete {self.uri} and rerun the stage"
+                )
+            self._hasher.update_lines(blob, len(lines))
+            self.parts.append(PartInfo(key=rel, records=len(lines), sha256=part_hash.hexdigest()))
+            self._next_index = index + 1
 
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}"
@@ -234,60 +270,77 @@ class DatasetWriter:
             raise StorageError(f"dataset {self.uri} is already committed")
         if self._aborted:
             raise StorageError(f"writer for {self.uri} was aborted")
+        if self._failed is not None:
+            raise StorageError(f"writer for {self.uri} failed earlier ({self._failed}); resume with a new writer")
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         self._check_open()
         self._buf.append(_to_dict(record))
         if len(self._buf) >= self.part_size:
-            self.flush()
+            self._flush(wait=False)
 
     def write_many(self, records: Iterable[BaseModel | dict[str, Any]]) -> None:
         for r in records:
             self.write(r)
 
-    def _catch_up(self) -> None:
-        """Feed parts kept by ``resume`` into the running hash (streaming, verifying each)."""
-        while self._hashed_parts < len(self.parts):
-            part = self.parts[self._hashed_parts]
-            part_hash = RecordHasher()
-            for record in _read_part(self.store, self._key(part.key), self.fmt):
-                line = canonical_line(record)
-                part_hash.update_line(line)
-                self._hasher.update_line(line)
-            if part_hash.hexdigest() != part.sha256 or part_hash.count != part.records:
-                raise StorageError(
-                    f"{self.store.uri(self._key(part.key))} does not match its journal entry; "
-                    f"delete {self.uri} and rerun the stage"
-                )
-            self._hashed_parts += 1
-
     def flush(self) -> None:
-        """Persist buffered records as one part (durable: survives a crash, for ``resume``)."""
-        self._check_open()
-        if not self._buf:
+        """Persist buffered records as one part; when this returns the part is durable (it
+        survives a crash, for ``resume``)."""
+        self._flush(wait=True)
+
+    def _wait_pending(self) -> None:
+        if self._pending is None:
             return
-        self._catch_up()
-        data, lines = _encode_part(self._buf, self.fmt)
-        part_hash = RecordHasher()
-        for line in lines:
-            part_hash.update_line(line)
-        index = max((_part_index(p.key) for p in self.parts), default=-1) + 1
-        rel = f"{PARTS}/part-{index:05d}-{part_hash.hexdigest()[:16]}.{self.fmt}"
-        self.store.put_bytes(self._key(rel), data)
-        info = PartInfo(key=rel, records=len(lines), sha256=part_hash.hexdigest())
-        self.store.put_bytes(self._key(f"{JOURNAL}/part-{index:05d}.json"), json.dumps(info.__dict__).encode())
-        for line in lines:
-            self._hasher.update_line(line)
+        future, info = self._pending
+        self._pending = None
+        try:
+            future.result()
+        except BaseException as exc:
+            self._failed = exc
+            raise
         self.parts.append(info)
-        self._hashed_parts += 1
-        self._buf = []
+
+    def _flush(self, wait: bool) -> None:
+        """Encode the buffer as the next part and upload it. Automatic flushes (from ``write``)
+        upload in a background thread while the caller keeps producing records: one upload in
+        flight at most, in order, so parts still land as a gap-free sequence."""
+        self._check_open()
+        if self._buf:
+            data, lines = _encode_part(self._buf, self.fmt)
+            count = len(self._buf)
+            part_hash = RecordHasher()
+            part_hash.update_lines(lines, count)
+            rel = f"{PARTS}/part-{self._next_index:05d}-{part_hash.hexdigest()[:16]}.{self.fmt}"
+            info = PartInfo(key=rel, records=count, sha256=part_hash.hexdigest())
+            self._wait_pending()  # the previous part first: keeps order and bounds memory
+            self._next_index += 1
+            self._hasher.update_lines(lines, count)
+            self._buf = []
+            if self._pipeline and not wait:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="looptool-upload")
+                self._pending = (self._executor.submit(self.store.put_bytes, self._key(rel), data), info)
+            else:
+                try:
+                    self.store.put_bytes(self._key(rel), data)
+                except BaseException as exc:
+                    self._failed = exc
+                    raise
+                self.parts.append(info)
+        if wait:
+            self._wait_pending()
+
+    def _shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def commit(self) -> DatasetRef:
         """Flush, then publish the manifest (one atomic put). Idempotent."""
         if self._committed is not None:
             return self._committed
         self.flush()
-        self._catch_up()
+        self._shutdown()
         digest, count = self._hasher.hexdigest(), self._hasher.count
         manifest = {
             "version": 1,
@@ -301,11 +354,7 @@ class DatasetWriter:
         }
         ref = DatasetRef(uri=self.uri, content_hash=digest, record_count=count, format=self.fmt, kind=self.kind)  # type: ignore[arg-type]
         self.store.put_bytes(self._key(MANIFEST), json.dumps(manifest, indent=1).encode())
-        self._committed = ref  # visible from here on; the journal is only bookkeeping
-        try:
-            self.store.delete_prefix(self._key(JOURNAL) + "/")
-        except StorageError as exc:
-            log.warning("could not remove the writer journal", extra={"uri": self.uri, "error": str(exc)})
+        self._committed = ref
         return ref
 
     def abort(self) -> None:
@@ -313,10 +362,14 @@ class DatasetWriter:
         if self._committed is not None:
             raise StorageError(f"dataset {self.uri} is already committed; cannot abort")
         self._buf = []
-        self.store.delete_prefix(self._key(PARTS) + "/")
-        self.store.delete_prefix(self._key(JOURNAL) + "/")
-        self.parts = []
+        try:
+            self._wait_pending()
+        except BaseException:
+            pass  # the part is being removed anyway
+        self._shutdown()
         self._aborted = True
+        self.store.delete_prefix(self._key(PARTS) + "/")
+        self.parts = []
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -331,6 +384,8 @@ class DatasetWriter:
             self.flush()  # keep finished work for a resumed writer; nothing becomes visible
         except Exception as flush_exc:  # do not mask the original error
             log.warning("could not flush after error", extra={"uri": self.uri, "error": str(flush_exc)})
+        finally:
+            self._shutdown()
 
 
 class Dataset:
