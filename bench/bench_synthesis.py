@@ -1,0 +1,159 @@
+"""Synthesis throughput: dialogues/minute at concurrency 1 vs 4 against the same services, and the
+share of synthesized dialogues rejected by each quality filter.
+
+Two measurements, both through the real services on loopback (synthesizer gRPC → toolsim gRPC):
+
+1. ``programmatic`` agents (the CPU default): the cost is scenario generation + tool-simulator
+   round trips; a BFCL toolset (``--toolset``, default ``bfcl:live_simple``, 60 tools).
+2. ``llm`` agents against a real inference server (transformers backend, a tiny randomly initialised
+   local model built here — no download): every agent turn is a generation, so concurrency lets the
+   server batch requests. A random model writes nonsense, so most of its dialogues are rejected —
+   the filter shares of this run show the filters working, not a data-quality figure.
+
+Usage: ``python bench/bench_synthesis.py [--n 300] [--llm-n 12] [--skip-llm] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rejections(counts: dict[str, int]) -> dict[str, float]:
+    processed = max(1, counts.get("processed", 0))
+    out = {k.split(".", 1)[1]: v / processed for k, v in counts.items() if k.startswith("rejected.")}
+    out["errors"] = counts.get("errors", 0) / processed
+    return out
+
+
+def run_once(client, toolset, n: int, concurrency: int, out: str, config: dict) -> dict:
+    t0 = time.perf_counter()
+    result, dialogs, errors = client.synthesize(toolset, n, seed=1, concurrency=concurrency, output_prefix=out, config=config)
+    seconds = time.perf_counter() - t0
+    assert result is not None, errors[:3]
+    c = dict(result.counts)
+    return {
+        "concurrency": concurrency,
+        "dialogues": c["processed"],
+        "kept": c["kept"],
+        "seconds": round(seconds, 2),
+        "dialogues_per_minute": round(60 * c["processed"] / seconds, 1),
+        "rejected_share": {k: round(v, 3) for k, v in _rejections(c).items()},
+        "content_hash": result.outputs[0].content_hash[:16],
+        "counts": c,
+    }
+
+
+def tiny_model(root: Path) -> Path:
+    from looptool.shared.tiny_model import TinyModelSpec, build_tiny_model
+
+    corpus = [
+        "What is the weather in Paris today?",
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        "Book a table for two at an Italian restaurant in Rome at 7 pm.",
+        '{"needs": [{"kind": "single", "tools": ["get_weather"]}]}',
+    ] * 20
+    spec = TinyModelSpec(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, max_positions=2048)
+    return build_tiny_model(root / "tiny", corpus, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=300, help="dialogues per programmatic run")
+    ap.add_argument("--llm-n", type=int, default=12, help="dialogues per llm-agent run")
+    ap.add_argument("--toolset", default="bfcl:live_simple")
+    ap.add_argument("--tools", type=int, default=60, help="tools taken from the toolset")
+    ap.add_argument("--skip-llm", action="store_true")
+    ap.add_argument("--llm-tools-per-sample", type=int, default=3, help="tools per dialogue for the llm run (prompt length)")
+    ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--json", default="", help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    from looptool.services.synthesizer import server as synth_server
+    from looptool.services.synthesizer.client import SynthesizerClient
+    from looptool.services.toolsim import server as toolsim_server
+    from looptool.shared.grpc_util import wait_healthy
+    from looptool.shared.toolsets import import_source, store_toolset
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
+    results: dict = {"toolset": args.toolset, "tools": args.tools, "cpus": os.cpu_count()}
+    running = []
+    try:
+        tools = import_source(args.toolset, limit=args.tools).tools
+        toolset = store_toolset(tools, (tmp / "toolset").as_uri())
+        toolsim = toolsim_server.start(None, port=0)
+        running.append(toolsim)
+        inference = None
+        cfg = None
+        if not args.skip_llm:
+            import torch
+
+            from looptool.services.inference import server as inference_server
+            from looptool.shared.config import InferenceSettings, LoopToolConfig
+
+            torch.set_num_threads(args.torch_threads)
+            model_dir = tiny_model(tmp)
+            cfg = LoopToolConfig(inference=InferenceSettings(model=str(model_dir), max_batch_size=16, batch_wait_ms=5))
+            inference = inference_server.start(cfg, port=0)
+            running.append(inference)
+            cfg.services.inference.port = inference.port
+        synth = synth_server.start(cfg, port=0, toolsim_address=toolsim.address)
+        running.append(synth)
+        for r in running:
+            wait_healthy(r.address, 120)
+
+        with SynthesizerClient(synth.address) as client:
+            prog = {}
+            for conc in (1, 4):
+                prog[conc] = run_once(client, toolset, args.n, conc, (tmp / f"prog-{conc}").as_uri(), {"agents": "programmatic"})
+            assert prog[1]["content_hash"] == prog[4]["content_hash"], "concurrency changed the dataset"
+            results["programmatic"] = {
+                "runs": [prog[1], prog[4]],
+                "ratio_c4_over_c1": round(prog[4]["dialogues_per_minute"] / prog[1]["dialogues_per_minute"], 2),
+            }
+            if not args.skip_llm:
+                llm = {}
+                config = {"agents": "llm", "votes": 3, "maxTurnRetries": 1, "maxTokens": 48, "maxNeeds": 1, "maxSteps": 3,
+                          "toolsPerSample": args.llm_tools_per_sample}
+                for conc in (1, 4):
+                    llm[conc] = run_once(client, toolset, args.llm_n, conc, (tmp / f"llm-{conc}").as_uri(), config)
+                results["llm"] = {
+                    "backend": f"transformers, tiny random Llama (64 hidden, 2 layers), CPU, {args.torch_threads} torch thread(s)",
+                    "tools_per_sample": args.llm_tools_per_sample,
+                    "runs": [llm[1], llm[4]],
+                    "ratio_c4_over_c1": round(llm[4]["dialogues_per_minute"] / llm[1]["dialogues_per_minute"], 2),
+                }
+    finally:
+        for r in reversed(running):
+            try:
+                r.stop(0)
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    for kind in ("programmatic", "llm"):
+        if kind not in results:
+            continue
+        block = results[kind]
+        print(f"== {kind} agents ({args.toolset}, {args.tools} tools)")
+        for r in block["runs"]:
+            print(f"  concurrency {r['concurrency']}: {r['dialogues']} dialogues in {r['seconds']}s = "
+                  f"{r['dialogues_per_minute']} dialogues/min, kept {r['kept']}")
+        print(f"  ratio c4/c1: {block['ratio_c4_over_c1']}")
+        shares = block["runs"][0]["rejected_share"]
+        print("  rejected share by filter: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
