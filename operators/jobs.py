@@ -90,6 +90,8 @@ def training_job(
         {"name": "LOOPTOOL_RUN_ID", "value": str(request.get("run_id", ""))},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if cfg.s3Endpoint:
+        env.append({"name": "LOOPTOOL_S3_ENDPOINT", "value": cfg.s3Endpoint})
     if cfg.s3Secret:
         env += [
             {"name": "LOOPTOOL_S3_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": cfg.s3Secret, "key": cfg.s3AccessKeyKey}}},
@@ -124,6 +126,7 @@ def training_job(
                 "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                **({"ports": [{"name": "metrics", "containerPort": cfg.metricsPort, "protocol": "TCP"}]} if cfg.metricsPort else {}),
             }
         ],
         "volumes": volumes,

@@ -34,9 +34,11 @@ class TrainerJobSettings(BaseModel):
     cpu: str = Field("4", description="CPU request (spec.resources.cpu overrides)")
     memory: str = Field("32Gi", description="memory request and limit (spec.resources.memory overrides)")
     shmSize: str = Field("8Gi", description="/dev/shm size (NCCL, dataloaders); empty = no shm volume")
+    metricsPort: int = Field(9105, ge=0, le=65535, description="container port 'metrics' (the trainer's /metrics; scraped by the chart's PodMonitor); 0 = none")
     backoffLimit: int = Field(1, ge=0)
     activeDeadlineSeconds: int = Field(0, ge=0, description="0 = no deadline")
     configMap: str = Field("", description="ConfigMap with config.yaml (LoopTool config) mounted at /etc/looptool/config")
+    s3Endpoint: str = Field("", description="S3 endpoint URL, exposed as LOOPTOOL_S3_ENDPOINT")
     s3Secret: str = Field("", description="Secret with S3 credentials (keys below), exposed as LOOPTOOL_S3_* env")
     s3AccessKeyKey: str = "accessKey"
     s3SecretKeyKey: str = "secretKey"

@@ -1,0 +1,137 @@
+{{/* Names */}}
+{{- define "looptool.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "looptool.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "looptool.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels: common + selector. Call with (dict "ctx" $ "component" "inference") */}}
+{{- define "looptool.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "looptool.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "looptool.labels" -}}
+{{ include "looptool.selectorLabels" . }}
+helm.sh/chart: {{ include "looptool.chart" .ctx }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: looptool
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Image: (dict "ctx" $ "image" .Values.services.x.image) */}}
+{{- define "looptool.image" -}}
+{{- $img := .image | default dict -}}
+{{- $repo := $img.repository | default .ctx.Values.image.repository -}}
+{{- $tag := $img.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{- define "looptool.serviceName" -}}
+{{- printf "%s-%s" (include "looptool.fullname" .ctx) .service -}}
+{{- end -}}
+
+{{- define "looptool.configName" -}}
+{{- printf "%s-config" (include "looptool.fullname" .) -}}
+{{- end -}}
+
+{{- define "looptool.operatorServiceAccount" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- .Values.operator.serviceAccount.name | default (printf "%s-operator" (include "looptool.fullname" .)) -}}
+{{- else -}}
+{{- .Values.operator.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* S3: the Secret holding accessKey/secretKey, the endpoint, the bucket. */}}
+{{- define "looptool.s3SecretName" -}}
+{{- if .Values.minio.enabled -}}
+{{- .Values.minio.existingSecret | default (printf "%s-minio" (include "looptool.fullname" .)) -}}
+{{- else -}}
+{{- required "externalS3.existingSecret is required when minio.enabled=false (a Secret with accessKey and secretKey)" .Values.externalS3.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "looptool.s3Endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "http://%s-minio.%s.svc:9000" (include "looptool.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- required "externalS3.endpoint is required when minio.enabled=false" .Values.externalS3.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "looptool.s3Bucket" -}}
+{{- if .Values.minio.enabled -}}{{ .Values.minio.bucket }}{{- else -}}{{ .Values.externalS3.bucket }}{{- end -}}
+{{- end -}}
+
+{{/* Environment every LoopTool container gets: S3 credentials from the Secret, config path. */}}
+{{- define "looptool.env" -}}
+- name: LOOPTOOL_S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "looptool.s3SecretName" . }}
+      key: accessKey
+- name: LOOPTOOL_S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "looptool.s3SecretName" . }}
+      key: secretKey
+- name: HOME
+  value: /tmp
+{{- end -}}
+
+{{/* Namespaces the operator handles (list). */}}
+{{- define "looptool.watchNamespaces" -}}
+{{- if .Values.operator.watchNamespaces -}}
+{{- toJson .Values.operator.watchNamespaces -}}
+{{- else -}}
+{{- toJson (list .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Least-privilege rules of the operator (Role per watched namespace, or ClusterRole). */}}
+{{- define "looptool.operatorRules" -}}
+# LoopRounds: watch, and patch for kopf's finalizer/annotations.
+- apiGroups: ["looptool.io"]
+  resources: ["looprounds"]
+  verbs: ["get", "list", "watch", "patch"]
+# .status is written only by the operator.
+- apiGroups: ["looptool.io"]
+  resources: ["looprounds/status"]
+  verbs: ["get", "patch"]
+# Training Jobs: created, followed and cleaned up.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# The ConfigMap holding each training Job's request.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "create", "delete"]
+# Trainer pods: read only, to explain why a Job is stuck or failed.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+# Events on LoopRounds.
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

