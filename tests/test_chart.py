@@ -53,7 +53,7 @@ def test_helm_lint_strict():
 def test_rendered_manifests_validate_strictly_offline(default_docs, monitored_docs):
     checked = 0
     for doc in default_docs + monitored_docs:
-        if doc["kind"] == "ServiceMonitor":  # a CRD kind: no built-in schema, checked below
+        if doc["kind"] in ("ServiceMonitor", "PodMonitor"):  # CRD kinds: no built-in schema, checked below
             continue
         kubernetes_validate.validate(doc, K8S, strict=True)
         checked += 1
@@ -154,8 +154,19 @@ def test_values_schema_rejects_bad_values():
 
 
 def test_service_monitor_only_with_the_prometheus_operator_api(default_docs, monitored_docs):
-    assert not [d for d in default_docs if d["kind"] == "ServiceMonitor"]
+    assert not [d for d in default_docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
     (sm,) = [d for d in monitored_docs if d["kind"] == "ServiceMonitor"]
+    (pm,) = [d for d in monitored_docs if d["kind"] == "PodMonitor"]
+    # trainer Job pods: the labels the operator puts on them (incl. the release, via trainer.podLabels)
+    from looptool.operators.jobs import training_job
+    from looptool.shared.loop.manifest import parse_round
+
+    settings = OperatorSettings.model_validate(yaml.safe_load(by_kind(monitored_docs, "ConfigMap")["lt-looptool-operator"]["data"]["operator.yaml"]))
+    lr = {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound", "metadata": {"name": "r", "namespace": "ml", "uid": "u"},
+          "spec": {"baseModel": {"builtin": "tiny"}, "toolset": {"bfcl": {"category": "simple_python"}}}}
+    pod_labels = training_job(lr, parse_round(lr).spec, {}, settings.trainer)["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": "lt", "looptool.io/metrics": "true"}
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
