@@ -287,6 +287,7 @@ def iter_synthesis(
                 DIALOGS.labels("error").inc()
                 if consecutive_errors >= abort_after:
                     writer.flush()
+                    _settle(writer)
                     yield ErrorInfo(code="ABORTED", message=f"{consecutive_errors} dialogues in a row failed; last: {out.error.message if out.error else ''}")
                     return
                 continue
@@ -310,10 +311,13 @@ def iter_synthesis(
             for f in pending.values():
                 f.cancel()
             writer.flush()
+            _settle(writer)
             yield ErrorInfo(code="CANCELLED", message="synthesis cancelled; finished dialogues are kept for a resumed run")
             return
     if stop_after is not None and start_index + len(todo) < num_dialogues:
-        return  # a simulated crash: only the parts flushed so far survive
+        # a simulated crash: the parts already handed to storage land, the buffer is lost
+        _settle(writer)
+        return
     elapsed = time.perf_counter() - t0
     writer.meta["counts"] = counts
     ref: DatasetRef = writer.commit()
@@ -327,6 +331,18 @@ def iter_synthesis(
             "assistant_turns_per_dialog": turns_total / max(1, counts["kept"] - resumed),
         },
     )
+
+
+def _settle(writer: Any) -> None:
+    """Wait for a part upload still in flight and stop the writer's upload thread (the writer is
+    abandoned uncommitted; a resumed run adopts its parts)."""
+    for name in ("_wait_pending", "_shutdown"):
+        fn = getattr(writer, name, None)
+        if callable(fn):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a failed upload is simply not resumed
+                pass
 
 
 def run_synthesis(*args: Any, **kw: Any) -> tuple[StageResult | None, list[Dialog], list[ErrorInfo]]:
