@@ -155,9 +155,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The config section class at a field path (for suggesting field names)."""
-    model: Any = LoopToolConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The section class at a field path below ``root`` (for suggesting field names)."""
+    model: Any = root
     for part in loc:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
@@ -174,16 +174,26 @@ def _field_names(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def format_validation_error(exc: ValidationError, source: str, env_vars: dict[tuple[str, ...], str] | None = None) -> str:
-    """One line per problem: where it came from (file or environment variable), the field, the fix."""
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    env_vars: dict[tuple[str, ...], str] | None = None,
+    model: type[BaseModel] | None = None,
+) -> str:
+    """One line per problem: where it came from (file or environment variable), the field, the fix.
+
+    ``model`` (default: LoopToolConfig when the error is about it) is used to suggest the intended
+    name of an unknown field."""
     lines = []
     env_vars = env_vars or {}
+    if model is None and exc.title == LoopToolConfig.__name__:
+        model = LoopToolConfig
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
         dotted = ".".join(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(loc[:-1], model) if model is not None else None
             names = _field_names(parent) if parent else []
             close = difflib.get_close_matches(loc[-1], names, n=1)
             hint = f"did you mean '{close[0]}'?" if close else (f"known fields: {', '.join(names)}" if names else "")

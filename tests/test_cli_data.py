@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from looptool.shared.storage import RecordHasher, dataset_exists, open_dataset, 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for var in list(__import__("os").environ):
+    for var in list(os.environ):
         if var.startswith("LOOPTOOL_"):
             monkeypatch.delenv(var, raising=False)
 
@@ -83,7 +84,8 @@ def test_import_parquet_directly(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     want = samples_jsonl(src, n=5)
     rc, out, err = run_cli(capsys, "data", "import-jsonl", str(src), str(tmp_path / "pq"), "--format", "parquet", "--kind", "samples")
-    assert rc == 0, err and json.loads(out)["content_hash"] == want
+    assert rc == 0, err
+    assert json.loads(out)["content_hash"] == want and json.loads(out)["format"] == "parquet"
 
 
 @pytest.mark.parametrize(
@@ -173,7 +175,7 @@ def test_console_script_subprocess(tmp_path):
     src = tmp_path / "in.jsonl"
     want = samples_jsonl(src, n=3)
     dst = str(tmp_path / "ds")
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LOOPTOOL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPTOOL_")}
     code = "import sys; from looptool.cli import main; sys.exit(main())"
     done = subprocess.run([sys.executable, "-c", code, "data", "import-jsonl", str(src), dst], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from s3server import MotoServer, SeaweedServer, free_ports, moto_s3, seaweed  # noqa: F401  (fixtures)
+from s3server import SeaweedServer, free_ports, moto_s3, seaweed  # noqa: F401  (fixtures)
 
 from looptool.shared.records import Message, Sample, ToolCall
 from looptool.shared.storage import (

@@ -233,6 +233,12 @@ class DatasetWriter:
             m = _PART_NAME_RE.fullmatch(key.rsplit("/", 1)[-1])
             if m:
                 found.append((int(m.group(1)), m.group(2), key[len(self.prefix) + 1 :]))
+        indexes = [index for index, _, _ in found]
+        if len(set(indexes)) != len(indexes):
+            raise StorageError(
+                f"{self.uri} holds two parts with the same index (two writers at once?); "
+                "delete it and rerun the stage"
+            )
         for index, short_hash, rel in sorted(found):
             part_hash = RecordHasher()
             lines = []
