@@ -190,6 +190,12 @@ class DatasetWriter:
     once and checked against the hash in its name); ``existing_records()`` yields their records so
     the stage can skip work already done. ``abort()`` removes every part. One writer per prefix at
     a time.
+
+    With ``pipeline=True`` (default) a full buffer is uploaded by a background thread while the
+    caller keeps writing (at most one upload in flight, in order), which overlaps encoding with
+    network I/O. ``flush()``, ``commit()``, ``abort()`` and leaving a ``with`` block wait for it;
+    an upload error is raised by the next call. Finish a writer (commit, abort or ``with``) before
+    resuming the same prefix in the same process.
     """
 
     def __init__(
