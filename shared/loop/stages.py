@@ -119,33 +119,13 @@ def existing(ctx: StageContext, uri: str) -> DatasetRef | None:
 
 
 def resolve_toolset(ctx: StageContext) -> list[Tool]:
-    """The round's tools from spec.toolset (BFCL category, OpenAI JSON file, or a committed dataset)."""
+    """The round's valid tools from spec.toolset (BFCL category, tool file, or a committed toolset)."""
     from looptool.shared import toolsets
 
-    ts = ctx.spec.toolset
     try:
-        if ts.uri:
-            tools = list(open_dataset(ts.uri, ctx.config.storage.s3).iter(Tool))
-            report = None
-        elif ts.file:
-            tools, report = toolsets.import_file(ts.file)
-        else:
-            assert ts.bfcl is not None
-            tools, report = toolsets.import_bfcl(ts.bfcl.category)
-            if ts.bfcl.names:
-                wanted = set(ts.bfcl.names)
-                tools = [t for t in tools if t.name in wanted]
-            tools = tools[ts.bfcl.offset :]
-            if ts.bfcl.limit:
-                tools = tools[: ts.bfcl.limit]
+        return toolsets.resolve_toolset(ctx.spec.toolset, ctx.config.storage.s3)
     except (OSError, ValueError) as exc:
         raise StageError("InvalidToolset", f"spec.toolset: {exc}") from None
-    if report is not None:
-        for err in getattr(report, "errors", []):
-            ctx.item_errors.append(ErrorInfo(code="INVALID_TOOL", message=str(err)))
-    if not tools:
-        raise StageError("InvalidToolset", "spec.toolset: no usable tools (all were invalid or filtered out)")
-    return tools
 
 
 # ----------------------------------------------------------------------------- synthesis
@@ -174,7 +154,7 @@ def _verl_dataset(ctx: StageContext, name: str, samples: list[Sample]) -> Datase
 
 
 def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.shared.conversion import dialogs_to_samples, split_heldout
+    from looptool.shared.conversion import dialogs_to_samples, split_of
     from looptool.shared.noise import inject_label_noise
     from looptool.shared.records import Dialog
     from looptool.v1 import synthesizer_pb2, synthesizer_pb2_grpc
@@ -201,7 +181,10 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
                 concurrency=spec.concurrency,
                 seed=seed,
                 output_prefix=ctx.out(f"dialogs-{syn_key}"),
-                config_json=spec.model_dump_json(),
+                # Counts and seed travel in the request; the split and noise are the runner's.
+                config_json=spec.model_dump_json(
+                    exclude={"numDialogues", "concurrency", "seed", "heldoutFraction", "labelNoise"}
+                ),
                 round=ctx.spec.round,
             )
             with ctx.channel("synthesizer") as ch:
@@ -209,7 +192,7 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
                 result = _consume_synthesis(stub.Synthesize(req, timeout=ctx.rpc_timeout_s), on_progress, ctx)
             _record(st, result, ["dialogs"])
         dialogs = list(open_dataset(_ref(st, "dialogs"), ctx.config.storage.s3).iter(Dialog))
-        samples = dialogs_to_samples(dialogs, round=ctx.spec.round)
+        samples = list(dialogs_to_samples(dialogs, round=ctx.spec.round))
     else:
         samples = []
     st.counts["fresh_samples"] = len(samples)
@@ -227,7 +210,8 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
         heldout_ids = {s.id for s in open_dataset(heldout_ref, ctx.config.storage.s3).iter(Sample)}
         train = [s for s in samples if s.id not in heldout_ids]
     else:
-        train, heldout = split_heldout(samples, spec.heldoutFraction)
+        train = [s for s in samples if split_of(s.id, spec.heldoutFraction) == "train"]
+        heldout = [s for s in samples if split_of(s.id, spec.heldoutFraction) == "heldout"]
         heldout_ref = _samples_dataset(ctx, f"heldout-{syn_key}", heldout)
     st.outputs["heldout"] = heldout_ref
 
