@@ -1,0 +1,386 @@
+"""CPU GRPO trainer in plain torch (the embedded default backend and what the tests train).
+
+One step:
+1. take ``promptsPerStep`` prompts from a seeded schedule (per-epoch permutations; a resumed run
+   replays it from its step) and sample ``groupSize`` completions each with ``model.generate``
+   (batched, left padding, pure sampling: ``temperature``, no top-k/top-p, ``maxResponseTokens``);
+2. score every completion with the shared reward (``looptool.shared.reward.score_response``, the
+   function verl calls too);
+3. group-normalised advantages ``(r - mean_group) / (std_group + 1e-6)`` (unbiased std, as verl);
+4. token-level clipped policy-gradient loss against the old-policy log-probs with the asymmetric
+   clip ``[1 - clipLow, 1 + clipHigh]`` (DAPO "clip-higher", paper 0.2/0.28), optional KL to a
+   frozen reference model with the k3 estimator ``exp(ref - logp) - (ref - logp) - 1`` when
+   ``klCoef > 0``; aggregated as token-mean over the mini-batch (verl's ``token-mean``);
+5. gradient accumulation over ``microBatchSize`` sequences, ``ppoMiniBatches`` optimizer steps per
+   ``ppoEpochs`` pass, grad-norm clipping, AdamW with warmup + cosine/linear decay.
+
+Log-probs use the sampling temperature (``log_softmax(logits / T)``), as verl does, so the ratio
+is taken against the distribution the rollouts were drawn from. With one update per rollout batch
+(``ppoEpochs = ppoMiniBatches = 1``, the default) the old policy *is* the current one, so the old
+log-probs are the detached log-probs of the same forward pass (ratio 1, no extra forward); with
+more updates they come from one no-grad forward before the first update.
+
+No wasted work: groups whose rewards are all equal have zero advantage and, without KL, zero
+gradient; their sequences are not forwarded (they still count in the token-mean denominator, so
+the gradient equals verl's); a step whose every group is flat skips backward and the optimizer
+update (the LR schedule still advances). Logits are computed only over the response positions.
+fp32 throughout (no autocast on CPU).
+
+Why hand-written rather than TRL's ``GRPOTrainer``: TRL is not in our dependency set (it pulls
+``accelerate`` + ``datasets`` and pins transformers ranges we would have to chase); its trainer owns
+the loop (HF ``Trainer`` checkpoints in a local ``output_dir``, its own dataset/reward signatures,
+no step-boundary cancel), while we need checkpoints in object storage with exact resume, progress
+events and Prometheus metrics from inside the step, and the same reward call and loss semantics
+as the verl backend (token-mean, asymmetric clip, k3 KL) so CPU and GPU runs mean the same thing.
+The algorithm is ~300 lines; owning them is cheaper than adapting a framework to all of that.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from looptool.services.trainer.common import left_pad, position_ids
+from looptool.services.trainer.data import Example, eos_ids
+from looptool.shared.reward import RewardConfig, score_response
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 20
+    prompts_per_step: int = 4
+    group_size: int = 4
+    lr: float = 1e-4
+    kl_coef: float = 0.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    temperature: float = 1.0
+    max_prompt_tokens: int = 1024
+    max_response_tokens: int = 96
+    micro_batch_size: int = 0  # 0 = all sequences of a mini-batch in one forward/backward
+    ppo_epochs: int = 1
+    ppo_mini_batches: int = 1
+    warmup_ratio: float = 0.05
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    reward_partial_credit: bool = False
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.steps * self.ppo_epochs * self.ppo_mini_batches
+
+
+@dataclass
+class Rollout:
+    prompt_idx: list[int]
+    input_ids: torch.Tensor  # [N, Lp] left-padded prompts, each repeated group_size times
+    prompt_mask: torch.Tensor  # [N, Lp]
+    resp_ids: torch.Tensor  # [N, R]
+    resp_mask: torch.Tensor  # [N, R] 1 = a generated token up to and including the first eos
+    texts: list[str]
+    rewards: torch.Tensor  # [N]
+    correct: torch.Tensor  # [N]
+    format_ok: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    gen_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    n: int,
+    max_new_tokens: int,
+    temperature: float | None,
+    eos: list[int] | None = None,
+):
+    """Batched generation with left padding. ``temperature=None`` is greedy.
+
+    Returns (texts, resp_ids [B*n, R], resp_mask [B*n, R], prompt_ids [B*n, Lp], prompt_mask).
+    Rows are prompt-major: the ``n`` completions of prompt ``i`` are rows ``i*n .. i*n+n-1``.
+    """
+    from transformers import GenerationConfig
+
+    eos = eos or eos_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id
+    ids, mask = left_pad(prompts, pad)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    sampling = temperature is not None
+    # Every knob set explicitly: a model's own generation_config (top_k=20, repetition_penalty …)
+    # must not leak in, or the samples would not come from the policy whose log-probs we train.
+    gcfg = GenerationConfig(
+        do_sample=sampling,
+        temperature=float(temperature) if sampling else 1.0,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        use_cache=True,
+    )
+    was_training = model.training
+    model.eval()
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gcfg)
+    if was_training:
+        model.train()
+    resp = out[:, ids.shape[1] :]
+    is_eos = torch.isin(resp, torch.tensor(eos, device=resp.device))
+    keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # nothing before this position was eos
+    width = int(keep.sum(1).max()) if keep.numel() else 0
+    width = max(1, width)
+    resp, keep, is_eos = resp[:, :width], keep[:, :width], is_eos[:, :width]
+    texts = []
+    for row, k, e in zip(resp, keep, is_eos):
+        toks = row[k & ~e].tolist()
+        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
+    prompt_ids = ids.repeat_interleave(n, 0)
+    prompt_mask = mask.repeat_interleave(n, 0)
+    return texts, resp, keep.long(), prompt_ids, prompt_mask
+
+
+def token_logprobs(model, prompt_ids, prompt_mask, resp_ids, resp_mask, temperature: float, with_entropy: bool = False):
+    """Per-token log-probs of the response under ``model`` at ``temperature`` (logits over the
+    response positions only). Returns (logp [N, R], entropy [N, R] or None)."""
+    ids = torch.cat([prompt_ids, resp_ids], 1)
+    mask = torch.cat([prompt_mask, resp_mask], 1)
+    r = resp_ids.shape[1]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=r + 1)
+    logits = out.logits[:, :-1, :].float() / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, resp_ids.unsqueeze(-1)).squeeze(-1)
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, ent
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    g = rewards.view(-1, group_size)
+    mean = g.mean(1, keepdim=True)
+    std = g.std(1, keepdim=True, unbiased=True) if group_size > 1 else torch.zeros_like(mean)
+    return ((g - mean) / (std + eps)).view(-1)
+
+
+def policy_loss(logp, old_logp, adv, mask, clip_low: float, clip_high: float, denom: float, ref_logp=None, kl_coef: float = 0.0):
+    """Token-level clipped surrogate (+ k3 KL); sum over tokens / ``denom`` (token-mean of the
+    mini-batch). Returns (loss, stats)."""
+    ratio = torch.exp(logp - old_logp)
+    a = adv.unsqueeze(-1)
+    pg1 = -a * ratio
+    pg2 = -a * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    pg = torch.maximum(pg1, pg2)
+    loss_tok = pg
+    kl = None
+    if ref_logp is not None:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1.0
+        loss_tok = pg + kl_coef * kl
+    m = mask.float()
+    loss = (loss_tok * m).sum() / denom
+    with torch.no_grad():
+        stats = {
+            "pg_sum": float((pg * m).sum()),
+            "clipped": float(((pg2 > pg1).float() * m).sum()),
+            "kl_sum": float((kl * m).sum()) if kl is not None else 0.0,
+        }
+    return loss, stats
+
+
+class GRPOTrainer:
+    def __init__(self, model, tokenizer, examples: list[Example], cfg: GRPOConfig, ref_model=None, device: str = "cpu"):
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.ref_model = ref_model
+        self.examples = [ex for ex in examples if len(ex.prompt_ids) <= cfg.max_prompt_tokens]
+        self.dropped = len(examples) - len(self.examples)
+        self.eos = eos_ids(tokenizer, model)
+        self.reward_cfg = RewardConfig(partial_credit=cfg.reward_partial_credit)
+
+    # ------------------------------------------------------------------ schedule
+    def prompt_indices(self, step: int) -> list[int]:
+        """Examples for ``step``: consecutive slices of concatenated per-epoch permutations."""
+        n, p = len(self.examples), self.cfg.prompts_per_step
+        start = step * p
+        out = []
+        epoch = start // n
+        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+        pos = start % n
+        while len(out) < p:
+            if pos >= n:
+                epoch += 1
+                perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+                pos = 0
+            out.append(int(perm[pos]))
+            pos += 1
+        return out
+
+    # ------------------------------------------------------------------ rollout
+    def rollout(self, step: int, seed: int) -> Rollout:
+        cfg = self.cfg
+        idx = self.prompt_indices(step)
+        exs = [self.examples[i] for i in idx]
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        texts, resp, resp_mask, p_ids, p_mask = generate(
+            self.model, self.tokenizer, [e.prompt_ids for e in exs], cfg.group_size, cfg.max_response_tokens, cfg.temperature, self.eos
+        )
+        t1 = time.perf_counter()
+        rewards, correct, fmt, reasons = [], [], [], []
+        for k, text in enumerate(texts):
+            ex = exs[k // cfg.group_size]
+            res = score_response(text, ex.reference, ex.tools, self.reward_cfg)
+            rewards.append(res.score)
+            correct.append(float(res.correct))
+            fmt.append(float(res.format_ok))
+            reasons.append(res.reason)
+        t2 = time.perf_counter()
+        r = torch.tensor(rewards, dtype=torch.float32)
+        return Rollout(
+            prompt_idx=idx,
+            input_ids=p_ids,
+            prompt_mask=p_mask,
+            resp_ids=resp,
+            resp_mask=resp_mask,
+            texts=texts,
+            rewards=r,
+            correct=torch.tensor(correct),
+            format_ok=torch.tensor(fmt),
+            advantages=group_advantages(r, cfg.group_size),
+            gen_seconds=t1 - t0,
+            reward_seconds=t2 - t1,
+            reasons=reasons,
+        )
+
+    # ------------------------------------------------------------------ update
+    def _forward_chunks(self, model, rows: list[int], mb: int, ro: Rollout, with_entropy=False, grad=False):
+        for k in range(0, len(rows), mb):
+            sel = torch.tensor(rows[k : k + mb], dtype=torch.long)
+            with torch.set_grad_enabled(grad):
+                logp, ent = token_logprobs(
+                    model,
+                    ro.input_ids[sel],
+                    ro.prompt_mask[sel],
+                    ro.resp_ids[sel],
+                    ro.resp_mask[sel],
+                    self.cfg.temperature,
+                    with_entropy,
+                )
+            yield sel, logp, ent
+
+    def step(self, step: int, optimizer, scheduler, seed: int) -> dict[str, Any]:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        ro = self.rollout(step, seed)
+        n = ro.resp_ids.shape[0]
+        mb = cfg.micro_batch_size or n
+        use_kl = self.ref_model is not None and cfg.kl_coef > 0
+        active = (ro.advantages.abs() > 0) if not use_kl else torch.ones(n, dtype=torch.bool)
+        resp_mask = ro.resp_mask
+        n_tokens_resp = int(resp_mask.sum())
+        n_tokens = n_tokens_resp + int(ro.prompt_mask.sum())
+
+        t_train0 = time.perf_counter()
+        ref_logp = old_logp = None
+        ref_seconds = 0.0
+        act_rows = torch.nonzero(active).view(-1).tolist()
+        multi_update = cfg.ppo_epochs * cfg.ppo_mini_batches > 1
+        if act_rows and use_kl:
+            t = time.perf_counter()
+            ref_logp = torch.zeros_like(resp_mask, dtype=torch.float32)
+            for sel, lp, _ in self._forward_chunks(self.ref_model, act_rows, mb, ro):
+                ref_logp[sel] = lp
+            ref_seconds = time.perf_counter() - t
+        if act_rows and multi_update:
+            old_logp = torch.zeros_like(resp_mask, dtype=torch.float32)
+            for sel, lp, _ in self._forward_chunks(self.model, act_rows, mb, ro):
+                old_logp[sel] = lp
+
+        pg_sum = clipped = kl_sum = 0.0
+        ent_sum, ent_tok = 0.0, 0
+        grad_norms: list[float] = []
+        updates = 0
+        rng = np.random.default_rng([cfg.seed, step, 7])
+        self.model.train()
+        for epoch in range(cfg.ppo_epochs):
+            order = rng.permutation(n).tolist() if cfg.ppo_mini_batches > 1 else list(range(n))
+            size = math.ceil(n / cfg.ppo_mini_batches)
+            for m in range(cfg.ppo_mini_batches):
+                rows_all = order[m * size : (m + 1) * size]
+                denom = max(1.0, float(resp_mask[rows_all].sum()))  # token-mean over the whole mini-batch
+                rows = [i for i in rows_all if active[i]]
+                if not rows:
+                    scheduler.step()
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                for sel, logp, ent in self._forward_chunks(self.model, rows, mb, ro, with_entropy=(epoch == 0), grad=True):
+                    old = old_logp[sel] if old_logp is not None else logp.detach()
+                    loss, st = policy_loss(
+                        logp,
+                        old,
+                        ro.advantages[sel],
+                        resp_mask[sel],
+                        cfg.clip_low,
+                        cfg.clip_high,
+                        denom,
+                        ref_logp[sel] if ref_logp is not None else None,
+                        cfg.kl_coef,
+                    )
+                    loss.backward()
+                    if epoch == 0:
+                        pg_sum += st["pg_sum"]
+                        clipped += st["clipped"]
+                        kl_sum += st["kl_sum"]
+                        if ent is not None:
+                            ent_sum += float((ent * resp_mask[sel]).sum())
+                            ent_tok += int(resp_mask[sel].sum())
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
+                optimizer.step()
+                scheduler.step()
+                updates += 1
+        t_end = time.perf_counter()
+
+        groups = ro.rewards.view(-1, cfg.group_size)
+        flat = float((groups.max(1).values == groups.min(1).values).float().mean())
+        step_s = t_end - t_start
+        train_s = t_end - t_train0
+        return {
+            "step": float(step + 1),
+            "reward_mean": float(ro.rewards.mean()),
+            "reward_std": float(ro.rewards.std(unbiased=False)),
+            "accuracy": float(ro.correct.mean()),
+            "format_ok": float(ro.format_ok.mean()),
+            "flat_group_share": flat,
+            # pg loss per response token (the objective's value; 0 when every group is flat)
+            "loss": pg_sum / max(1, n_tokens_resp),
+            "kl": kl_sum / max(1, n_tokens_resp) if use_kl else 0.0,
+            "clip_frac": clipped / max(1, n_tokens_resp),
+            "entropy": ent_sum / ent_tok if ent_tok else float("nan"),
+            "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "updates": float(updates),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "response_length": n_tokens_resp / max(1, n),
+            "tokens": float(n_tokens),
+            "tokens_per_second": n_tokens / step_s if step_s > 0 else 0.0,
+            "gen_tokens_per_second": n_tokens_resp / ro.gen_seconds if ro.gen_seconds > 0 else 0.0,
+            "gen_seconds": ro.gen_seconds,
+            "reward_seconds": ro.reward_seconds,
+            "ref_seconds": ref_seconds,
+            "train_seconds": train_s,
+            "step_seconds": step_s,
+            "gen_share": ro.gen_seconds / step_s if step_s > 0 else 0.0,
+            "train_share": train_s / step_s if step_s > 0 else 0.0,
+        }
