@@ -53,17 +53,17 @@ def _turn_kind(dialog: Dialog, index: int, msg: Message) -> str:
 def dialog_to_samples(
     dialog: Dialog,
     round: int = 0,
-    at: str = "",
+    at: str | None = None,
     source: str = "synthesized",
     include_kinds: Iterable[str] | None = None,
 ) -> list[Sample]:
     """One sample per assistant turn of ``dialog`` (see the module rules).
 
     ``include_kinds`` limits which turns become samples (default: all). ``at`` is the lineage
-    timestamp (default: now; pass a fixed one for byte-identical output).
+    timestamp (default ``None``: now; pass a fixed one, or ``""`` for none, for byte-identical output).
     """
     wanted = set(include_kinds) if include_kinds is not None else None
-    stamp = at or utcnow()
+    stamp = utcnow() if at is None else at
     out: list[Sample] = []
     for i, msg in enumerate(dialog.messages):
         if msg.role != "assistant":
@@ -115,7 +115,7 @@ class ConversionResult:
 
 
 def dialogs_to_samples(
-    dialogs: Iterable[Dialog], round: int = 0, at: str = "", counts: dict[str, int] | None = None, **kw: Any
+    dialogs: Iterable[Dialog], round: int = 0, at: str | None = None, counts: dict[str, int] | None = None, **kw: Any
 ) -> Iterator[Sample]:
     """Samples of many dialogues, in order, without duplicates (by content id)."""
     seen: set[str] = set()

@@ -183,7 +183,7 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
                 output_prefix=ctx.out(f"dialogs-{syn_key}"),
                 # Counts and seed travel in the request; the split and noise are the runner's.
                 config_json=spec.model_dump_json(
-                    exclude={"numDialogues", "concurrency", "seed", "heldoutFraction", "labelNoise"}
+                    exclude={"numDialogues", "concurrency", "seed", "heldoutFraction", "labelNoise", "sampleKinds"}
                 ),
                 round=ctx.spec.round,
             )
@@ -192,7 +192,8 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
                 result = _consume_synthesis(stub.Synthesize(req, timeout=ctx.rpc_timeout_s), on_progress, ctx)
             _record(st, result, ["dialogs"])
         dialogs = list(open_dataset(_ref(st, "dialogs"), ctx.config.storage.s3).iter(Dialog))
-        samples = list(dialogs_to_samples(dialogs, round=ctx.spec.round))
+        # at="": no wall-clock stamp, so re-runs produce byte-identical samples.
+        samples = list(dialogs_to_samples(dialogs, round=ctx.spec.round, at="", include_kinds=spec.sampleKinds))
     else:
         samples = []
     st.counts["fresh_samples"] = len(samples)
