@@ -161,3 +161,9 @@ def test_cli_convert(tmp_path, capsys):
     assert main(["data", "convert", f"{base}/dialogs", f"{base}/conv2", "--kinds", "call,parallel"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["counts"]["samples"] == 2
     assert main(["data", "convert", f"{base}/dialogs", f"{base}/conv3", "--heldout-fraction", "1.5"]) == 2
+
+
+def test_default_conversion_has_no_wall_clock():
+    a = dialog_to_samples(hand_dialog())
+    b = dialog_to_samples(hand_dialog())
+    assert [s.model_dump() for s in a] == [s.model_dump() for s in b] and a[0].lineage[0].at == ""
