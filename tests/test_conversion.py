@@ -163,7 +163,7 @@ def test_cli_convert(tmp_path, capsys):
     assert main(["data", "convert", f"{base}/dialogs", f"{base}/conv3", "--heldout-fraction", "1.5"]) == 2
 
 
-def test_default_conversion_has_no_wall_clock():
-    a = dialog_to_samples(hand_dialog())
-    b = dialog_to_samples(hand_dialog())
+def test_empty_timestamp_gives_byte_identical_samples():
+    a = dialog_to_samples(hand_dialog(), at="")
+    b = dialog_to_samples(hand_dialog(), at="")
     assert [s.model_dump() for s in a] == [s.model_dump() for s in b] and a[0].lineage[0].at == ""
