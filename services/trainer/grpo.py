@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,8 +323,10 @@ class GRPOTrainer:
                 rows_all = order[m * size : (m + 1) * size]
                 denom = max(1.0, float(resp_mask[rows_all].sum()))  # token-mean over the whole mini-batch
                 rows = [i for i in rows_all if active[i]]
-                if not rows:
-                    scheduler.step()
+                if not rows:  # every group flat: no gradient; keep the LR schedule in step
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", UserWarning)
+                        scheduler.step()
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 for sel, logp, ent in self._forward_chunks(self.model, rows, mb, ro, with_entropy=(epoch == 0), grad=True):
