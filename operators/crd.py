@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,16 @@ def object_schema(strict_fields: bool = True) -> dict[str, Any]:
     return schema
 
 
-def validation_errors(obj: Any, strict_fields: bool = True) -> list[str]:
-    """Schema problems of a LoopRound object, one line each (``[]`` = valid), like ``kubectl apply``."""
+@functools.lru_cache(maxsize=2)
+def _validator(strict_fields: bool):
     import jsonschema
 
-    validator = jsonschema.Draft4Validator(object_schema(strict_fields))
+    return jsonschema.Draft4Validator(object_schema(strict_fields))
+
+
+def validation_errors(obj: Any, strict_fields: bool = True) -> list[str]:
+    """Schema problems of a LoopRound object, one line each (``[]`` = valid), like ``kubectl apply``."""
+    validator = _validator(strict_fields)
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors]
 

@@ -48,9 +48,6 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, rt)
 
-    @kopf.on.cleanup(registry=registry)
-    def _cleanup(**_: Any) -> None:
-        rt.close()
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -41,16 +41,19 @@ async def operate(
     stop_flag: Any = None,
     ready_flag: Any = None,
 ) -> None:
-    _, registry, kopf_settings = build(settings, executor)
-    await kopf.operator(
-        registry=registry,
-        settings=kopf_settings,
-        standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        **kopf_scope(settings),
-    )
+    rt, registry, kopf_settings = build(settings, executor)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings,
+            standalone=True,  # one replica (Deployment strategy Recreate); no peering CRDs needed
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            **kopf_scope(settings),
+        )
+    finally:
+        rt.close()  # after kopf stopped every daemon: the API client and the stage threads
 
 
 def run(settings: OperatorSettings, config: LoopToolConfig, liveness: str | None = None) -> int:

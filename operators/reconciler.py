@@ -81,8 +81,11 @@ class Runtime:
                 ev.set()
 
     def close(self) -> None:
+        """Release threads and connections. A data stage still running in a worker thread finishes on
+        its own (its result is dropped; the next operator re-enters the stage)."""
         if self.stage_pool is not None:
             self.stage_pool.shutdown(wait=False, cancel_futures=True)
+        self.kube.close()
 
 
 def parse_status(raw: Any) -> RoundStatus:

@@ -201,6 +201,7 @@ class FakeKubeApi:
         self._rv_lock = threading.Lock()
         self.error: BaseException | None = None
         self.creates: Counter[str] = Counter()  # plural -> POSTs received (incl. rejected ones)
+        self.requests_served = 0
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -304,6 +305,51 @@ class FakeKubeApi:
         return self.request("DELETE", self.path(api_version, plural, ns, name))
 
 
+class FakeKubeApiProcess(FakeKubeApi):
+    """The same fake API in a child process (``python -m looptool.operators.testing``), so that the
+    mock's CPU does not share the GIL with the code under test (benchmarks). HTTP client only."""
+
+    def start(self) -> str:
+        import subprocess
+        import sys
+
+        args = [sys.executable, "-m", "looptool.operators.testing"] + ([] if self.validate_schema else ["--no-schema"])
+        self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
+        if not line.startswith("http://"):
+            raise RuntimeError(f"fake Kubernetes API process did not start: {line!r}")
+        self.url = line
+        return line
+
+    def stop(self) -> None:
+        proc = getattr(self, "_proc", None)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+
+    def stats(self) -> dict[str, Any]:
+        return self.request("GET", "/_fake/stats")
+
+
+def _serve_forever(argv: list[str]) -> int:
+    import signal
+    import sys
+
+    api = FakeKubeApi(validate_schema="--no-schema" not in argv)
+    print(api.start(), flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    api.stop()
+    return 0
+
+
 class FakeApiError(RuntimeError):
     def __init__(self, status: int, message: str):
         self.status, self.message = status, message
@@ -318,11 +364,26 @@ def _make_emulator_class():
     import attrs
     import kmock
 
+    class _ForgetfulHistory(kmock.RawHandler):
+        """kmock matches every request against its reactions by iterating the *whole* request history
+        (O(requests served) per request, so a long run slows to a crawl). Our API needs no history:
+        keep only the request being matched. Sits between the emulator and RawHandler in the MRO;
+        matching is synchronous up to the first await, so concurrent requests are safe."""
+
+        async def _handle(self, request):  # type: ignore[override]
+            self._requests[:] = [request]
+            self.api.requests_served += 1
+            return await super()._handle(request)
+
     @attrs.define(kw_only=True)
-    class _Emulator(kmock.KubernetesEmulator):
+    class _Emulator(kmock.KubernetesEmulator, _ForgetfulHistory):
         api: Any = None
 
         async def _handle(self, request):  # type: ignore[override]
+            if request.url.path == "/_fake/stats":  # for FakeKubeApi in another process
+                import aiohttp.web
+
+                return aiohttp.web.json_response({"requests_served": self.api.requests_served, "creates": dict(self.api.creates)})
             res = request.resource
             action = getattr(request.action, "name", str(request.action)).upper() if request.action else ""
             if res is not None and isinstance(request.data, (dict, list)):
@@ -380,3 +441,9 @@ def _pointer(doc: Any, path: str) -> Any:
         else:
             return None
     return doc
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_serve_forever(sys.argv[1:]))

@@ -70,9 +70,12 @@ def operator(api: FakeKubeApi, executor: TestStageExecutor, **overrides: Any) ->
         namespaces=["default"], apiUrl=api.url, metricsPort=0, pollSeconds=1.0, progressSeconds=0.2,
         retryBackoffSeconds=0.05, **overrides,
     )
-    _, registry, kopf_settings = build(settings, executor)
-    with KopfRunner(["run", "--standalone", "-n", "default"], registry=registry, settings=kopf_settings, timeout=30) as runner:
-        yield runner
+    rt, registry, kopf_settings = build(settings, executor)
+    try:
+        with KopfRunner(["run", "--standalone", "-n", "default"], registry=registry, settings=kopf_settings, timeout=30) as runner:
+            yield runner
+    finally:
+        rt.close()
     # KopfRunner re-raises operator exceptions; a clean exit means the operator never crashed.
     assert runner.exception is None, runner.output[-3000:]
     assert runner.exit_code == 0
@@ -157,6 +160,7 @@ def test_status_moves_through_all_phases_as_the_job_succeeds(api, executor):
         job = wait_for(lambda: jobs_of(api, "r2"), what="training Job")[0]
         ckpt = finish_job(api, job)
         wait_for(phase_is(api, "r2", "Succeeded", "Failed"), what="terminal phase")
+        wait_for(lambda: any(r in ("RoundSucceeded", "RoundFailed") for _, r, _ in events(api, "r2")), what="final Event")
 
     st = status(api, "r2")
     assert st["phase"] == "Succeeded", st
@@ -202,6 +206,7 @@ def test_failed_job_fails_the_round_with_a_reason(api, executor):
         api.patch(*JOBS, name, {"status": {"failed": 2, "conditions": [
             {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}, sub="status")
         wait_for(phase_is(api, "r3", "Failed"), what="Failed")
+        wait_for(lambda: any(r == "RoundFailed" for _, r, _ in events(api, "r3")), what="RoundFailed Event")
 
     st = status(api, "r3")
     assert st["reason"] == "TrainingJobFailed"
