@@ -67,16 +67,18 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
             logger.warning("%s: invalid spec: %s", what, exc)
         rt.wake(meta.get("namespace") or "default", meta["name"])
 
+    # Handlers that wake daemons are async: they run in kopf's event loop, where asyncio.Event.set()
+    # is safe (sync handlers would run in a thread pool).
     @kopf.on.create(*ROUNDS, registry=registry, id="created")
-    def _created(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _created(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         _hint(body, logger, "created")
 
     @kopf.on.resume(*ROUNDS, registry=registry, id="resumed")
-    def _resumed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _resumed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         _hint(body, logger, "resumed")
 
     @kopf.on.update(*ROUNDS, registry=registry, id="spec-changed", field="spec")
-    def _updated(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _updated(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         phase = parse_status(body.get("status")).phase
         if phase not in (Phase.PENDING, Phase.SUCCEEDED, Phase.FAILED):
             logger.info("spec changed during %s: finished stages keep their results; the next stages use the new spec", phase.value)
@@ -96,7 +98,7 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.event("batch", "v1", "jobs", registry=registry, id="job-changed",
                    labels={jobs_.LABEL_MANAGED_BY: jobs_.MANAGED_BY})
-    def _job_event(body: kopf.Body, **_: Any) -> None:
+    async def _job_event(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(jobs_.LABEL_ROUND)
         if owner:
