@@ -317,6 +317,11 @@ def _string_value(name: str, schema: Mapping[str, Any], rng: random.Random, hint
         value = f"{rng.choice(WORDS)}.{rng.choice(DOMAINS)}"
     else:
         value = ""
+    own = str(schema.get("description", ""))  # format hints in the parameter's own description
+    if not value and any(p.search(own) for p, _ in _DATE_FORMATS):
+        value = _date_str(rng, own)
+    if not value and re.search(r"\bhh:mm\b", own, re.I):
+        value = _time_str(rng, own)
     if not value and isinstance(schema.get("pattern"), str):
         value = sample_regex(schema["pattern"], rng) or ""
     if not value:

@@ -305,3 +305,74 @@ def test_llm_agents_against_the_inference_server_with_a_tiny_model(tmp_path):
         synth.stop(0)
         toolsim.stop(0)
         inference.stop(0)
+
+
+# ----------------------------------------------------------------------------- scenarios (shared/scenarios.py)
+
+
+def test_scenarios_calls_are_valid_and_requests_ground_every_value():
+    import random
+
+    from looptool.shared import scenarios
+
+    tools = []
+    for cat in ("simple_python", "multiple", "live_simple", "live_multiple"):
+        tools += import_source(f"bfcl:{cat}", limit=80).tools
+    rng = random.Random(0)
+    invalid = 0
+    for i, tool in enumerate(tools):
+        call = scenarios.make_call(tool, rng, include_optional=0.7)
+        invalid += bool(validate_call(call, [tool]))
+        style = scenarios.STYLES[i % len(scenarios.STYLES)]
+        text = scenarios.render_request([call], [tool], rng, style)
+        assert scenarios.ungrounded_values(text, [call]) == [], (tool.name, text)
+        varied = scenarios.vary_call(call, tool, rng)
+        assert varied.name == call.name and set(varied.arguments) == set(call.arguments)
+        if not validate_call(call, [tool]):
+            assert validate_call(varied, [tool]) == [], (tool.name, varied)
+    assert invalid <= len(tools) // 200  # only unsatisfiable schemas (an enum on an array of strings)
+    # parallel requests mention every value of every call
+    a, b = tools[0], tools[1]
+    calls = [scenarios.make_call(a, rng), scenarios.make_call(a, rng), scenarios.make_call(b, rng)]
+    text = scenarios.render_request(calls, [a, b], rng, "verbose")
+    assert scenarios.ungrounded_values(text, calls) == []
+    # deterministic for the same rng state
+    assert scenarios.make_call(a, random.Random(5)) == scenarios.make_call(a, random.Random(5))
+    assert scenarios.render_request(calls, [a, b], random.Random(5)) == scenarios.render_request(calls, [a, b], random.Random(5))
+
+
+def test_scenarios_values_follow_schemas_and_names():
+    import random
+    import re as _re
+
+    from looptool.shared import scenarios
+
+    rng = random.Random(1)
+    for _ in range(20):
+        assert 3 <= scenarios.sample_value("n", {"type": "integer", "minimum": 3, "maximum": 5}, rng) <= 5
+        v = scenarios.sample_value("ratio", {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, rng)
+        assert 0 < v < 1 and isinstance(v, float)
+        assert scenarios.sample_value("unit", {"type": "string", "enum": ["a", "b"]}, rng) in ("a", "b")
+        assert _re.fullmatch(r"\d{4}-\d{2}-\d{2}", scenarios.sample_value("date", {"type": "string"}, rng))
+        assert _re.fullmatch(r"\d{2}/\d{2}/\d{4}", scenarios.sample_value("when", {"type": "string", "description": "Date in MM/DD/YYYY"}, rng))
+        assert "@" in scenarios.sample_value("email", {"type": "string"}, rng)
+        assert _re.fullmatch(r"[A-Z]{3}\d{2}", scenarios.sample_value("code", {"type": "string", "pattern": "^[A-Z]{3}\\d{2}$"}, rng))
+        arr = scenarios.sample_value("cities", {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 3}, rng)
+        assert 2 <= len(arr) <= 3
+        obj = scenarios.sample_value("p", {"type": "dict", "properties": {"x": {"type": "float"}, "y": {"type": "integer"}}, "required": ["x"]}, rng)
+        assert isinstance(obj["x"], float)
+        city = scenarios.sample_value("location", {"type": "string", "description": "The city, in the format of 'City, State'"}, rng)
+        assert _re.fullmatch(r"[A-Za-z .]+, [A-Z]{2}", city), city
+    tool = Tool(name="book", description="Books a table at a restaurant for a party.",
+                parameters={"type": "object", "properties": {"restaurant": {"type": "string", "description": "Restaurant name"},
+                                                             "party_size": {"type": "integer"}},
+                            "required": ["restaurant", "party_size"]})
+    assert scenarios.task_phrase(tool) == "book a table at a restaurant for a party"
+    q = scenarios.render_clarification_question(tool, ["party_size"])
+    assert "party size" in q and q.endswith("?")
+    call = ToolCall(name="book", arguments={"restaurant": "The Ember Grill", "party_size": 4})
+    partial = scenarios.render_partial_request(call, tool, ["party_size"], rng)
+    assert "The Ember Grill" in partial and "4" not in partial
+    assert scenarios.ungrounded_values(scenarios.render_clarification_answer(call, ["party_size"], rng), [ToolCall(name="book", arguments={"party_size": 4})]) == []
+    no_tool = scenarios.render_no_tool_request([tool], rng)
+    assert no_tool in scenarios.NO_TOOL_REQUESTS and "restaurant" not in no_tool.lower()
