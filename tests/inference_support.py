@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from looptool.shared.generation import Completion, GenRequest, GenResult
+from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.records import Message, Sample, Tool, ToolCall
 
 _lock = threading.Lock()
@@ -127,7 +127,7 @@ class ScriptedGenerator:
         self.requests: list[GenRequest] = []
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        from looptool.services.inference.backends.hf import completion_from_text
+        from looptool.services.inference.backends.base import completion_from_text
 
         out = []
         for r in requests:

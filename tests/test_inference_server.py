@@ -28,7 +28,7 @@ from looptool.shared.grpc_util import channel
 from looptool.shared.loop.manifest import JudgeSpec, ProbeSpec
 from looptool.shared.records import Decision, JudgedSample, Message, ProbeResult
 from looptool.shared.storage import open_dataset
-from looptool.v1 import inference_pb2, inference_pb2_grpc
+from looptool.v1 import inference_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 

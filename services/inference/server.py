@@ -47,7 +47,7 @@ from looptool.shared.schema import ToolSchemaError
 from looptool.shared.storage.base import NotFound, StorageError
 from looptool.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
-from .backends import Backend, BackendError, BoundGenerator, CancelToken, split_error
+from .backends import BackendError, BoundGenerator, CancelToken, split_error
 from .judge import GroundingJudge, LLMJudge, run_judge
 from .pool import ModelPool
 from .probe import run_probe
@@ -371,10 +371,12 @@ def start(
     port: int = 0,
     metrics_port: int = 0,
     preload: bool = True,
+    pool: ModelPool | None = None,
 ) -> RunningServer:
     """Start the inference server. With ``preload`` the configured model is loaded before the port
-    opens (a bad model path fails here, not on the first request)."""
-    servicer = InferenceServicer(cfg)
+    opens (a bad model path fails here, not on the first request). ``pool``: serve already loaded
+    models (benchmarks, embedding the server next to in-process users)."""
+    servicer = InferenceServicer(cfg, pool=pool)
     if preload and cfg.inference.model and cfg.inference.backend != "openai":
         servicer.pool.get("")
 

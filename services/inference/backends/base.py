@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from looptool.shared import metrics
-from looptool.shared.generation import GenRequest, GenResult
+from looptool.shared.generation import Completion, GenRequest, GenResult
 from looptool.shared.logs import get_logger
+from looptool.shared.toolcall_format import parse_tool_calls
 
 log = get_logger("looptool.inference")
 
@@ -60,6 +61,18 @@ def split_error(text: str) -> tuple[str, str]:
     if sep and head in ERROR_CODES:
         return head, rest
     return "INTERNAL", text
+
+
+def completion_from_text(text: str, finish_reason: str, mean_logprob: float) -> Completion:
+    """Model text → Completion with its tool calls parsed (strict parser; errors in parse_error)."""
+    parsed = parse_tool_calls(text)
+    return Completion(
+        text=text,
+        tool_calls=parsed.calls,
+        parse_error=str(parsed.error) if parsed.error else "",
+        finish_reason=finish_reason,
+        mean_logprob=mean_logprob,
+    )
 
 
 class CancelToken:
@@ -178,9 +191,10 @@ _QUEUE_WAIT = metrics.histogram("inference", "queue_wait_seconds", "Time request
 
 
 class BatchingQueue:
-    """A request queue and one worker thread: each turn it takes the oldest request, waits up to
-    ``batch_wait_ms`` for more (up to ``max_batch_size`` rows, a request with ``n`` completions
-    counting ``n``), drops cancelled/expired ones, and hands the group to ``run_batch``.
+    """A request queue and one worker thread: each turn it takes the oldest request, waits
+    ``batch_wait_ms`` for more (each arrival extends the wait by ``batch_wait_ms``, at most 20x in
+    all; up to ``max_batch_size`` rows, a request with ``n`` completions counting ``n``), drops
+    cancelled/expired ones, and hands the group to ``run_batch``.
 
     Requests that arrive while a batch runs wait for the next one (no continuous batching).
     """
@@ -236,7 +250,11 @@ class BatchingQueue:
                 return None
             batch: list[Job] = []
             rows = 0
-            until = time.monotonic() + self.batch_wait
+            # Wait ``batch_wait`` for company; every arrival extends the window by ``batch_wait``
+            # (a burst of requests that trickles in ends up in one batch), up to 20x in total.
+            first = time.monotonic()
+            until = first + self.batch_wait
+            cap = first + 20 * self.batch_wait
             while True:
                 while self._pending and rows < self.max_batch_size:
                     job = self._pending[0]
@@ -254,6 +272,8 @@ class BatchingQueue:
                 if remaining <= 0 or self._closed:
                     break
                 self._cond.wait(remaining)
+                if self._pending:  # something arrived: give the burst a little longer
+                    until = min(cap, max(until, time.monotonic() + self.batch_wait))
             self._depth.set(len(self._pending))
             return batch
 

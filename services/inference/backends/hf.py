@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from looptool.shared import metrics
-from looptool.shared.generation import Completion, GenRequest, GenResult
+from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.prompt import build_chat
-from looptool.shared.toolcall_format import parse_tool_calls
 
 from .base import (
     Backend,
+    completion_from_text,
     BackendError,
     BatchingQueue,
     CancelToken,
@@ -47,15 +47,11 @@ from .base import (
 _TOKENS = metrics.counter("inference", "tokens", "Tokens processed", ["backend", "kind"])
 
 
-def completion_from_text(text: str, finish_reason: str, mean_logprob: float) -> Completion:
-    parsed = parse_tool_calls(text)
-    return Completion(
-        text=text,
-        tool_calls=parsed.calls,
-        parse_error=str(parsed.error) if parsed.error else "",
-        finish_reason=finish_reason,
-        mean_logprob=mean_logprob,
-    )
+def _cache_kw() -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns)."""
+    import transformers
+
+    return "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
 def locate_model(path: str) -> tuple[str, str | None]:
@@ -125,6 +121,7 @@ class TransformersBackend(Backend):
         batch_wait_ms: float = 5.0,
         max_context: int = 4096,
         name: str | None = None,
+        prefix_caching: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -168,6 +165,10 @@ class TransformersBackend(Backend):
         model_limit = int(getattr(self.hf_model.config, "max_position_embeddings", 0) or 0)
         self.max_context = min(max_context, model_limit) if model_limit else max_context
         self.backend_name = "transformers"
+        self.prefix_caching = prefix_caching
+        self._cache_kw = _cache_kw()
+        self.static_cache = True
+        self.min_prefix_tokens = 32
         self.queue = BatchingQueue(name or "transformers", self._run_batch, max_batch_size, batch_wait_ms)
         self._lock = threading.Lock()
         log.info("model loaded", extra={"model": model, "path": path, "device": device, "max_context": self.max_context})
@@ -284,17 +285,73 @@ class TransformersBackend(Backend):
             sampler = _RowSampler(live, self)
             stopper = _RowStopper(live, self, width)
             with self._lock, torch.inference_mode():
+                cache = self._make_cache([r.job.payload for r in live], width, config.max_new_tokens)  # type: ignore[misc]
                 self.hf_model.generate(
                     input_ids=input_ids.to(self.device),
                     attention_mask=mask.to(self.device),
                     generation_config=config,
                     logits_processor=LogitsProcessorList([sampler]),
                     stopping_criteria=StoppingCriteriaList([stopper]),
+                    **({self._cache_kw: cache} if cache is not None else {}),
                 )
             for r in live:
                 if not r.finish:  # generate ended the row with EOS (or hit the batch's max_new_tokens)
                     r.finish = "stop" if r.tokens and r.tokens[-1] in self.eos_ids else "length"
         self._finish_jobs(jobs, rows)
+
+    def _make_cache(self, prompts: list[list[int]], width: int, max_new: int):
+        """A preallocated KV cache for the batch (no per-step ``torch.cat`` of a growing cache), with
+        the prompts' shared prefix already filled in when they have one.
+
+        Prefix caching: the system prompt and tools block are the same for every sample of a round,
+        so the common prefix is run once and its keys/values are copied into every row (shifted
+        right by the row's left padding); ``generate`` then prefills only the rest. Only for models
+        whose cache is plain full attention (no sliding windows); anything unexpected falls back
+        to ``generate``'s own cache. Greedy outputs are the same either way (tested)."""
+        import torch
+
+        if not self.static_cache:
+            return None
+        try:
+            from transformers import StaticCache
+            from transformers.cache_utils import StaticLayer
+
+            cache = StaticCache(config=self.hf_model.config, max_cache_len=width + max_new)
+            if not all(type(layer) is StaticLayer for layer in cache.layers):
+                self.static_cache = False
+                log.info("static KV cache disabled: the model uses sliding-window layers", extra={"model": self.model})
+                return None
+            n = self._common_prefix(prompts)
+            if n < self.min_prefix_tokens:
+                return cache
+            prefix = torch.tensor([prompts[0][:n]], dtype=torch.long, device=self.device)
+            out = self.hf_model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+            pkv = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
+            pads = [width - len(p) for p in prompts]
+            for idx, layer in enumerate(pkv.layers):
+                k, v = layer.keys, layer.values  # [1, heads, n, dim]
+                kb = k.new_zeros((len(prompts), *k.shape[1:]))
+                vb = v.new_zeros((len(prompts), *v.shape[1:]))
+                for b, pad in enumerate(pads):
+                    if pad < n:
+                        kb[b, :, pad:] = k[0, :, : n - pad]
+                        vb[b, :, pad:] = v[0, :, : n - pad]
+                cache.layers[idx].update(kb, vb)
+            return cache
+        except Exception as exc:  # an optimisation must never fail a batch
+            self.static_cache = False
+            log.warning("static/prefix KV cache disabled", extra={"model": self.model, "error": repr(exc)})
+            return None
+
+    def _common_prefix(self, prompts: list[list[int]]) -> int:
+        if not self.prefix_caching or len(prompts) < 2:
+            return 0
+        shortest = min(len(p) for p in prompts)
+        first = prompts[0]
+        n = 0
+        while n < shortest - 1 and all(p[n] == first[n] for p in prompts):
+            n += 1
+        return n
 
     def decode(self, tokens: list[int]) -> str:
         if tokens and tokens[-1] in self.eos_ids:

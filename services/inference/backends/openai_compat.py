@@ -24,13 +24,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from looptool.shared import metrics
-from looptool.shared.generation import Completion, GenRequest, GenResult, SamplingParams
+from looptool.shared.generation import Completion, GenRequest, GenResult
 from looptool.shared.prompt import build_chat
-from looptool.shared.records import Tool, ToolCall
+from looptool.shared.records import ToolCall
 from looptool.shared.toolcall_format import render_tool_calls
 
-from .base import Backend, BackendError, CancelToken, DeltaCallback, error, log, request_rows
-from .hf import completion_from_text
+from .base import Backend, BackendError, CancelToken, DeltaCallback, completion_from_text, error, log, request_rows
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _RETRIES = metrics.counter("inference", "remote_retries", "Retried requests to a remote endpoint", ["backend", "reason"])
@@ -285,12 +284,4 @@ class OpenAICompatBackend(Backend):
         self._client.close()
 
 
-__all__ = [
-    "OpenAICompatBackend",
-    "RateLimiter",
-    "build_chat_request",
-    "parse_chat_response",
-    "parse_choice",
-    "SamplingParams",
-    "Tool",
-]
+__all__ = ["OpenAICompatBackend", "RateLimiter", "build_chat_request", "parse_chat_response", "parse_choice"]

@@ -27,8 +27,19 @@ from looptool.shared import metrics
 from looptool.shared.generation import Completion, GenRequest, GenResult, SamplingParams
 from looptool.shared.prompt import build_chat
 
-from .base import Backend, BackendError, BatchingQueue, CancelToken, DeltaCallback, Job, error, log, request_rows
-from .hf import completion_from_text, resolve_model_path
+from .base import (
+    Backend,
+    BackendError,
+    BatchingQueue,
+    CancelToken,
+    DeltaCallback,
+    Job,
+    completion_from_text,
+    error,
+    log,
+    request_rows,
+)
+from .hf import resolve_model_path
 
 _TOKENS = metrics.counter("inference", "tokens", "Tokens processed", ["backend", "kind"])
 
