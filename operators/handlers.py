@@ -96,6 +96,17 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         rt.metrics.forget(ns, name)
         logger.info("deleted %d owned objects of %s/%s", removed, ns, name)
 
+    if rt.settings.loopPlans:
+        from looptool.operators.plan import PLAN_PLURAL, PlanReconciler
+
+        @kopf.daemon(GROUP, VERSION, PLAN_PLURAL, registry=registry, id="plan", cancellation_timeout=5.0)
+        async def _plan(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+            await PlanReconciler(rt, body).run(stopped)
+
+        @kopf.on.update(GROUP, VERSION, PLAN_PLURAL, registry=registry, id="plan-changed", field="spec")
+        async def _plan_changed(body: kopf.Body, **_: Any) -> None:
+            rt.wake(body["metadata"].get("namespace") or "default", f"plan/{body['metadata']['name']}")
+
     @kopf.on.event("batch", "v1", "jobs", registry=registry, id="job-changed",
                    labels={jobs_.LABEL_MANAGED_BY: jobs_.MANAGED_BY})
     async def _job_event(body: kopf.Body, **_: Any) -> None:

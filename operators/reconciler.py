@@ -171,6 +171,9 @@ class RoundReconciler:
             return
         await self.rt.kube.patch_round_status(self.ns, self.name, data)
         self._written = data
+        plan = ((self.body.get("metadata") or {}).get("labels") or {}).get("looptool.io/plan")
+        if plan:  # a LoopPlan summarises this round: let it look
+            self.rt.wake(self.ns, f"plan/{plan}")
         self.rt.metrics.set_phase(self.ns, self.name, self.status.phase.value, (self.body.get("spec") or {}).get("round"))
 
     async def event(self, type_: str, reason: str, message: str) -> None:

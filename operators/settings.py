@@ -59,6 +59,7 @@ class OperatorSettings(BaseModel):
     retryBackoffSeconds: float = Field(10.0, ge=0)
     apiWorkers: int = Field(16, ge=1, description="threads for Kubernetes API calls")
     finalizer: str = "looptool.io/finalizer"
+    loopPlans: bool = Field(True, description="also handle LoopPlan resources (N chained rounds)")
     trainer: TrainerJobSettings = Field(default_factory=TrainerJobSettings)
 
 

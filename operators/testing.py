@@ -169,6 +169,8 @@ def complete_training(request: dict[str, Any], metrics: dict[str, float] | None 
 RESOURCES = {
     "looptool.io/v1alpha1/looprounds": dict(kind="LoopRound", namespaced=True, subresources={"status"},
                                             verbs={"create", "delete", "get", "list", "patch", "update", "watch"}),
+    "looptool.io/v1alpha1/loopplans": dict(kind="LoopPlan", namespaced=True, subresources={"status"},
+                                           verbs={"create", "delete", "get", "list", "patch", "update", "watch"}),
     "batch/v1/jobs": dict(kind="Job", namespaced=True, subresources={"status"},
                           verbs={"create", "delete", "get", "list", "patch", "update", "watch"}),
     "v1/configmaps": dict(kind="ConfigMap", namespaced=True, verbs={"create", "delete", "get", "list", "patch", "watch"}),

@@ -185,3 +185,4 @@ def test_dashboard_configmap_for_the_grafana_sidecar(default_docs):
 def test_crd_ships_in_crds_dir(monitored_docs):
     crds = by_kind(monitored_docs, "CustomResourceDefinition")
     assert crds["looprounds.looptool.io"] == crd.build_crd()
+    assert crds["loopplans.looptool.io"] == crd.build_plan_crd()

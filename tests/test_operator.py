@@ -345,3 +345,29 @@ def test_job_names_are_deterministic_and_bounded():
     assert job_name("r1", "uid-1") == job_name("r1", "uid-1") != job_name("r1", "uid-2")
     long = job_name("x" * 63, "uid")
     assert len(long) <= 63 and long.startswith("x") and "-train-" in long
+
+
+def test_loopplan_spawns_chained_rounds_and_summarises_them(api, executor):
+    template = loopround("x")["spec"]
+    plan = {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopPlan", "metadata": {"name": "plan"},
+            "spec": {"rounds": 2, "template": template}}
+    with operator(api, executor):
+        created = api.create("looptool.io/v1alpha1", "loopplans", plan)
+        r1 = wait_for(lambda: api.get(*LR, "plan-r1"), what="round 1")
+        r2 = wait_for(lambda: api.get(*LR, "plan-r2"), what="round 2")
+        assert r1["metadata"]["ownerReferences"][0] | {"uid": None} == {
+            "apiVersion": "looptool.io/v1alpha1", "kind": "LoopPlan", "name": "plan", "uid": None,
+            "controller": True, "blockOwnerDeletion": True}
+        assert r1["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+        assert r2["spec"]["previousRound"] == "plan-r1" and r2["spec"]["round"] == 2
+        ckpt1 = finish_job(api, wait_for(lambda: jobs_of(api, "plan-r1"), what="round 1 Job")[0])
+        job2 = wait_for(lambda: jobs_of(api, "plan-r2"), what="round 2 Job")[0]
+        assert json.loads(api.get("v1", "configmaps", job2["metadata"]["name"])["data"]["request.json"])["base_checkpoint_uri"] == ckpt1
+        running = api.get("looptool.io/v1alpha1", "loopplans", "plan")["status"]
+        assert running["phase"] == "Running" and running["currentRound"] == "plan-r2" and running["completed"] == 1
+        finish_job(api, job2)
+        st = wait_for(lambda: (api.get("looptool.io/v1alpha1", "loopplans", "plan").get("status") or {}).get("phase") == "Succeeded"
+                      and api.get("looptool.io/v1alpha1", "loopplans", "plan")["status"], what="plan Succeeded")
+    assert [r["phase"] for r in st["rounds"]] == ["Succeeded", "Succeeded"]
+    assert st["completed"] == 2 and all("heldout" in r["accuracy"] for r in st["rounds"])
+    assert condition(st, "Ready")["status"] == "True"

@@ -110,13 +110,17 @@ app.kubernetes.io/part-of: looptool
 
 {{/* Least-privilege rules of the operator (Role per watched namespace, or ClusterRole). */}}
 {{- define "looptool.operatorRules" -}}
-# LoopRounds: watch, and patch for kopf's finalizer/annotations.
+# LoopRounds: watch, patch for kopf's finalizer/annotations, create for LoopPlans' rounds.
 - apiGroups: ["looptool.io"]
   resources: ["looprounds"]
+  verbs: ["get", "list", "watch", "patch", "create"]
+# LoopPlans: watch (their rounds are created above and garbage-collected with the plan).
+- apiGroups: ["looptool.io"]
+  resources: ["loopplans"]
   verbs: ["get", "list", "watch", "patch"]
 # .status is written only by the operator.
 - apiGroups: ["looptool.io"]
-  resources: ["looprounds/status"]
+  resources: ["looprounds/status", "loopplans/status"]
   verbs: ["get", "patch"]
 # Training Jobs: created, followed and cleaned up.
 - apiGroups: ["batch"]
