@@ -19,8 +19,8 @@ every row has ended. Nothing is ever downloaded: loading uses ``local_files_only
 
 from __future__ import annotations
 
+import importlib.util
 import math
-import os
 import threading
 import time
 from concurrent.futures import Future
@@ -131,30 +131,25 @@ class TransformersBackend(Backend):
         directory, gguf = locate_model(path)
         kwargs: dict = {"local_files_only": True}
         if gguf:
-            try:
-                import gguf as _gguf  # noqa: F401
-            except ImportError:
+            missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+            if missing:
                 raise BackendError(
-                    f"{path}: loading GGUF models needs the 'gguf' package (pip install gguf)"
-                ) from None
+                    f"{path}: loading GGUF models needs the {' and '.join(missing)} package(s): "
+                    "pip install 'looptool[gguf]'"
+                )
             kwargs["gguf_file"] = gguf
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise BackendError(f"inference.dtype {dtype!r} is not a torch dtype (float32, bfloat16, float16)")
-        old_offline = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: never reach for the hub
-        try:
+        try:  # local_files_only: a path that is not a local model never turns into a hub download
             self.tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+            if not getattr(self.tokenizer, "chat_template", None):  # checked before the (slow) weights load
+                raise BackendError(f"{path}: the tokenizer has no chat template; use an instruction/chat model")
             self.hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise BackendError(f"cannot load model from {path}: {exc}", code="NOT_FOUND") from None
-        finally:
-            if old_offline is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = old_offline
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise BackendError(f"{path}: the tokenizer has no chat template; use an instruction/chat model")
+        except BackendError:
+            raise
+        except Exception as exc:  # OSError, ValueError, a corrupt GGUF, a missing optional package
+            raise BackendError(f"cannot load model from {path}: {type(exc).__name__}: {exc}", code="NOT_FOUND") from None
         self.device = torch.device(device)
         self.hf_model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
