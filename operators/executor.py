@@ -71,13 +71,25 @@ class ServiceExecutor:
 
     def record_training_result(self, status, result) -> None:
         from looptool.shared.loop.stages import record_training_result
-        from looptool.shared.records import StageResult
 
-        fields = set(StageResult.model_fields)
-        record_training_result(status, StageResult.model_validate({k: v for k, v in result.items() if k in fields}))
+        record_training_result(status, result_to_stage(result))
 
     def read_training_result(self, output_prefix: str) -> dict[str, Any] | None:
         return read_result_json(output_prefix, self.config)
+
+
+def result_to_stage(result: dict[str, Any]):
+    """``result.json`` (services/trainer/runner.py) as a StageResult: numeric metrics, the reward
+    curve as ``reward_step_<i>``, integer counts (same conversion as the trainer's ``result_to_stage``,
+    without importing the trainer and torch into the operator)."""
+    from looptool.shared.records import StageResult
+
+    metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for i, r in enumerate(result.get("reward_curve") or [], start=1):
+        if isinstance(r, (int, float)):
+            metrics[f"reward_step_{i}"] = float(r)
+    counts = {k: int(v) for k, v in (result.get("counts") or {}).items() if isinstance(v, (int, float))}
+    return StageResult(checkpoint_uri=str(result.get("checkpoint_uri") or ""), metrics=metrics, counts=counts)
 
 
 def read_result_json(output_prefix: str, config: LoopToolConfig | None) -> dict[str, Any] | None:
@@ -88,8 +100,10 @@ def read_result_json(output_prefix: str, config: LoopToolConfig | None) -> dict[
     store, key = split_uri(output_prefix.rstrip("/") + "/result.json", config.storage.s3 if config else None)
     try:
         data = json.loads(store.get_bytes(key))
-    except (NotFound, FileNotFoundError):
+    except (NotFound, FileNotFoundError, ValueError):
         return None
+    if not isinstance(data, dict) or data.get("status", "succeeded") != "succeeded":
+        return None  # not a finished run
     if "checkpointUri" in data and "checkpoint_uri" not in data:
         data["checkpoint_uri"] = data["checkpointUri"]
     return data

@@ -24,8 +24,11 @@ ANN_OUTPUT = "looptool.io/output-prefix"
 REQUEST_DIR = "/etc/looptool/request"
 REQUEST_FILE = "request.json"
 CONTAINER = "trainer"
-# Exit code the trainer uses for a request it can never run (bad config): fail the Job at once.
+# Exit codes of ``looptool.services.trainer.job``: 2 = a request it can never run (fail the Job at
+# once); 3 = cancelled by SIGTERM (pod deleted/evicted: retry without counting, it resumes from the
+# last checkpoint); 1 = training failed (counts towards backoffLimit; a retry resumes).
 EXIT_BAD_REQUEST = 2
+EXIT_CANCELLED = 3
 
 
 def job_name(round_name: str, uid: str) -> str:
@@ -103,7 +106,9 @@ def training_job(
     if cfg.configMap:
         volumes.append({"name": "config", "configMap": {"name": cfg.configMap}})
         mounts.append({"name": "config", "mountPath": "/etc/looptool/config", "readOnly": True})
-        env.append({"name": "LOOPTOOL_CONFIG", "value": "/etc/looptool/config/config.yaml"})
+        command += ["--config", "/etc/looptool/config/config.yaml"]
+    if cfg.metricsPort:
+        command += ["--metrics-port", str(cfg.metricsPort)]
     if cfg.shmSize:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shmSize}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -150,6 +155,7 @@ def training_job(
         "podFailurePolicy": {
             "rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_REQUEST]}},
+                {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_CANCELLED]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },

@@ -133,7 +133,7 @@ def test_loopround_creates_gpu_training_job_owned_by_the_round(api, executor):
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "4"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert container["image"] == "registry.example.com/looptool-trainer:1.2"
-    assert container["command"][-2:] == ["--request", "/etc/looptool/request/request.json"]
+    assert container["command"][3:5] == ["--request", "/etc/looptool/request/request.json"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod["tolerations"]
@@ -333,6 +333,13 @@ def test_training_job_manifest_is_valid_kubernetes():
         kubernetes_validate.validate(manifest, "1.37.0", strict=True)
     job = training_job(obj, spec, req, cfg)
     assert len(job["metadata"]["name"]) <= 63
+    # The command line is one the trainer's Job entry point accepts (flags drift = a failing Job).
+    from looptool.services.trainer.job import build_parser
+
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "looptool.services.trainer.job"]
+    args = build_parser().parse_args(command[3:])
+    assert (args.request, args.config, args.metrics_port) == ("/etc/looptool/request/request.json", "/etc/looptool/config/config.yaml", 9105)
     cpu_only = training_job(obj, parse_round(loopround("r8", training={"backend": "cpu", "gpus": 0})).spec, req, cfg)
     res = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in res["requests"] and "tolerations" in cpu_only["spec"]["template"]["spec"]  # user's only
@@ -371,3 +378,21 @@ def test_loopplan_spawns_chained_rounds_and_summarises_them(api, executor):
     assert [r["phase"] for r in st["rounds"]] == ["Succeeded", "Succeeded"]
     assert st["completed"] == 2 and all("heldout" in r["accuracy"] for r in st["rounds"])
     assert condition(st, "Ready")["status"] == "True"
+
+
+def test_trainer_result_json_is_recorded_like_the_trainer_service_does():
+    from looptool.operators.executor import ServiceExecutor
+    from looptool.shared.config import LoopToolConfig
+    from looptool.shared.loop.state import RoundStatus
+
+    result = {  # the shape services/trainer/runner.py writes
+        "version": 1, "status": "succeeded", "run_id": "r1-abc", "key": "k", "backend": "verl",
+        "checkpoint_uri": "s3://looptool/runs/r1/train-abc/model",
+        "metrics": {"reward_mean": 0.62, "kl": 0.01, "note": "text is dropped"},
+        "counts": {"examples": 120, "grpo_steps": 3}, "reward_curve": [0.2, 0.4, 0.62],
+    }
+    st = RoundStatus()
+    ServiceExecutor(LoopToolConfig()).record_training_result(st, result)
+    assert st.checkpointUri == result["checkpoint_uri"] == st.stages["train"].checkpointUri
+    assert st.stages["train"].metrics["reward_step_3"] == 0.62 and "note" not in st.stages["train"].metrics
+    assert st.stages["train"].counts == {"examples": 120, "grpo_steps": 3}
