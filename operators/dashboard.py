@@ -113,8 +113,10 @@ def build() -> dict[str, Any]:
             kind="stat", w=6, description="Failed stage attempts (retried ones included) by reason.")
     b.panel("Stage duration p50", [(quantile(0.5, "looptool_operator_stage_duration_seconds", "stage"), "{{stage}}")],
             kind="bargauge", w=6, unit="s", options={"orientation": "horizontal"})
-    b.panel("Reconciles", [(rate("looptool_operator_reconciles_total", "result"), "{{result}}")], w=12, unit="ops")
-    b.panel("Reconcile step latency p95", [(quantile(0.95, "looptool_operator_reconcile_seconds"), "p95")], w=12, unit="s")
+    b.panel("Reconciles", [(rate("looptool_operator_reconciles_total", "result"), "{{result}}")], w=10, unit="ops")
+    b.panel("Reconcile step latency p95", [(quantile(0.95, "looptool_operator_reconcile_seconds"), "p95")], w=10, unit="s")
+    b.panel("Invalid specs", [(increase("looptool_operator_invalid_specs_total"), "rejected")], kind="stat", w=4,
+            description="LoopRound specs the operator reported as InvalidSpec in the time range.")
 
     # ------------------------------------------------------------------ synthesis
     b.row("Synthesis (dialogue synthesizer)")
@@ -148,6 +150,11 @@ def build() -> dict[str, Any]:
     b.panel("Inference queue", [(f"sum by (backend) (looptool_inference_queue_depth{{{NS}}})", "{{backend}} waiting")], w=6)
     b.panel("Queue wait p95", [(quantile(0.95, "looptool_inference_queue_wait_seconds", "backend"), "{{backend}}")], w=6, unit="s")
     b.panel("Generation latency p95", [(quantile(0.95, "looptool_inference_generate_latency_seconds", "rpc"), "{{rpc}}")], w=6, unit="s")
+    b.panel("Generation requests", [(rate("looptool_inference_generate_requests_total", "rpc, status"), "{{rpc}} {{status}}")], w=8, unit="reqps")
+    b.panel("Batch size p50", [(quantile(0.5, "looptool_inference_batch_size", "backend"), "{{backend}}")], w=8,
+            description="Sequences per batched forward pass of the inference backend.")
+    b.panel("Remote endpoint retries", [(rate("looptool_inference_remote_retries_total", "backend, reason"), "{{backend}} {{reason}}")], w=8, unit="ops",
+            description="Retried requests to an OpenAI-compatible endpoint (rate limits, timeouts).")
 
     # ------------------------------------------------------------------ judge
     b.row("Judge (label verification)")
