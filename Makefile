@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/looptool/v1/*.proto)
 
-.PHONY: setup proto proto-check demo test test-fast bench lint clean
+.PHONY: setup proto proto-check crd demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt .ci/system-deps.sh
 	bash .ci/system-deps.sh
@@ -22,6 +22,11 @@ setup: $(STAMP)
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
 	@true
+
+# Regenerate the CRDs and the Grafana dashboard from the code (tests fail when they are stale).
+crd: $(STAMP)
+	$(PY) -m looptool.operators.crd --write
+	$(PY) -m looptool.operators.dashboard --write
 
 proto-check: $(STAMP)
 	$(PY) -m pytest -q tests/test_proto_sync.py
