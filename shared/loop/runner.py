@@ -77,6 +77,8 @@ class LocalServices:
         storage = self.config.storage
         env["LOOPTOOL_STORAGE__BACKEND"] = storage.backend
         env["LOOPTOOL_STORAGE__ROOT"] = str(Path(storage.root).resolve())
+        # Trainer scratch space (base-model builds, model cache) beside this run's storage.
+        env.setdefault("LOOPTOOL_TRAINER_WORKDIR", str(Path(storage.root).resolve() / "work" / "trainer"))
         for name in SERVICES:
             logf = open(self.log_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
