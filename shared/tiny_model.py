@@ -39,13 +39,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Merges may cross spaces (no GPT-2 regex split), so the prompt's fixed boilerplate (instruction,
+    # tool JSON, call syntax) collapses into few long tokens: ~5x shorter sequences than a GPT-2 style
+    # split, which is what makes CPU training of a from-scratch model feasible. Digits stay single
+    # tokens, so argument values are copied digit by digit.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        max_token_length=48,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens(MARKER_TOKENS)
