@@ -200,3 +200,55 @@ def test_empty_or_wrong_kind_dataset_is_a_clear_error(tmp_path):
     w.write(WEATHER)
     with pytest.raises(InputError, match="not samples"):
         list(run_probe(ScriptedGenerator(lambda r, i: ""), w.commit(), str(tmp_path / "p2"), ProbeSpec(), round=1))
+
+
+def test_a_cancelled_chunk_is_not_written_and_the_stage_stops(tmp_path):
+    samples = make_samples(6)
+    ids = by_id(samples)
+    calls = {"n": 0}
+
+    def script(r, i):
+        calls["n"] += 1
+        if calls["n"] > 3:  # second chunk: the caller went away mid-chunk
+            return Exception("CANCELLED: request cancelled by the caller")
+        return answer(ids[r.request_id])
+
+    src = write_samples(str(tmp_path / "samples"), samples)
+    out = drain(run_probe(ScriptedGenerator(script), src, str(tmp_path / "probe"), ProbeSpec(), round=1, batch_size=3))
+    assert out["result"] is None and not out["errors"]  # no per-item errors for a cancellation
+    resumed = drain(run_probe(ScriptedGenerator(lambda r, i: answer(ids[r.request_id])), src, str(tmp_path / "probe"),
+                              ProbeSpec(), round=1, batch_size=3))["result"]
+    assert resumed.counts["resumed"] == 3 and resumed.counts["mastered"] == 6
+
+
+def test_resumed_probe_with_the_real_backend_writes_the_same_bytes(tmp_path):
+    """Kill-and-resume reproducibility on the CPU backend: chunks are flushed whole and handed to the
+    backend atomically, so the resumed run cuts the same batches and the content hash is identical."""
+    from inference_support import one_torch_thread, tiny_model_dir  # noqa: F401
+
+    from looptool.services.inference.backends.hf import TransformersBackend
+
+    backend = TransformersBackend(str(tiny_model_dir()), max_batch_size=6, batch_wait_ms=20)
+    try:
+        samples = make_samples(14)
+        src = write_samples(str(tmp_path / "samples"), samples)
+        spec = ProbeSpec(k=2, temperature=1.0, maxTokens=12, highPerplexity=1.5)
+        full = drain(run_probe(backend, src, str(tmp_path / "full"), spec, round=1, batch_size=4))["result"]
+
+        class DiesAfter:
+            def __init__(self, n):
+                self.n = n
+
+            def generate(self, requests):
+                self.n -= 1
+                if self.n < 0:
+                    raise SystemExit("killed")
+                return backend.generate(requests)
+
+        with pytest.raises(SystemExit):
+            list(run_probe(DiesAfter(2), src, str(tmp_path / "resumed"), spec, round=1, batch_size=4))
+        resumed = drain(run_probe(backend, src, str(tmp_path / "resumed"), spec, round=1, batch_size=4))["result"]
+        assert resumed.counts["resumed"] == 8
+        assert resumed.outputs[0].content_hash == full.outputs[0].content_hash
+    finally:
+        backend.close()

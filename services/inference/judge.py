@@ -63,7 +63,7 @@ from looptool.shared.schema import ToolSchemaError, normalize_schema, validate_c
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 from looptool.shared.toolcall_format import parse_tool_calls, render_tool_calls, strip_reasoning
 
-from .backends.base import CancelToken
+from .backends.base import Aborted, CancelToken, raise_if_aborted
 
 KIND = "verdicts"
 JUDGE_ERROR = "judge_error"  # reason prefix of verdicts whose judge model produced nothing usable
@@ -276,6 +276,7 @@ class LLMJudge:
             for m, r in zip(msgs, results)
         ]
         outs = self.gen.generate(first)
+        raise_if_aborted(outs)  # the caller went away / deadline: stop, write nothing for this chunk
         # votes[i][v] = (parsed, raw) ; None while pending a retry
         votes: list[list[tuple[ParsedVerdict, str]]] = []
         gen_errors: list[str] = []
@@ -306,7 +307,9 @@ class LLMJudge:
                 )
                 for i, v in todo
             ]
-            for (i, v), out in zip(todo, self.gen.generate(reqs)):
+            retry_outs = self.gen.generate(reqs)
+            raise_if_aborted(retry_outs)
+            for (i, v), out in zip(todo, retry_outs):
                 if out.error or not out.completions:
                     votes[i][v] = (ParsedVerdict(error=f"{JUDGE_ERROR}: {out.error or 'no output'}"), "")
                     gen_errors[i] = gen_errors[i] or out.error
@@ -519,9 +522,11 @@ def _lineage_for(js: JudgedSample, round: int, unclear_policy: str) -> None:
         sample.reference = [ToolCall(name=c.name, arguments=c.arguments) for c in v.corrected]
         sample.reference_text = ""
         sample.add_lineage(round, "judge", "relabelled", reason=f"label_wrong: {v.reason}"[:500])
+        sample.lineage[-1].at = ""  # no wall-clock stamp: re-runs are byte-identical
     elif v.decision == Decision.UNCLEAR:
         action = "dropped" if unclear_policy == "drop" else "kept"
         sample.add_lineage(round, "judge", action, reason=f"unclear: {v.reason}"[:500])
+        sample.lineage[-1].at = ""
 
 
 def run_judge(
@@ -567,10 +572,14 @@ def run_judge(
     chunk: list[ProbeResult] = []
 
     def judge_chunk() -> Iterator[EventValue]:
+        """Judge, write and flush the whole chunk, then report: a chunk is written whole or not at all."""
         nonlocal done
         if cancel is not None and cancel.cancelled:
-            return
+            raise Aborted("CANCELLED", "judge stage cancelled")
         verdicts = judge.judge(chunk)
+        if cancel is not None and cancel.cancelled:
+            raise Aborted("CANCELLED", "judge stage cancelled")
+        errors: list[ErrorInfo] = []
         for pr, v in zip(chunk, verdicts):
             js = JudgedSample(probe=pr.model_copy(deep=True), verdict=v)
             _lineage_for(js, round, spec.unclearPolicy)
@@ -579,15 +588,16 @@ def run_judge(
             _VERDICTS.labels(v.decision.value).inc()
             if v.reason.startswith(JUDGE_ERROR):
                 counts["errors"] += 1
-                yield ErrorInfo(code="JUDGE_ERROR", message=v.reason[:500], item_id=v.sample_id)
+                errors.append(ErrorInfo(code="JUDGE_ERROR", message=v.reason[:500], item_id=v.sample_id))
         writer.flush()
         done += len(chunk)
+        chunk.clear()
+        yield from errors
         yield Progress(
             stage="judge", done=done, total=total_failed,
             message=", ".join(f"{d} {counts[d]}" for d in decisions),
             metrics={d: float(counts[d]) for d in decisions},
         )
-        chunk.clear()
 
     try:
         for r in src.iter(ProbeResult):
@@ -602,13 +612,13 @@ def run_judge(
             chunk.append(r)
             if len(chunk) >= max(1, batch_size):
                 yield from judge_chunk()
-                if cancel is not None and cancel.cancelled:
-                    return
         if chunk:
             yield from judge_chunk()
         if cancel is not None and cancel.cancelled:
             return
         ref = writer.commit()
+    except Aborted:
+        return  # earlier chunks are flushed; a resumed run redoes this one
     finally:
         if writer._committed is None:  # noqa: SLF001 - keep finished work for a resumed run
             try:

@@ -11,8 +11,11 @@ Classification (``classify``):
 - **mastered** — right greedily, every sampled attempt right, perplexity at or below the threshold.
 
 Output: one ``ProbeResult`` per sample (kind ``probe_results``), each sample carrying a lineage event
-(stage ``probe``, action ``probed``, reason = the outcome). Results are flushed after every batch,
-so a crash loses at most one batch; re-running with the same ``out_uri`` skips sample ids already
+(stage ``probe``, action ``probed``, reason = the outcome; no timestamp, so re-runs are
+byte-identical). Samples are probed in chunks of ``batch_size``; each finished chunk is flushed as one
+part, so a crash loses at most the chunk in flight, and a cancelled chunk is dropped whole. Chunks
+are handed to the backend atomically (``submit_many``), so a resumed run cuts the same batches as an
+uninterrupted one and writes the same bytes (CPU). Re-running with the same ``out_uri`` skips sample ids already
 written (``writer_for_uri(..., resume=True).existing_records()``) and never writes an id twice.
 An already committed output is returned as is (the stage is idempotent).
 
@@ -45,7 +48,7 @@ from looptool.shared.records import (
 from looptool.shared.schema import ToolSchemaError, check_tool
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 
-from .backends.base import CancelToken, split_error
+from .backends.base import Aborted, CancelToken, raise_if_aborted, split_error
 
 KIND = "probe_results"
 _OUTCOMES = metrics.counter("inference", "probe_outcomes", "Probed samples by outcome", ["outcome"])
@@ -118,7 +121,6 @@ def run_probe(
     round: int,
     *,
     batch_size: int = 16,
-    flush_every: int | None = None,
     s3=None,
     cancel: CancelToken | None = None,
 ) -> Iterator[EventValue]:
@@ -141,7 +143,6 @@ def run_probe(
         raise InputError("dataset", f"{dataset.uri} is empty (0 samples); nothing to probe",
                          "check the synthesis stage's output")
     batch_size = max(1, batch_size)
-    flush_every = max(1, flush_every or batch_size)
     writer = writer_for_uri(out_uri, s3, kind=KIND, resume=True, part_size=1 << 30,
                             meta={"stage": "probe", "round": round, "source": dataset.uri})
     seen: set[str] = set()
@@ -152,7 +153,6 @@ def run_probe(
         counts[r.get("outcome", "failed")] += 1
         ppl_sum += float(r.get("perplexity", 1.0))
     counts.update(errors=0, resumed=len(seen), duplicates=0)
-    unflushed = 0
     tool_cache: dict[str, str] = {}
     if seen:
         yield Progress(stage="probe", done=len(seen), total=total, message=f"resuming: {len(seen)} samples already probed")
@@ -186,7 +186,12 @@ def run_probe(
                 break
             if cancel is not None and cancel.cancelled:
                 break
-            events, results = _probe_chunk(gen, chunk, spec, round, score_sample, tool_cache)
+            try:
+                events, results = _probe_chunk(gen, chunk, spec, round, score_sample, tool_cache)
+            except Aborted:
+                return  # the finally below keeps what earlier chunks wrote
+            if cancel is not None and cancel.cancelled:
+                return
             written = {r.sample.id for r in results}
             for ev in events:
                 if ev.item_id in written:  # the sampled attempts failed; the greedy result was kept
@@ -202,10 +207,7 @@ def run_probe(
                 _OUTCOMES.labels(r.outcome.value).inc()
                 _PROBED.labels("ok").inc()
             done = consumed
-            unflushed += len(results)
-            if unflushed >= flush_every:
-                writer.flush()
-                unflushed = 0
+            writer.flush()  # one part per chunk: a crash loses at most the chunk in flight
             probed = counts["mastered"] + counts["borderline"] + counts["failed"]
             yield Progress(
                 stage="probe",
@@ -215,7 +217,6 @@ def run_probe(
                 metrics={k: float(counts[k]) for k in ("mastered", "borderline", "failed", "errors")},
             )
         if cancel is not None and cancel.cancelled:
-            writer.flush()
             return
         ref = writer.commit()
     finally:
@@ -258,6 +259,7 @@ def _probe_chunk(gen, chunk: list[Sample], spec: ProbeSpec, round: int, score_sa
             )
             requests.append(GenRequest(msgs, s.tools, params, s.id + "#sampled"))
     outs: list[GenResult] = gen.generate(requests)
+    raise_if_aborted(outs)  # cancelled / deadline: the chunk is not written, a resumed run redoes it
     step = 2 if spec.k > 0 else 1
     for i, s in enumerate(ok):
         greedy = outs[i * step]
@@ -284,6 +286,7 @@ def _probe_chunk(gen, chunk: list[Sample], spec: ProbeSpec, round: int, score_sa
         outcome, why = classify(rr.correct, sampled_ok, sampled_n, ppl, spec.highPerplexity)
         sample = s.model_copy(deep=True)
         sample.add_lineage(round, "probe", "probed", reason=outcome.value)
+        sample.lineage[-1].at = ""  # no wall-clock stamp: a re-run writes byte-identical results
         results.append(
             ProbeResult(
                 sample=sample,

@@ -42,7 +42,7 @@ from looptool.shared.proto_convert import (
     stage_event_to_pb,
     tool_from_pb,
 )
-from looptool.shared.records import canonical_json
+from looptool.shared.records import StageResult, canonical_json
 from looptool.shared.schema import ToolSchemaError
 from looptool.shared.storage.base import NotFound, StorageError
 from looptool.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -68,6 +68,11 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     if remaining is None or remaining > 1e8:
         return None
     return time.monotonic() + max(0.0, remaining)
+
+
+def _deadline_passed(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _cancel_token(context: grpc.ServicerContext) -> CancelToken:
@@ -265,11 +270,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return f"{self.cfg.storage.base_uri()}/{stage}/{stage}-{key}"
 
     def _stream_stage(self, events: Iterator, context, token: CancelToken) -> Iterator:
+        finished = False
         try:
             for ev in events:
                 if not context.is_active():
                     token.cancel()
                     return
+                finished = finished or isinstance(ev, StageResult)
                 yield stage_event_to_pb(ev)
         except InputError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -281,6 +288,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             self._backend_error(context, exc)
         finally:
             token.cancel()
+        if not finished and context.is_active():  # stopped early (deadline): say so, do not just end
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context) else grpc.StatusCode.ABORTED
+            context.abort(code, "stage stopped before finishing; finished chunks are kept, re-run to resume")
 
     def Probe(self, request, context):
         if not request.HasField("dataset") or not request.dataset.uri:

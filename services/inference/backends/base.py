@@ -55,6 +55,26 @@ def error(code: str, message: str) -> str:
     return f"{code}: {message}"
 
 
+ABORT_CODES = ("CANCELLED", "DEADLINE_EXCEEDED")
+
+
+class Aborted(RuntimeError):
+    """A bulk stage stops because its caller went away or its deadline passed. The unfinished
+    chunk is not written (so a resumed run redoes it exactly as an uninterrupted run would)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+def raise_if_aborted(results: "list[GenResult]") -> None:
+    for r in results:
+        if r.error:
+            code, msg = split_error(r.error)
+            if code in ABORT_CODES:
+                raise Aborted(code, msg)
+
+
 def split_error(text: str) -> tuple[str, str]:
     """``"CODE: message"`` → (CODE, message); text without a known code → ("INTERNAL", text)."""
     head, sep, rest = text.partition(": ")
@@ -112,13 +132,20 @@ class Backend(abc.ABC):
         """Queue one request. ``deadline`` is a ``time.monotonic()`` instant. The future never raises
         for a per-item problem: the result carries ``error``."""
 
+    def submit_many(
+        self, requests: list[GenRequest], *, cancel: CancelToken | None = None, deadline: float | None = None
+    ) -> "list[Future[GenResult]]":
+        """Queue several requests at once. Queued backends enqueue them atomically, so a list that
+        arrives at an idle backend is always cut into the same batches (bit-reproducible probes)."""
+        return [self.submit(r, cancel=cancel, deadline=deadline) for r in requests]
+
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return self.generate_with(requests)
 
     def generate_with(
         self, requests: list[GenRequest], cancel: CancelToken | None = None, deadline: float | None = None
     ) -> list[GenResult]:
-        futures = [self.submit(r, cancel=cancel, deadline=deadline) for r in requests]
+        futures = self.submit_many(requests, cancel=cancel, deadline=deadline)
         out = []
         for f in futures:
             try:
@@ -225,6 +252,16 @@ class BatchingQueue:
                 job.finish(GenResult(error=error("UNAVAILABLE", "backend is shutting down")))
                 return
             self._pending.append(job)
+            self._depth.set(len(self._pending))
+            self._cond.notify()
+
+    def put_many(self, jobs: list[Job]) -> None:
+        with self._cond:
+            if self._closed:
+                for job in jobs:
+                    job.finish(GenResult(error=error("UNAVAILABLE", "backend is shutting down")))
+                return
+            self._pending.extend(jobs)
             self._depth.set(len(self._pending))
             self._cond.notify()
 

@@ -191,23 +191,21 @@ class TransformersBackend(Backend):
         text = self.render(request)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def submit(
-        self,
-        request: GenRequest,
-        *,
-        cancel: CancelToken | None = None,
-        deadline: float | None = None,
-        on_delta: DeltaCallback | None = None,
-    ) -> "Future[GenResult]":
+    def _prepare(self, request: GenRequest, cancel, deadline, on_delta) -> tuple["Future[GenResult]", Job | None]:
+        """Validate and tokenize on the caller's thread; (future, job to queue or None if finished)."""
         fut: Future[GenResult] = Future()
         job = Job(request, fut, cancel=cancel, deadline=deadline, on_delta=on_delta, rows=request_rows(request))
         if job.fail_if_dead():
-            return fut
+            return fut, None
+        p = request.params
+        if p.temperature < 0 or not (0 < (p.top_p or 1.0) <= 1) or p.max_tokens < 0:
+            job.finish(GenResult(error=error("INVALID_ARGUMENT", "temperature must be >= 0, top_p in (0, 1], max_tokens >= 0")))
+            return fut, None
         try:
             ids = self.encode(request)
         except Exception as exc:  # a template that rejects these messages is the caller's problem
             job.finish(GenResult(error=error("INVALID_ARGUMENT", f"cannot render the prompt: {type(exc).__name__}: {exc}")))
-            return fut
+            return fut, None
         if len(ids) >= self.max_context:
             job.finish(
                 GenResult(
@@ -219,14 +217,27 @@ class TransformersBackend(Backend):
                     ),
                 )
             )
-            return fut
-        p = request.params
-        if p.temperature < 0 or not (0 < (p.top_p or 1.0) <= 1) or p.max_tokens < 0:
-            job.finish(GenResult(error=error("INVALID_ARGUMENT", "temperature must be >= 0, top_p in (0, 1], max_tokens >= 0")))
-            return fut
+            return fut, None
         job.payload = ids
-        self.queue.put(job)
+        return fut, job
+
+    def submit(
+        self,
+        request: GenRequest,
+        *,
+        cancel: CancelToken | None = None,
+        deadline: float | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> "Future[GenResult]":
+        fut, job = self._prepare(request, cancel, deadline, on_delta)
+        if job is not None:
+            self.queue.put(job)
         return fut
+
+    def submit_many(self, requests, *, cancel=None, deadline=None):
+        prepared = [self._prepare(r, cancel, deadline, None) for r in requests]
+        self.queue.put_many([job for _, job in prepared if job is not None])
+        return [fut for fut, _ in prepared]
 
     def close(self) -> None:
         self.queue.close()

@@ -146,6 +146,23 @@ class VLLMBackend(Backend):
         text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _prepare(self, request: GenRequest, cancel, deadline, on_delta) -> tuple["Future[GenResult]", Job | None]:
+        fut: Future[GenResult] = Future()
+        job = Job(request, fut, cancel=cancel, deadline=deadline, on_delta=on_delta, rows=request_rows(request))
+        if job.fail_if_dead():
+            return fut, None
+        try:
+            ids = self.encode(request)
+        except Exception as exc:
+            job.finish(GenResult(error=error("INVALID_ARGUMENT", f"cannot render the prompt: {exc}")))
+            return fut, None
+        if len(ids) >= self.max_context:
+            job.finish(GenResult(prompt_tokens=len(ids), error=error(
+                "INVALID_ARGUMENT", f"prompt is {len(ids)} tokens; the context limit is {self.max_context}")))
+            return fut, None
+        job.payload = ids
+        return fut, job
+
     def submit(
         self,
         request: GenRequest,
@@ -154,22 +171,15 @@ class VLLMBackend(Backend):
         deadline: float | None = None,
         on_delta: DeltaCallback | None = None,
     ) -> "Future[GenResult]":
-        fut: Future[GenResult] = Future()
-        job = Job(request, fut, cancel=cancel, deadline=deadline, on_delta=on_delta, rows=request_rows(request))
-        if job.fail_if_dead():
-            return fut
-        try:
-            ids = self.encode(request)
-        except Exception as exc:
-            job.finish(GenResult(error=error("INVALID_ARGUMENT", f"cannot render the prompt: {exc}")))
-            return fut
-        if len(ids) >= self.max_context:
-            job.finish(GenResult(prompt_tokens=len(ids), error=error(
-                "INVALID_ARGUMENT", f"prompt is {len(ids)} tokens; the context limit is {self.max_context}")))
-            return fut
-        job.payload = ids
-        self.queue.put(job)
+        fut, job = self._prepare(request, cancel, deadline, on_delta)
+        if job is not None:
+            self.queue.put(job)
         return fut
+
+    def submit_many(self, requests, *, cancel=None, deadline=None):
+        prepared = [self._prepare(r, cancel, deadline, None) for r in requests]
+        self.queue.put_many([job for _, job in prepared if job is not None])
+        return [fut for fut, _ in prepared]
 
     def _run_batch(self, jobs: list[Job]) -> None:
         import vllm
