@@ -95,23 +95,45 @@ def tiny(tmp_path_factory):
 
 
 def test_rollout_logprobs_match_unpadded_forward(tiny):
-    """Left padding + explicit positions: training log-probs equal a plain forward of each sequence."""
-    from looptool.services.trainer.grpo import GRPOConfig, GRPOTrainer, token_logprobs
+    """Left padding + explicit positions + the shared-prefix KV cache: training log-probs equal a
+    plain forward of each sequence on its own."""
+    from looptool.services.trainer.grpo import GRPOConfig, GRPOTrainer, grouped_token_logprobs, token_logprobs
 
     model, tok, exs = tiny
     exs = [exs[0], exs[1]]
     exs[1].prompt_ids = exs[1].prompt_ids[3:]  # different prompt lengths → real left padding
     g = GRPOTrainer(model, tok, exs, GRPOConfig(prompts_per_step=2, group_size=3, max_response_tokens=12))
     ro = g.rollout(0, seed=5)
-    assert ro.resp_ids.shape[0] == 6 and len(ro.texts) == 6
+    assert ro.resp_ids.shape[0] == 6 and ro.input_ids.shape[0] == 2 and len(ro.texts) == 6
     with torch.no_grad():
-        lp, _ = token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 1.0)
+        lp, _ = grouped_token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 3, 1.0)
+        lp_full, _ = token_logprobs(
+            model, ro.input_ids.repeat_interleave(3, 0), ro.prompt_mask.repeat_interleave(3, 0), ro.resp_ids, ro.resp_mask, 1.0
+        )
+        assert torch.allclose(lp * ro.resp_mask, lp_full * ro.resp_mask, atol=1e-4)
         for i in (0, 4):
-            p = ro.input_ids[i][ro.prompt_mask[i].bool()]
+            p = ro.input_ids[i // 3][ro.prompt_mask[i // 3].bool()]
             r = ro.resp_ids[i][ro.resp_mask[i].bool()]
             logits = model(torch.cat([p, r])[None]).logits[0, len(p) - 1 : -1]
             ref = torch.log_softmax(logits, -1).gather(-1, r[:, None])[:, 0]
             assert torch.allclose(ref, lp[i][ro.resp_mask[i].bool()], atol=1e-4)
+
+
+def test_shared_prefix_generation_draws_the_same_samples(tiny):
+    """Prefill-once generation = plain num_return_sequences sampling, token for token."""
+    from transformers import GenerationConfig
+
+    from looptool.services.trainer.grpo import generate
+
+    model, tok, exs = tiny
+    prompts = [exs[0].prompt_ids, exs[1].prompt_ids[2:]]
+    torch.manual_seed(11)
+    _, resp, rm, ids, mask = generate(model, tok, prompts, 4, 10, 1.0)
+    torch.manual_seed(11)
+    cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=10, num_return_sequences=4,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    plain = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1] :]
+    assert torch.equal(plain[:, : resp.shape[1]] * rm, resp * rm)
 
 
 def test_sampling_follows_the_policy(tiny):
@@ -122,7 +144,7 @@ def test_sampling_follows_the_policy(tiny):
     torch.manual_seed(0)
     texts, resp, rm, pid, pm = generate(model, tok, [exs[0].prompt_ids] * 4, 16, 8, 1.0)
     with torch.no_grad():
-        lp, ent = token_logprobs(model, pid, pm, resp, rm, 1.0, with_entropy=True)
+        lp, ent = token_logprobs(model, pid.repeat_interleave(16, 0), pm.repeat_interleave(16, 0), resp, rm, 1.0, with_entropy=True)
     m = rm.float()
     nll, h = float(-(lp * m).sum() / m.sum()), float((ent * m).sum() / m.sum())
     assert abs(nll - h) < 0.25 * max(h, 0.2)
@@ -130,7 +152,7 @@ def test_sampling_follows_the_policy(tiny):
 
 def test_update_moves_logprobs_along_the_advantage(tiny):
     from looptool.services.trainer.common import make_optimizer
-    from looptool.services.trainer.grpo import GRPOConfig, GRPOTrainer, token_logprobs
+    from looptool.services.trainer.grpo import GRPOConfig, GRPOTrainer, grouped_token_logprobs
 
     model, tok, exs = tiny
     import copy
@@ -140,14 +162,14 @@ def test_update_moves_logprobs_along_the_advantage(tiny):
     ro = g.rollout(0, seed=1)
     adv = torch.tensor([1.0, -1.0] * 4)
     with torch.no_grad():
-        before, _ = token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 1.0)
+        before, _ = grouped_token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 4, 1.0)
     opt = make_optimizer(model, 1e-3, 0.0)
-    lp, _ = token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 1.0)
+    lp, _ = grouped_token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 4, 1.0)
     loss, _ = policy_loss(lp, lp.detach(), adv, ro.resp_mask, 0.2, 0.28, float(ro.resp_mask.sum()))
     loss.backward()
     opt.step()
     with torch.no_grad():
-        after, _ = token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 1.0)
+        after, _ = grouped_token_logprobs(model, ro.input_ids, ro.prompt_mask, ro.resp_ids, ro.resp_mask, 4, 1.0)
     delta = ((after - before) * ro.resp_mask).sum(1)
     assert float((adv * delta).sum()) > 0
 

@@ -61,13 +61,37 @@ def step_seed(seed: int, phase: str, step: int) -> int:
     return (seed * 1_000_003 + base * 7_919 + step * 104_729) % (2**31 - 1)
 
 
+def cpu_quota() -> int | None:
+    """CPUs allowed by a cgroup CPU quota (Kubernetes ``resources.limits.cpu``), if any."""
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]  # cgroup v2
+        if quota != "max":
+            return max(1, int(int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())  # cgroup v1
+        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        if quota > 0 and period > 0:
+            return max(1, quota // period)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def configure_threads() -> int:
-    """Use every core this process may run on (``LOOPTOOL_TORCH_THREADS`` overrides)."""
+    """Torch threads = the CPUs this process may use (affinity, capped by a cgroup quota: a pod
+    limited to 2 CPUs on a 64-core node must not run 64 threads); ``LOOPTOOL_TORCH_THREADS``
+    overrides."""
     env = os.environ.get("LOOPTOOL_TORCH_THREADS", "")
     try:
         n = int(env) if env else len(os.sched_getaffinity(0))
     except (ValueError, AttributeError):
         n = os.cpu_count() or 1
+    if not env:
+        q = cpu_quota()
+        if q:
+            n = min(n, q)
     n = max(1, n)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -3,7 +3,8 @@
 One step:
 1. take ``promptsPerStep`` prompts from a seeded schedule (per-epoch permutations; a resumed run
    replays it from its step) and sample ``groupSize`` completions each with ``model.generate``
-   (batched, left padding, pure sampling: ``temperature``, no top-k/top-p, ``maxResponseTokens``);
+   (batched, left padding, pure sampling: ``temperature``, no top-k/top-p, ``maxResponseTokens``;
+   each prompt is prefilled once and its KV cache repeated for its group);
 2. score every completion with the shared reward (``looptool.shared.reward.score_response``, the
    function verl calls too);
 3. group-normalised advantages ``(r - mean_group) / (std_group + 1e-6)`` (unbiased std, as verl);
@@ -20,11 +21,15 @@ is taken against the distribution the rollouts were drawn from. With one update 
 log-probs are the detached log-probs of the same forward pass (ratio 1, no extra forward); with
 more updates they come from one no-grad forward before the first update.
 
-No wasted work: groups whose rewards are all equal have zero advantage and, without KL, zero
-gradient; their sequences are not forwarded (they still count in the token-mean denominator, so
-the gradient equals verl's); a step whose every group is flat skips backward and the optimizer
-update (the LR schedule still advances). Logits are computed only over the response positions.
-fp32 throughout (no autocast on CPU).
+No wasted work: (a) shared prefix — tool-calling prompts (instruction + tool schemas) are ~20×
+longer than the answers, so the training forward runs each prompt once per group and the group's
+responses attend to its KV cache (``grouped_token_logprobs``; identical log-probs and gradients,
+~4× cheaper forward+backward at 4 rollouts per prompt), and generation does the same;
+(b) groups whose rewards are all equal have zero advantage and, without KL, zero gradient; they
+are not forwarded (they still count in the token-mean denominator, so the gradient equals
+verl's); a step whose every group is flat skips backward and the optimizer update (the LR
+schedule still advances); (c) logits only over the response positions. Micro- and mini-batches
+hold whole groups. fp32 throughout (no autocast on CPU).
 
 Why hand-written rather than TRL's ``GRPOTrainer``: TRL is not in our dependency set (it pulls
 ``accelerate`` + ``datasets`` and pins transformers ranges we would have to chase); its trainer owns
@@ -81,8 +86,8 @@ class GRPOConfig:
 @dataclass
 class Rollout:
     prompt_idx: list[int]
-    input_ids: torch.Tensor  # [N, Lp] left-padded prompts, each repeated group_size times
-    prompt_mask: torch.Tensor  # [N, Lp]
+    input_ids: torch.Tensor  # [P, Lp] left-padded prompts, once each
+    prompt_mask: torch.Tensor  # [P, Lp]
     resp_ids: torch.Tensor  # [N, R]
     resp_mask: torch.Tensor  # [N, R] 1 = a generated token up to and including the first eos
     texts: list[str]
@@ -95,6 +100,32 @@ class Rollout:
     reasons: list[str] = field(default_factory=list)
 
 
+def _cache_kw(model) -> str:
+    """Name of the KV-cache argument: ``cache`` (transformers ≥ 5.2x) or ``past_key_values``."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out):
+    return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+
+
+def prefill(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int, logits_to_keep: int = 1):
+    """Run the (left-padded) prompts once and return (output, KV cache repeated ``repeats`` times
+    along the batch, prompt-major): the shared-prefix trick — a group's ``G`` rollouts attend to one
+    prompt computation instead of ``G`` copies. Differentiable when grad is enabled."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=logits_to_keep)
+    cache = _out_cache(out)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+    return out, cache
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -105,10 +136,13 @@ def generate(
     temperature: float | None,
     eos: list[int] | None = None,
 ):
-    """Batched generation with left padding. ``temperature=None`` is greedy.
+    """Batched generation with left padding. ``temperature=None`` is greedy (``n`` must be 1).
 
-    Returns (texts, resp_ids [B*n, R], resp_mask [B*n, R], prompt_ids [B*n, Lp], prompt_mask).
-    Rows are prompt-major: the ``n`` completions of prompt ``i`` are rows ``i*n .. i*n+n-1``.
+    With ``n > 1`` the prompts are prefilled once and the KV cache is repeated ``n`` times before
+    ``model.generate`` continues from it (same samples as ``num_return_sequences=n``, without the
+    ``n``-fold prompt prefill). Returns (texts, resp_ids [B*n, R], resp_mask [B*n, R], prompt_ids
+    [B, Lp], prompt_mask [B, Lp]); rows are prompt-major: the ``n`` completions of prompt ``i`` are
+    rows ``i*n … i*n+n-1``.
     """
     from transformers import GenerationConfig
 
@@ -128,16 +162,23 @@ def generate(
         repetition_penalty=1.0,
         num_beams=1,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=n,
+        num_return_sequences=1,
         eos_token_id=eos,
         pad_token_id=pad,
         use_cache=True,
     )
     was_training = model.training
     model.eval()
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gcfg)
-    if was_training:
-        model.train()
+    try:
+        ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        kwargs = {}
+        if n > 1 and ids.shape[1] > 1:
+            _, cache = prefill(model, ids[:, :-1], mask[:, :-1], n)
+            kwargs[_cache_kw(model)] = cache
+        out = model.generate(input_ids=ids_n, attention_mask=mask_n, generation_config=gcfg, **kwargs)
+    finally:
+        if was_training:
+            model.train()
     resp = out[:, ids.shape[1] :]
     is_eos = torch.isin(resp, torch.tensor(eos, device=resp.device))
     keep = (is_eos.long().cumsum(1) - is_eos.long()) == 0  # nothing before this position was eos
@@ -148,26 +189,54 @@ def generate(
     for row, k, e in zip(resp, keep, is_eos):
         toks = row[k & ~e].tolist()
         texts.append(tokenizer.decode(toks, skip_special_tokens=True))
-    prompt_ids = ids.repeat_interleave(n, 0)
-    prompt_mask = mask.repeat_interleave(n, 0)
-    return texts, resp, keep.long(), prompt_ids, prompt_mask
+    return texts, resp, keep.long(), ids, mask
 
 
-def token_logprobs(model, prompt_ids, prompt_mask, resp_ids, resp_mask, temperature: float, with_entropy: bool = False):
-    """Per-token log-probs of the response under ``model`` at ``temperature`` (logits over the
-    response positions only). Returns (logp [N, R], entropy [N, R] or None)."""
-    ids = torch.cat([prompt_ids, resp_ids], 1)
-    mask = torch.cat([prompt_mask, resp_mask], 1)
-    r = resp_ids.shape[1]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=r + 1)
-    logits = out.logits[:, :-1, :].float() / temperature
-    logp_all = torch.log_softmax(logits, -1)
+def _finish(logits: torch.Tensor, resp_ids: torch.Tensor, temperature: float, with_entropy: bool):
+    logp_all = torch.log_softmax(logits.float() / temperature, -1)
     logp = logp_all.gather(-1, resp_ids.unsqueeze(-1)).squeeze(-1)
     ent = None
     if with_entropy:
         with torch.no_grad():
             ent = -(logp_all.exp() * logp_all).sum(-1)
     return logp, ent
+
+
+def token_logprobs(model, prompt_ids, prompt_mask, resp_ids, resp_mask, temperature: float, with_entropy: bool = False):
+    """Per-token log-probs of the response under ``model`` at ``temperature``; one row per
+    sequence (``prompt_ids`` has as many rows as ``resp_ids``), logits over the response positions
+    only. Returns (logp [N, R], entropy [N, R] or None)."""
+    ids = torch.cat([prompt_ids, resp_ids], 1)
+    mask = torch.cat([prompt_mask, resp_mask], 1)
+    r = resp_ids.shape[1]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=r + 1)
+    return _finish(out.logits[:, :-1, :], resp_ids, temperature, with_entropy)
+
+
+def grouped_token_logprobs(model, prompt_ids, prompt_mask, resp_ids, resp_mask, group: int, temperature: float, with_entropy: bool = False):
+    """As ``token_logprobs``, but ``prompt_ids`` holds each prompt once ([B, Lp]) and ``resp_ids``
+    its ``group`` responses ([B*group, R], prompt-major). The prompt is computed once and its KV
+    cache shared by the group — same values, same gradients, ~``group``× less prompt compute
+    (prompts with tool schemas are ~20× longer than the answers)."""
+    if group == 1:
+        return token_logprobs(model, prompt_ids, prompt_mask, resp_ids, resp_mask, temperature, with_entropy)
+    out, cache = prefill(model, prompt_ids, prompt_mask, group)
+    first = out.logits[:, -1:, :].repeat_interleave(group, 0)  # predicts response token 0
+    full_mask = torch.cat([prompt_mask.repeat_interleave(group, 0), resp_mask], 1)
+    lp = prompt_ids.shape[1]
+    if resp_ids.shape[1] > 1:
+        pos = position_ids(full_mask)[:, lp:-1]
+        out2 = model(
+            input_ids=resp_ids[:, :-1],
+            attention_mask=full_mask[:, :-1],
+            position_ids=pos,
+            use_cache=True,
+            **{_cache_kw(model): cache},
+        )
+        logits = torch.cat([first, out2.logits], 1)
+    else:
+        logits = first
+    return _finish(logits, resp_ids, temperature, with_entropy)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -267,97 +336,113 @@ class GRPOTrainer:
         )
 
     # ------------------------------------------------------------------ update
-    def _forward_chunks(self, model, rows: list[int], mb: int, ro: Rollout, with_entropy=False, grad=False):
-        for k in range(0, len(rows), mb):
-            sel = torch.tensor(rows[k : k + mb], dtype=torch.long)
+    def _forward_groups(self, model, groups: list[int], per_chunk: int, ro: Rollout, with_entropy=False, grad=False):
+        """Log-probs for whole groups, ``per_chunk`` groups per forward (prompt computed once per group)."""
+        g = self.cfg.group_size
+        for k in range(0, len(groups), per_chunk):
+            gs = torch.tensor(groups[k : k + per_chunk], dtype=torch.long)
+            rows = (gs[:, None] * g + torch.arange(g)[None, :]).reshape(-1)
             with torch.set_grad_enabled(grad):
-                logp, ent = token_logprobs(
+                logp, ent = grouped_token_logprobs(
                     model,
-                    ro.input_ids[sel],
-                    ro.prompt_mask[sel],
-                    ro.resp_ids[sel],
-                    ro.resp_mask[sel],
+                    ro.input_ids[gs],
+                    ro.prompt_mask[gs],
+                    ro.resp_ids[rows],
+                    ro.resp_mask[rows],
+                    g,
                     self.cfg.temperature,
                     with_entropy,
                 )
-            yield sel, logp, ent
+            yield rows, logp, ent
 
     def step(self, step: int, optimizer, scheduler, seed: int) -> dict[str, Any]:
         cfg = self.cfg
+        g = cfg.group_size
         t_start = time.perf_counter()
         ro = self.rollout(step, seed)
         n = ro.resp_ids.shape[0]
-        mb = cfg.micro_batch_size or n
+        n_groups = n // g
+        per_chunk = max(1, (cfg.micro_batch_size or n) // g)
         use_kl = self.ref_model is not None and cfg.kl_coef > 0
-        active = (ro.advantages.abs() > 0) if not use_kl else torch.ones(n, dtype=torch.bool)
+        # a group whose rewards are all equal has zero advantage: without KL it adds no gradient
+        active = (ro.advantages.view(n_groups, g).abs().sum(1) > 0) if not use_kl else torch.ones(n_groups, dtype=torch.bool)
         resp_mask = ro.resp_mask
         n_tokens_resp = int(resp_mask.sum())
-        n_tokens = n_tokens_resp + int(ro.prompt_mask.sum())
+        n_tokens = n_tokens_resp + int((ro.prompt_mask.sum(1) * g).sum())
 
         t_train0 = time.perf_counter()
         ref_logp = old_logp = None
         ref_seconds = 0.0
-        act_rows = torch.nonzero(active).view(-1).tolist()
+        act_groups = torch.nonzero(active).view(-1).tolist()
         multi_update = cfg.ppo_epochs * cfg.ppo_mini_batches > 1
-        if act_rows and use_kl:
+        if act_groups and use_kl:
             t = time.perf_counter()
             ref_logp = torch.zeros_like(resp_mask, dtype=torch.float32)
-            for sel, lp, _ in self._forward_chunks(self.ref_model, act_rows, mb, ro):
-                ref_logp[sel] = lp
+            for rows, lp, _ in self._forward_groups(self.ref_model, act_groups, per_chunk, ro):
+                ref_logp[rows] = lp
             ref_seconds = time.perf_counter() - t
-        if act_rows and multi_update:
+        if act_groups and multi_update:
             old_logp = torch.zeros_like(resp_mask, dtype=torch.float32)
-            for sel, lp, _ in self._forward_chunks(self.model, act_rows, mb, ro):
-                old_logp[sel] = lp
+            for rows, lp, _ in self._forward_groups(self.model, act_groups, per_chunk, ro):
+                old_logp[rows] = lp
 
         pg_sum = clipped = kl_sum = 0.0
+        fwd_s = bwd_s = opt_s = 0.0
         ent_sum, ent_tok = 0.0, 0
         grad_norms: list[float] = []
         updates = 0
         rng = np.random.default_rng([cfg.seed, step, 7])
         self.model.train()
         for epoch in range(cfg.ppo_epochs):
-            order = rng.permutation(n).tolist() if cfg.ppo_mini_batches > 1 else list(range(n))
-            size = math.ceil(n / cfg.ppo_mini_batches)
+            order = rng.permutation(n_groups).tolist() if cfg.ppo_mini_batches > 1 else list(range(n_groups))
+            size = math.ceil(n_groups / cfg.ppo_mini_batches)
             for m in range(cfg.ppo_mini_batches):
-                rows_all = order[m * size : (m + 1) * size]
-                denom = max(1.0, float(resp_mask[rows_all].sum()))  # token-mean over the whole mini-batch
-                rows = [i for i in rows_all if active[i]]
-                if not rows:  # every group flat: no gradient; keep the LR schedule in step
+                mb_groups = order[m * size : (m + 1) * size]
+                mb_rows = [gi * g + j for gi in mb_groups for j in range(g)]
+                denom = max(1.0, float(resp_mask[mb_rows].sum()))  # token-mean over the whole mini-batch
+                groups = [gi for gi in mb_groups if active[gi]]
+                if not groups:  # every group flat: no gradient; keep the LR schedule in step
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", UserWarning)
                         scheduler.step()
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                for sel, logp, ent in self._forward_chunks(self.model, rows, mb, ro, with_entropy=(epoch == 0), grad=True):
-                    old = old_logp[sel] if old_logp is not None else logp.detach()
+                t_fwd = time.perf_counter()
+                for rows, logp, ent in self._forward_groups(self.model, groups, per_chunk, ro, with_entropy=(epoch == 0), grad=True):
+                    old = old_logp[rows] if old_logp is not None else logp.detach()
                     loss, st = policy_loss(
                         logp,
                         old,
-                        ro.advantages[sel],
-                        resp_mask[sel],
+                        ro.advantages[rows],
+                        resp_mask[rows],
                         cfg.clip_low,
                         cfg.clip_high,
                         denom,
-                        ref_logp[sel] if ref_logp is not None else None,
+                        ref_logp[rows] if ref_logp is not None else None,
                         cfg.kl_coef,
                     )
+                    t_b = time.perf_counter()
+                    fwd_s += t_b - t_fwd
                     loss.backward()
+                    t_fwd = time.perf_counter()
+                    bwd_s += t_fwd - t_b
                     if epoch == 0:
                         pg_sum += st["pg_sum"]
                         clipped += st["clipped"]
                         kl_sum += st["kl_sum"]
                         if ent is not None:
-                            ent_sum += float((ent * resp_mask[sel]).sum())
-                            ent_tok += int(resp_mask[sel].sum())
+                            ent_sum += float((ent * resp_mask[rows]).sum())
+                            ent_tok += int(resp_mask[rows].sum())
+                t_o = time.perf_counter()
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
                 optimizer.step()
                 scheduler.step()
+                opt_s += time.perf_counter() - t_o
                 updates += 1
         t_end = time.perf_counter()
 
-        groups = ro.rewards.view(-1, cfg.group_size)
-        flat = float((groups.max(1).values == groups.min(1).values).float().mean())
+        groups_r = ro.rewards.view(-1, g)
+        flat = float((groups_r.max(1).values == groups_r.min(1).values).float().mean())
         step_s = t_end - t_start
         train_s = t_end - t_train0
         return {
@@ -382,8 +467,12 @@ class GRPOTrainer:
             "gen_seconds": ro.gen_seconds,
             "reward_seconds": ro.reward_seconds,
             "ref_seconds": ref_seconds,
-            "train_seconds": train_s,
+            "train_seconds": train_s,  # ref/old log-probs + forward + backward + optimizer
+            "forward_seconds": fwd_s,
+            "backward_seconds": bwd_s,
+            "optimizer_seconds": opt_s,
             "step_seconds": step_s,
             "gen_share": ro.gen_seconds / step_s if step_s > 0 else 0.0,
             "train_share": train_s / step_s if step_s > 0 else 0.0,
+            "backward_share": bwd_s / step_s if step_s > 0 else 0.0,
         }

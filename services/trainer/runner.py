@@ -151,18 +151,17 @@ def check_spec(spec: TrainingSpec) -> None:
             raise InputError("config", "nothing to train: sftWarmStart is false and grpoSteps is 0")
         if spec.clipLow >= 1:
             raise InputError("config.clipLow", f"is {spec.clipLow}; the ratio lower bound 1 - clipLow must stay above 0")
-        batch = spec.promptsPerStep * spec.groupSize
-        if batch % spec.ppoMiniBatches:
+        if spec.promptsPerStep % spec.ppoMiniBatches:
             raise InputError(
                 "config.ppoMiniBatches",
-                f"{spec.ppoMiniBatches} does not divide the rollout batch promptsPerStep × groupSize = {batch}",
+                f"{spec.ppoMiniBatches} does not divide promptsPerStep {spec.promptsPerStep} (mini-batches hold whole groups)",
             )
-        mini = batch // spec.ppoMiniBatches
-        if spec.microBatchSize and mini % spec.microBatchSize:
+        mini = spec.promptsPerStep // spec.ppoMiniBatches * spec.groupSize
+        if spec.microBatchSize and (spec.microBatchSize % spec.groupSize or mini % spec.microBatchSize):
             raise InputError(
                 "config.microBatchSize",
-                f"{spec.microBatchSize} does not divide the mini-batch of {mini} sequences "
-                f"(promptsPerStep {spec.promptsPerStep} × groupSize {spec.groupSize} / ppoMiniBatches {spec.ppoMiniBatches})",
+                f"{spec.microBatchSize} must be a multiple of groupSize {spec.groupSize} and divide the mini-batch of {mini} "
+                f"sequences (promptsPerStep {spec.promptsPerStep} × groupSize / ppoMiniBatches {spec.ppoMiniBatches})",
             )
         if spec.microBatchSize and spec.sftBatchSize % spec.microBatchSize:
             raise InputError("config.microBatchSize", f"{spec.microBatchSize} does not divide sftBatchSize {spec.sftBatchSize}")
