@@ -24,6 +24,9 @@ import os
 # other busy processes, spinning threads wait on a descheduled peer at every parallel region (we
 # measured 2 threads 4–15× slower than 1); passive waiting removes that cliff.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MKL may otherwise use fewer threads than asked when the machine is busy, which changes the
+# summation order: the same training would not give bit-identical weights run to run.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 import queue
 import threading
