@@ -72,6 +72,10 @@ class SynthesisSpec(Spec):
     heldoutFraction: float = Field(0.2, ge=0, lt=1)
     labelNoise: float = Field(0.0, ge=0, le=1, description="fraction of training labels corrupted on purpose (JGLV demo)")
     toolsPerSample: int = Field(3, ge=1, description="tools shown per sample (target + distractors)")
+    mix: dict[str, float] = Field(
+        default_factory=dict,
+        description="weights of planned need kinds: single, parallel, sequential, clarification, no_tool (empty = synthesizer default)",
+    )
     sampleKinds: list[Literal["call", "parallel", "clarification", "no_tool", "summary", "text"]] = Field(
         default_factory=lambda: ["call", "parallel", "clarification", "no_tool"],
         description="assistant turns that become training samples (the reference uses tool-call turns)",

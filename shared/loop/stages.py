@@ -184,6 +184,7 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
                 # Counts and seed travel in the request; the split and noise are the runner's.
                 config_json=spec.model_dump_json(
                     exclude={"numDialogues", "concurrency", "seed", "heldoutFraction", "labelNoise", "sampleKinds"}
+                    | ({"mix"} if not spec.mix else set())
                 ),
                 round=ctx.spec.round,
             )
