@@ -78,6 +78,9 @@ class LocalServices:
         env["LOOPTOOL_STORAGE__BACKEND"] = storage.backend
         env["LOOPTOOL_STORAGE__ROOT"] = str(Path(storage.root).resolve())
         # Trainer scratch space (base-model builds, model cache) beside this run's storage.
+        # Passive OpenMP waits: spinning threads of five torch processes starve each other on small machines.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("MKL_DYNAMIC", "FALSE")
         env.setdefault("LOOPTOOL_TRAINER_WORKDIR", str(Path(storage.root).resolve() / "work" / "trainer"))
         for name in SERVICES:
             logf = open(self.log_dir / f"{name}.log", "ab")
