@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from looptool.shared.generation import Completion, Generator, GenRequest, GenResult, SamplingParams
+from looptool.shared.generation import Generator, GenRequest, GenResult, SamplingParams
 from looptool.shared.records import DatasetRef, Message, Progress, Sample, Tool, ToolCall
 
 BATCH = 16
@@ -21,66 +21,6 @@ class EvalReport:
 
     def to_json(self) -> dict:
         return {"accuracy": self.accuracy, "counts": self.counts, "failures": self.failures}
-
-
-class GrpcGenerator:
-    """``Generator`` over the inference server's GenerateBatch RPC, pinned to one model URI."""
-
-    def __init__(self, address: str, model: str = "", timeout_s: float = 3600.0):
-        self.address, self.model, self.timeout_s = address, model, timeout_s
-
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        import grpc
-
-        from looptool.shared.grpc_util import channel
-        from looptool.shared.proto_convert import call_from_pb, message_to_pb, tool_to_pb
-        from looptool.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-
-        batch = inference_pb2.GenerateBatchRequest(
-            requests=[
-                inference_pb2.GenerateRequest(
-                    messages=[message_to_pb(m) for m in r.messages],
-                    tools=[tool_to_pb(t) for t in r.tools],
-                    params=common_pb2.SamplingParams(
-                        temperature=r.params.temperature,
-                        top_p=r.params.top_p,
-                        max_tokens=r.params.max_tokens,
-                        n=r.params.n,
-                        seed=r.params.seed,
-                        stop=r.params.stop,
-                    ),
-                    request_id=r.request_id,
-                    model=self.model,
-                )
-                for r in requests
-            ]
-        )
-        out: list[GenResult] = [GenResult(error="no response") for _ in requests]
-        with channel(self.address) as ch:
-            stub = inference_pb2_grpc.InferenceServiceStub(ch)
-            try:
-                for item in stub.GenerateBatch(batch, timeout=self.timeout_s):
-                    if item.HasField("error") and item.error.message:
-                        out[item.index] = GenResult(error=item.error.message)
-                        continue
-                    resp = item.response
-                    out[item.index] = GenResult(
-                        completions=[
-                            Completion(
-                                text=c.text,
-                                tool_calls=[call_from_pb(x) for x in c.tool_calls],
-                                parse_error=c.parse_error,
-                                finish_reason=c.finish_reason,
-                                mean_logprob=c.mean_logprob,
-                            )
-                            for c in resp.completions
-                        ],
-                        prompt_tokens=resp.usage.prompt_tokens,
-                        completion_tokens=resp.usage.completion_tokens,
-                    )
-            except grpc.RpcError as exc:
-                raise RuntimeError(f"inference server {self.address}: {exc.code().name}: {exc.details()}") from None
-        return out
 
 
 def _greedy(messages: list[Message], tools: list[Tool], max_tokens: int) -> GenRequest:

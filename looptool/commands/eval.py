@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from looptool.shared.errors import InputError
-    from looptool.shared.evaluation import GrpcGenerator, evaluate
+    from looptool.shared.evaluation import evaluate
 
     cats = [c.strip() for c in args.bfcl.split(",") if c.strip()]
     if not cats and not args.heldout:
@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
         for c in cats:
             bfcl.resolve_category(c)  # raises a clear error for an unknown category
     if args.server:
-        gen = GrpcGenerator(args.server, model=args.model)
+        from looptool.services.inference.client import InferenceClient
+
+        gen = InferenceClient(args.server, model=args.model)
     else:
         from looptool.services.inference.backends import make_backend
 

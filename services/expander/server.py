@@ -36,14 +36,9 @@ GeneratorFactory = Callable[[str, str], Generator]
 
 def default_generator_factory(address: str, model: str) -> Generator:
     """The inference server's client (``looptool.services.inference.client``), pinned to ``model``."""
-    from looptool.shared.evaluation import GrpcGenerator
+    from looptool.services.inference.client import InferenceClient
 
-    try:
-        from looptool.services.inference.client import InferenceClient
-
-        return InferenceClient(address, model=model)
-    except (ImportError, TypeError):  # no such client here, or it takes no model pin: the plain one
-        return GrpcGenerator(address, model=model)
+    return InferenceClient(address, model=model)
 
 
 def _config_error(exc: ValidationError) -> str:

@@ -443,12 +443,13 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
 
 
 def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.shared.evaluation import GrpcGenerator, evaluate, noise_recovery_from_verdicts
+    from looptool.services.inference.client import InferenceClient
+    from looptool.shared.evaluation import evaluate, noise_recovery_from_verdicts
 
     st = status.stage("evaluate")
     spec = ctx.spec.eval
     heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
-    gen = GrpcGenerator(ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s)
+    gen = InferenceClient(ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s)
     report = evaluate(
         gen,
         heldout=heldout,
