@@ -27,7 +27,10 @@ def run(args: argparse.Namespace) -> int:
         from looptool.shared import bfcl
 
         for c in cats:
-            bfcl.resolve_category(c)  # raises a clear error for an unknown category
+            try:
+                bfcl.resolve_category(c)
+            except ValueError as exc:
+                raise InputError("--bfcl", str(exc)) from None
     if args.server:
         from looptool.services.inference.client import InferenceClient
 
