@@ -522,11 +522,9 @@ def _lineage_for(js: JudgedSample, round: int, unclear_policy: str) -> None:
         sample.reference = [ToolCall(name=c.name, arguments=c.arguments) for c in v.corrected]
         sample.reference_text = ""
         sample.add_lineage(round, "judge", "relabelled", reason=f"label_wrong: {v.reason}"[:500])
-        sample.lineage[-1].at = ""  # no wall-clock stamp: re-runs are byte-identical
     elif v.decision == Decision.UNCLEAR:
         action = "dropped" if unclear_policy == "drop" else "kept"
         sample.add_lineage(round, "judge", action, reason=f"unclear: {v.reason}"[:500])
-        sample.lineage[-1].at = ""
 
 
 def run_judge(

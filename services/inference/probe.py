@@ -286,7 +286,6 @@ def _probe_chunk(gen, chunk: list[Sample], spec: ProbeSpec, round: int, score_sa
         outcome, why = classify(rr.correct, sampled_ok, sampled_n, ppl, spec.highPerplexity)
         sample = s.model_copy(deep=True)
         sample.add_lineage(round, "probe", "probed", reason=outcome.value)
-        sample.lineage[-1].at = ""  # no wall-clock stamp: a re-run writes byte-identical results
         results.append(
             ProbeResult(
                 sample=sample,

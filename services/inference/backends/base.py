@@ -161,6 +161,44 @@ class Backend(abc.ABC):
         return {"backend": self.backend_name, "model": self.model, "max_context": self.max_context}
 
 
+class QueuedBackend(Backend):
+    """A backend whose requests go through a ``BatchingQueue``: subclasses set ``self.queue`` and
+    implement ``_prepare`` (validate and tokenize one request; return its future and the job to
+    queue, or no job when the future is already finished with a per-item error)."""
+
+    queue: "BatchingQueue"
+
+    @abc.abstractmethod
+    def _prepare(
+        self,
+        request: GenRequest,
+        cancel: CancelToken | None,
+        deadline: float | None,
+        on_delta: DeltaCallback | None,
+    ) -> "tuple[Future[GenResult], Job | None]": ...
+
+    def submit(
+        self,
+        request: GenRequest,
+        *,
+        cancel: CancelToken | None = None,
+        deadline: float | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> "Future[GenResult]":
+        fut, job = self._prepare(request, cancel, deadline, on_delta)
+        if job is not None:
+            self.queue.put(job)
+        return fut
+
+    def submit_many(self, requests, *, cancel=None, deadline=None):
+        prepared = [self._prepare(r, cancel, deadline, None) for r in requests]
+        self.queue.put_many([job for _, job in prepared if job is not None])
+        return [fut for fut, _ in prepared]
+
+    def close(self) -> None:
+        self.queue.close()
+
+
 class BoundGenerator:
     """A ``Generator`` view of a backend whose calls all share one cancel token and deadline
     (a Probe or Judge RPC: when the client goes away, every queued generation stops)."""

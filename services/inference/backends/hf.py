@@ -32,7 +32,7 @@ from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.prompt import build_chat
 
 from .base import (
-    Backend,
+    QueuedBackend,
     completion_from_text,
     BackendError,
     BatchingQueue,
@@ -109,7 +109,7 @@ class _Row:
         return bool(self.finish)
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(QueuedBackend):
     backend_name = "transformers"
 
     def __init__(
@@ -220,27 +220,6 @@ class TransformersBackend(Backend):
             return fut, None
         job.payload = ids
         return fut, job
-
-    def submit(
-        self,
-        request: GenRequest,
-        *,
-        cancel: CancelToken | None = None,
-        deadline: float | None = None,
-        on_delta: DeltaCallback | None = None,
-    ) -> "Future[GenResult]":
-        fut, job = self._prepare(request, cancel, deadline, on_delta)
-        if job is not None:
-            self.queue.put(job)
-        return fut
-
-    def submit_many(self, requests, *, cancel=None, deadline=None):
-        prepared = [self._prepare(r, cancel, deadline, None) for r in requests]
-        self.queue.put_many([job for _, job in prepared if job is not None])
-        return [fut for fut, _ in prepared]
-
-    def close(self) -> None:
-        self.queue.close()
 
     def info(self) -> dict:
         return {**super().info(), "queue_depth": self.queue.depth()}

@@ -28,7 +28,7 @@ from looptool.shared.generation import Completion, GenRequest, GenResult, Sampli
 from looptool.shared.prompt import build_chat
 
 from .base import (
-    Backend,
+    QueuedBackend,
     BackendError,
     BatchingQueue,
     CancelToken,
@@ -100,7 +100,7 @@ def parse_request_output(out: Any) -> GenResult:
     )
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(QueuedBackend):
     backend_name = "vllm"
 
     def __init__(
@@ -163,24 +163,6 @@ class VLLMBackend(Backend):
         job.payload = ids
         return fut, job
 
-    def submit(
-        self,
-        request: GenRequest,
-        *,
-        cancel: CancelToken | None = None,
-        deadline: float | None = None,
-        on_delta: DeltaCallback | None = None,
-    ) -> "Future[GenResult]":
-        fut, job = self._prepare(request, cancel, deadline, on_delta)
-        if job is not None:
-            self.queue.put(job)
-        return fut
-
-    def submit_many(self, requests, *, cancel=None, deadline=None):
-        prepared = [self._prepare(r, cancel, deadline, None) for r in requests]
-        self.queue.put_many([job for _, job in prepared if job is not None])
-        return [fut for fut, _ in prepared]
-
     def _run_batch(self, jobs: list[Job]) -> None:
         import vllm
 
@@ -199,5 +181,3 @@ class VLLMBackend(Backend):
                     job.on_delta(i, c.text)
             job.finish(res)
 
-    def close(self) -> None:
-        self.queue.close()
