@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from pydantic import ValidationError
 
 from looptool.shared.loop.manifest import ManifestError, crd_schema, load_manifests, parse_round
 from looptool.shared.loop.state import (
@@ -164,3 +165,16 @@ def test_report_from_statuses(tmp_path):
     for png in ("accuracy.png", "reward.png", "stages.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert "<table>" in (tmp_path / "report.html").read_text()
+
+
+def test_synthesis_spec_reaches_the_synthesizer_config():
+    from looptool.services.synthesizer.config import parse_config
+    from looptool.shared.loop.manifest import SynthesisSpec
+    from looptool.shared.loop.stages import synthesis_config_json
+
+    spec = SynthesisSpec(numDialogues=9, maxNeeds=1, toolsPerSample=2, mix={"single": 1.0}, labelNoise=0.1)
+    cfg = parse_config(synthesis_config_json(spec))
+    assert (cfg.max_needs, cfg.tools_per_dialog, cfg.mix) == (1, 2, {"single": 1.0})
+    assert parse_config(synthesis_config_json(SynthesisSpec())).max_needs == 2  # the default keeps follow-ups
+    with pytest.raises(ValidationError, match="maxNeeds"):
+        SynthesisSpec(maxNeeds=0)

@@ -72,6 +72,9 @@ class SynthesisSpec(Spec):
     heldoutFraction: float = Field(0.2, ge=0, lt=1)
     labelNoise: float = Field(0.0, ge=0, le=1, description="fraction of training labels corrupted on purpose (JGLV demo)")
     toolsPerSample: int = Field(3, ge=1, description="tools shown per sample (target + distractors)")
+    maxNeeds: int = Field(
+        2, ge=1, le=8, description="user requests per dialogue (1 = no follow-up turns, so every sample has a short context)"
+    )
     mix: dict[str, float] = Field(
         default_factory=dict,
         description="weights of planned need kinds: single, parallel, sequential, clarification, no_tool (empty = synthesizer default)",

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import grpc
 
 from looptool.shared.config import LoopToolConfig
-from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.manifest import LoopRound, SynthesisSpec
 from looptool.shared.loop.state import STAGE_OF, Phase, RoundStatus, StageStatus
 from looptool.shared.proto_convert import dataset_to_pb, stage_event_from_pb
 from looptool.shared.records import (
@@ -153,6 +153,15 @@ def _verl_dataset(ctx: StageContext, name: str, samples: list[Sample]) -> Datase
     return w.commit()
 
 
+def synthesis_config_json(spec: SynthesisSpec) -> str:
+    """The synthesizer's config for a round: the spec minus what travels in the request itself
+    (counts, seed) and what the runner applies afterwards (held-out split, label noise, sample kinds)."""
+    return spec.model_dump_json(
+        exclude={"numDialogues", "concurrency", "seed", "heldoutFraction", "labelNoise", "sampleKinds"}
+        | ({"mix"} if not spec.mix else set())
+    )
+
+
 def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
     from looptool.shared.conversion import dialogs_to_samples, split_of
     from looptool.shared.noise import inject_label_noise
@@ -181,11 +190,7 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
                 concurrency=spec.concurrency,
                 seed=seed,
                 output_prefix=ctx.out(f"dialogs-{syn_key}"),
-                # Counts and seed travel in the request; the split and noise are the runner's.
-                config_json=spec.model_dump_json(
-                    exclude={"numDialogues", "concurrency", "seed", "heldoutFraction", "labelNoise", "sampleKinds"}
-                    | ({"mix"} if not spec.mix else set())
-                ),
+                config_json=synthesis_config_json(spec),
                 round=ctx.spec.round,
             )
             with ctx.channel("synthesizer") as ch:
