@@ -73,7 +73,7 @@ class SynthesisSpec(Spec):
     labelNoise: float = Field(0.0, ge=0, le=1, description="fraction of training labels corrupted on purpose (JGLV demo)")
     toolsPerSample: int = Field(3, ge=1, description="tools shown per sample (target + distractors)")
     maxNeeds: int = Field(
-        2, ge=1, le=8, description="user requests per dialogue (1 = no follow-up turns, so every sample has a short context)"
+        2, ge=1, le=8, description="most user requests per dialogue (1 = no follow-up requests, so contexts stay short)"
     )
     mix: dict[str, float] = Field(
         default_factory=dict,
