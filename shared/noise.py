@@ -344,3 +344,49 @@ def noise_recovery(
         out["corrupted_judged"] = len(reached)
         out["recall_judged"] = _ratio(len(fixed & reached), len(reached))
     return out
+
+
+# --------------------------------------------------------------------------------------------- over rounds
+
+LOOP_COUNTS = ("corrupted", "relabelled", "detected", "fixed_exactly", "false_relabels", "removed")
+
+
+def label_noise_state(samples: Iterable[Sample]) -> dict[str, int]:
+    """Where injected noise stands in a set of samples, from their meta, lineage and current label.
+
+    For every sample that carries ``meta["clean_reference"]`` (corrupted in any round): was it ever
+    relabelled by the judge (``detected``), does its label now equal the clean one
+    (``fixed_exactly``, under ``reward.calls_match``), or did it leave the data unfixed (``removed``:
+    its last lineage event is ``dropped``). ``relabelled`` counts every sample the judge ever relabelled and
+    ``false_relabels`` those that were never corrupted. Counts add up over disjoint sample sets,
+    which is how the runner carries them from round to round.
+    """
+    from looptool.shared.reward import calls_match
+
+    out = dict.fromkeys(LOOP_COUNTS, 0)
+    for s in samples:
+        relabelled = any(e.stage == "judge" and e.action == "relabelled" for e in s.lineage)
+        out["relabelled"] += relabelled
+        if "clean_reference" not in s.meta:
+            out["false_relabels"] += relabelled
+            continue
+        out["corrupted"] += 1
+        out["detected"] += relabelled
+        clean = [ToolCall.model_validate(c) for c in json.loads(s.meta["clean_reference"])]
+        fixed = relabelled and calls_match(list(s.reference), clean)[0]
+        out["fixed_exactly"] += fixed
+        out["removed"] += not fixed and bool(s.lineage) and s.lineage[-1].action == "dropped"
+    return out
+
+
+def loop_noise_summary(counts: dict[str, int]) -> dict[str, float]:
+    """Counts of ``label_noise_state`` (summed over sets) plus recall/precision and what is left."""
+    c = {k: int(counts.get(k, 0)) for k in LOOP_COUNTS}
+    return {
+        **{k: float(v) for k, v in c.items()},
+        "still_wrong": float(c["corrupted"] - c["fixed_exactly"] - c["removed"]),  # still in the data
+        "recall": _ratio(c["fixed_exactly"], c["corrupted"]),
+        "precision": _ratio(c["fixed_exactly"], c["relabelled"]),
+        "detection_recall": _ratio(c["detected"], c["corrupted"]),
+        "detection_precision": _ratio(c["detected"], c["relabelled"]),
+    }

@@ -204,7 +204,8 @@ class RoundReport(Record):
     reward_curve: list[float] = Field(default_factory=list)
     checkpoint_uri: str = ""
     dataset: DatasetRef | None = None
-    noise_recovery: dict[str, float] = Field(default_factory=dict)  # precision / recall / f1
+    noise_recovery: dict[str, float] = Field(default_factory=dict)  # this round's JGLV vs noise injected this round
+    loop_noise: dict[str, float] = Field(default_factory=dict)  # all injected noise so far, after this round
 
 
 class ProbeOutcome(str, Enum):

@@ -295,3 +295,82 @@ def test_run_judge_reports_judge_errors_and_handles_no_failures(tmp_path):
     ok = write_probe_results(str(tmp_path / "probe2"), [probe_result("x", [], "", outcome=ProbeOutcome.MASTERED)])
     res2 = [e for e in run_judge(GroundingJudge(), ok, str(tmp_path / "v2"), JudgeSpec(), round=1) if isinstance(e, StageResult)][0]
     assert res2.counts["judged"] == 0 and res2.outputs[0].record_count == 0
+
+
+# ------------------------------------------------------------------------------ sampled candidates
+
+
+def test_candidates_settle_unclear_verdicts_with_the_first_valid_fix():
+    from looptool.services.inference.judge import CANDIDATE_REASON, CandidateSampler, settle_with_candidates
+
+    user = "What's the weather in Paris for 3 days?"
+    paris3 = call("get_weather", city="Paris", days=3)
+    noisy = probe_result(user, [call("get_weather", city="Lyon", days=3)], calls_text(call("get_weather", city="Oslo", days=3)))
+    hopeless = probe_result(user + " (2)", [call("get_weather", city="Lyon", days=3)], "<tool_call>{")
+    settled_by_greedy = probe_result(user + " (3)", [paris3], calls_text(call("get_weather", city="Berlin", days=3)))
+    answers = {
+        # same as greedy (skipped), an ungrounded one, then the fix, then another fix (never used)
+        noisy.sample.id: [noisy.prediction, calls_text(call("get_weather", city="Rome", days=3)), calls_text(paris3),
+                          calls_text(call("get_weather", city="Paris", days=3, unit="celsius"))],
+        hopeless.sample.id: ["", calls_text(call("get_weather", city="Rome", days=3))],
+    }
+
+    def script(req, i):
+        sid = req.request_id.split(":", 1)[1]
+        texts = answers[sid]
+        return texts[i % len(texts)]
+
+    gen = ScriptedGenerator(script)
+    sampler = CandidateSampler(gen, n=4, temperature=0.9, max_tokens=40, round=3)
+    results = [noisy, hopeless, settled_by_greedy]
+    judge = GroundingJudge()
+    first = judge.judge(results)
+    assert [v.decision for v in first] == [Decision.UNCLEAR, Decision.UNCLEAR, Decision.MODEL_WRONG]
+    verdicts, settled = settle_with_candidates(judge, results, first, sampler)
+    assert settled == 1
+    assert verdicts[0].decision == Decision.LABEL_WRONG and verdicts[0].corrected == [paris3]
+    assert verdicts[0].reason.startswith(f"{CANDIDATE_REASON} 2/3 ") and verdicts[0].sample_id == noisy.sample.id
+    assert "Oslo" in verdicts[0].reason  # why the greedy answer did not settle it
+    assert verdicts[1].decision == Decision.UNCLEAR and verdicts[1] is first[1]
+    assert verdicts[2] is first[2]
+    # only the unclear ones were sampled, seeded per sample and round, with the spec's knobs
+    assert [r.request_id for r in gen.requests] == [f"candidates:{noisy.sample.id}", f"candidates:{hopeless.sample.id}"]
+    p = gen.requests[0].params
+    assert (p.n, p.temperature, p.max_tokens) == (4, 0.9, 40)
+    assert p.seed != gen.requests[1].params.seed and gen.requests[0].tools == noisy.sample.tools
+    again = CandidateSampler(ScriptedGenerator(script), n=4, temperature=0.9, max_tokens=40, round=3)
+    assert again.sample([noisy])[0] == sampler.sample([noisy])[0]
+    assert settle_with_candidates(judge, results, first, None) == (first, 0)
+
+
+def test_candidates_are_judged_by_the_llm_judge_too():
+    from looptool.services.inference.judge import CandidateSampler, settle_with_candidates
+
+    pr = probe_result("Weather in Paris", [call("get_weather", city="Rome")], "<tool_call>{")
+    fix = calls_text(call("get_weather", city="Paris"))
+    judge_gen = ScriptedGenerator(lambda r, i: verdict_json("label_wrong" if '"city": "Paris"' in r.messages[-1].content else "unclear"))
+    judge = LLMJudge(judge_gen)
+    first = judge.judge([pr])
+    assert first[0].decision == Decision.UNCLEAR
+    sampler = CandidateSampler(ScriptedGenerator(lambda r, i: fix), n=2)
+    [v], settled = settle_with_candidates(judge, [pr], first, sampler)
+    assert settled == 1 and v.decision == Decision.LABEL_WRONG and v.corrected == [call("get_weather", city="Paris")]
+
+
+def test_run_judge_with_candidates_relabels_and_counts(tmp_path):
+    from looptool.services.inference.judge import CandidateSampler
+
+    user = "What's the weather in Paris for 3 days?"
+    paris3 = call("get_weather", city="Paris", days=3)
+    results = [probe_result(user + f" #{i}", [call("get_weather", city="Lyon", days=3)], "no call") for i in range(3)]
+    ref = write_probe_results(str(tmp_path / "probe"), results)
+    sampler = CandidateSampler(ScriptedGenerator(lambda r, i: calls_text(paris3)), n=2)
+    spec = JudgeSpec(backend="grounding", candidates=2)
+    events = list(run_judge(GroundingJudge(), ref, str(tmp_path / "v"), spec, round=1, batch_size=2, candidates=sampler))
+    res = [e for e in events if isinstance(e, StageResult)][0]
+    assert res.counts["label_wrong"] == 3 and res.counts["settled_by_candidate"] == 3
+    judged = list(open_dataset(res.outputs[0]).iter(JudgedSample))
+    assert all(j.probe.sample.reference == [paris3] and j.probe.prediction == "no call" for j in judged)
+    assert all(j.probe.sample.lineage[-1].action == "relabelled" for j in judged)
+    again = [e for e in run_judge(GroundingJudge(), ref, str(tmp_path / "v"), spec, round=1) if isinstance(e, StageResult)][0]
+    assert again.counts["settled_by_candidate"] == 3  # counted from the committed verdicts

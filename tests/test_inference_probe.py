@@ -114,9 +114,9 @@ def test_prompt_is_the_shared_sample_chat():
     s = make_samples(1)[0]
     s.meta["date"] = "2026-01-02"
     s.context.insert(0, Message(role="system", content="The user lives in Paris."))
-    from looptool.services.inference.probe import _messages
+    from looptool.services.inference.probe import probe_messages
 
-    assert build_chat(_messages(s), s.tools) == sample_chat(s)
+    assert build_chat(probe_messages(s), s.tools) == sample_chat(s)
 
 
 def test_resume_after_a_crash_probes_every_sample_exactly_once(tmp_path):

@@ -25,7 +25,7 @@ spec:
   synthesis: {numDialogues: 16, concurrency: 2, seed: 3, heldoutFraction: 0.25, labelNoise: 0.2}
   training: {sftEpochs: 1, grpoSteps: 2, groupSize: 2, promptsPerStep: 2, maxResponseTokens: 24}
   probe: {maxTokens: 24}
-  judge: {backend: grounding}
+  judge: {backend: grounding, candidates: 2, candidateMaxTokens: 24}
   expand: {factor: 2}
   eval: {heldout: true, bfclCategories: [simple_python], bfclLimit: 4, maxTokens: 24}
 ---
@@ -97,9 +97,14 @@ def test_two_round_loop_succeeds(full_run):
     probe = r1["stages"]["probe"]["counts"]
     assert sum(probe.get(k, 0) for k in ("mastered", "borderline", "failed")) == r1["stages"]["synthesize"]["counts"]["train_samples"]
     assert "noise_precision" in r1["stages"]["evaluate"]["metrics"]
+    assert "settled_by_candidate" in r1["stages"]["judge"]["counts"]
+    # round 1's injected noise is followed into round 2 (same labels, counted again after its judge)
+    m1, m2 = r1["stages"]["evaluate"]["metrics"], _status(root, "t-r2")["stages"]["evaluate"]["metrics"]
+    assert m1["loopnoise_corrupted"] == m2["loopnoise_corrupted"] == r1["stages"]["synthesize"]["counts"]["labels_corrupted"]
+    assert m2["loopnoise_recall"] == m2["loopnoise_fixed_exactly"] / m2["loopnoise_corrupted"]
     report = (root / "report" / "report.md").read_text()
-    assert "Accuracy" in report and "t-r2" in report
-    assert "accuracy (%)" in out
+    assert "Accuracy" in report and "t-r2" in report and "Injected label noise across the loop" in report
+    assert "accuracy (%)" in out and "injected label noise, after round" in out
 
 
 def test_rerun_is_a_noop_with_identical_hashes(manifest, full_run):

@@ -170,3 +170,35 @@ def test_end_to_end_with_a_perfect_judge():
     clean = clean_references(out)
     r = noise_recovery(ids, clean, {i: clean[i] for i in ids})
     assert r["precision"] == r["recall"] == r["f1"] == 1.0
+
+
+def test_label_noise_state_follows_labels_and_lineage_across_rounds():
+    from looptool.shared.noise import label_noise_state, loop_noise_summary
+
+    out, ids = inject_label_noise(corpus(), 0.5, random.Random(9), round=1)
+    clean = clean_references(out)
+    by_id = {x.id: x for x in out}
+    a, b, d, e = ids[:4]
+    # round 1: a relabelled to its clean label; b relabelled wrongly; a clean sample relabelled
+    by_id[a].reference = clean[a]
+    by_id[a].add_lineage(1, "judge", "relabelled")
+    by_id[b].reference = [c("get_weather", city="Nowhere")]
+    by_id[b].add_lineage(1, "judge", "relabelled")
+    innocent = next(x for x in out if x.id not in ids and x.reference)
+    innocent.add_lineage(1, "judge", "relabelled")
+    # d dropped unfixed (mastered); e dropped after its fix: fixed, not removed
+    by_id[d].add_lineage(1, "compose", "dropped")
+    by_id[e].reference = clean[e]
+    by_id[e].add_lineage(2, "judge", "relabelled")
+    by_id[e].add_lineage(2, "compose", "dropped")
+    kept = [x for x in out if x.id not in (d, e)]
+    gone = [by_id[d], by_id[e]]
+    here, left = label_noise_state(kept), label_noise_state(gone)
+    total = {k: here[k] + left[k] for k in here}
+    assert total == label_noise_state(out)  # counts add up over disjoint sets
+    assert total == {"corrupted": len(ids), "relabelled": 4, "detected": 3, "fixed_exactly": 2, "false_relabels": 1, "removed": 1}
+    summ = loop_noise_summary(total)
+    assert summ["recall"] == pytest.approx(2 / len(ids)) and summ["precision"] == pytest.approx(2 / 4)
+    assert summ["detection_precision"] == pytest.approx(3 / 4)
+    assert summ["still_wrong"] == len(ids) - 2 - 1
+    assert label_noise_state(corpus())["corrupted"] == 0 and loop_noise_summary({})["recall"] == 0.0

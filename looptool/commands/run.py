@@ -122,4 +122,13 @@ def summary(reports) -> str:
             lines.append(
                 f"JGLV {r.name}: " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(nr.items()))
             )
+    looped = [r for r in reports if r.loop_noise]
+    if looped:
+        lines.append("injected label noise, after round".ljust(34) + "".join(r.name[:14].rjust(16) for r in looped))
+        for k in ("corrupted", "relabelled", "fixed_exactly", "false_relabels", "removed", "still_wrong", "recall", "precision"):
+            cells = []
+            for r in looped:
+                v = r.loop_noise.get(k, 0.0)
+                cells.append((f"{100 * v:.1f}%" if k in ("recall", "precision") else f"{v:.0f}").rjust(16))
+            lines.append(f"  {k}".ljust(34) + "".join(cells))
     return "\n".join(lines)

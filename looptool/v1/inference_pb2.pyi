@@ -102,18 +102,20 @@ class ProbeRequest(_message.Message):
     def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., k: _Optional[int] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ..., model_uri: _Optional[str] = ...) -> None: ...
 
 class JudgeRequest(_message.Message):
-    __slots__ = ("probe_results", "output_prefix", "votes", "config_json", "round")
+    __slots__ = ("probe_results", "output_prefix", "votes", "config_json", "round", "policy_model")
     PROBE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    POLICY_MODEL_FIELD_NUMBER: _ClassVar[int]
     probe_results: _common_pb2.DatasetRef
     output_prefix: str
     votes: int
     config_json: str
     round: int
-    def __init__(self, probe_results: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., votes: _Optional[int] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    policy_model: str
+    def __init__(self, probe_results: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., output_prefix: _Optional[str] = ..., votes: _Optional[int] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ..., policy_model: _Optional[str] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

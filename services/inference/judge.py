@@ -20,6 +20,14 @@ Two judges behind one small interface (``Judge.judge(list[ProbeResult]) -> list[
 A ``label_wrong`` verdict is accepted only when the prediction parses and every call validates
 against the tool schemas (``shared.schema.validate_call``); otherwise it becomes ``unclear``.
 
+**Sampled candidates** (``JudgeSpec.candidates`` = k > 0, ``CandidateSampler``): when the greedy
+answer cannot settle a result (verdict ``unclear``: both look wrong, or the prediction would be the
+fix but does not parse or validate), the probed model is asked for k more answers (temperature
+``candidateTemperature``, seeded per sample and round) and each distinct one is judged against the
+label like the greedy answer was. The first that the judge accepts as the fix (``label_wrong``)
+becomes the verdict (its reason names the candidate); otherwise the ``unclear`` verdict stands.
+A small model is often right on some samples but not greedily; this lets JGLV use those answers.
+
 ``run_judge`` writes one ``JudgedSample`` per failed probe result (kind ``verdicts``), resumable like
 the probe. For ``label_wrong`` the written sample already carries the corrected label
 (``probe.sample.reference`` = ``verdict.corrected``; the old label is kept in
@@ -67,6 +75,7 @@ from .backends.base import Aborted, CancelToken, raise_if_aborted
 
 KIND = "verdicts"
 JUDGE_ERROR = "judge_error"  # reason prefix of verdicts whose judge model produced nothing usable
+CANDIDATE_REASON = "sampled candidate"  # reason prefix of verdicts settled by a sampled candidate
 _VERDICTS = metrics.counter("inference", "judge_verdicts", "Judge verdicts by decision", ["decision"])
 
 EventValue = Progress | ErrorInfo | StageResult
@@ -511,6 +520,88 @@ class GroundingJudge:
 
 
 # ---------------------------------------------------------------------------------------------
+# Sampled candidates from the probed model
+
+
+@dataclass
+class CandidateSampler:
+    """Draws ``n`` sampled answers per result from the probed (policy) model."""
+
+    gen: Generator
+    n: int
+    temperature: float = 1.0
+    max_tokens: int = 96
+    round: int = 0
+
+    def sample(self, results: list[ProbeResult]) -> list[list[str]]:
+        """Distinct non-empty answers per result, in sampling order, without the greedy one."""
+        from .probe import probe_messages, sample_seed
+
+        if not results or self.n <= 0:
+            return [[] for _ in results]
+        reqs = [
+            GenRequest(
+                probe_messages(r.sample),
+                r.sample.tools,
+                SamplingParams(
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                    n=self.n,
+                    # not the probe's seed: these are other draws than its k attempts
+                    seed=(sample_seed(r.sample.id, self.round) + 7919) % (1 << 32),
+                ),
+                request_id=f"candidates:{r.sample.id}",
+            )
+            for r in results
+        ]
+        outs = self.gen.generate(reqs)
+        raise_if_aborted(outs)
+        texts: list[list[str]] = []
+        for r, out in zip(results, outs):
+            seen = {r.prediction.strip()}
+            mine: list[str] = []
+            for c in [] if out.error else out.completions:
+                t = c.text.strip()
+                if t and t not in seen:
+                    seen.add(t)
+                    mine.append(c.text)
+            texts.append(mine)
+        return texts
+
+
+def settle_with_candidates(
+    judge: Judge, results: list[ProbeResult], verdicts: list[Verdict], sampler: CandidateSampler | None
+) -> tuple[list[Verdict], int]:
+    """Re-judge ``unclear`` results with sampled candidates; returns (verdicts, how many settled).
+
+    Each candidate is judged as if it were the prediction; the first ``label_wrong`` verdict (a
+    valid fix) replaces the ``unclear`` one. Verdicts from a failing judge model are left alone.
+    """
+    if sampler is None or sampler.n <= 0:
+        return verdicts, 0
+    todo = [i for i, v in enumerate(verdicts) if v.decision == Decision.UNCLEAR and not v.reason.startswith(JUDGE_ERROR)]
+    if not todo:
+        return verdicts, 0
+    candidates = sampler.sample([results[i] for i in todo])
+    alts: list[ProbeResult] = []
+    owners: list[tuple[int, int, int]] = []  # (result index, candidate number, candidates of that result)
+    for i, texts in zip(todo, candidates):
+        for j, text in enumerate(texts):
+            alts.append(results[i].model_copy(update={"prediction": text, "predicted_calls": [], "parse_error": ""}))
+            owners.append((i, j + 1, len(texts)))
+    out = list(verdicts)
+    settled: set[int] = set()
+    for (i, j, n), alt in zip(owners, judge.judge(alts) if alts else []):
+        if i in settled or alt.decision != Decision.LABEL_WRONG or not alt.corrected:
+            continue
+        settled.add(i)
+        alt.reason = f"{CANDIDATE_REASON} {j}/{n} of the probed model: {alt.reason} (greedy answer unclear: {verdicts[i].reason})"
+        alt.sample_id = verdicts[i].sample_id
+        out[i] = alt
+    return out, len(settled)
+
+
+# ---------------------------------------------------------------------------------------------
 # The stage
 
 
@@ -537,15 +628,19 @@ def run_judge(
     batch_size: int = 8,
     s3=None,
     cancel: CancelToken | None = None,
+    candidates: CandidateSampler | None = None,
 ) -> Iterator[EventValue]:
+    """Judge every failed probe result; ``candidates`` re-judges ``unclear`` ones with sampled answers."""
     t0 = time.monotonic()
     decisions = [d.value for d in Decision]
     store, key = split_uri(out_uri, s3)
     if dataset_exists(store, key):
         ds = open_dataset(out_uri, s3)
         counts = dict.fromkeys(decisions, 0)
+        counts["settled_by_candidate"] = 0
         for r in ds.iter_dicts():
             counts[r["verdict"]["decision"]] += 1
+            counts["settled_by_candidate"] += str(r["verdict"].get("reason", "")).startswith(CANDIDATE_REASON)
         yield Progress(stage="judge", done=len(ds), total=len(ds), message="already judged")
         yield StageResult(outputs=[ds.ref], counts={**counts, "judged": len(ds), "errors": 0, "resumed": len(ds)})
         return
@@ -557,10 +652,12 @@ def run_judge(
                             meta={"stage": "judge", "round": round, "judge": judge.name, "source": probe_results.uri})
     seen: set[str] = set()
     counts = dict.fromkeys(decisions, 0)
+    settled_before = 0
     for r in writer.existing_records():
         seen.add(r["probe"]["sample"]["id"])
         counts[r["verdict"]["decision"]] += 1
-    counts.update(errors=0, resumed=len(seen), not_failed=0)
+        settled_before += str(r["verdict"].get("reason", "")).startswith(CANDIDATE_REASON)
+    counts.update(errors=0, resumed=len(seen), not_failed=0, settled_by_candidate=settled_before)
     total_failed = 0
     for r in src.iter_dicts():  # a cheap first pass for the progress total
         total_failed += r.get("outcome") == ProbeOutcome.FAILED.value
@@ -574,7 +671,8 @@ def run_judge(
         nonlocal done
         if cancel is not None and cancel.cancelled:
             raise Aborted("CANCELLED", "judge stage cancelled")
-        verdicts = judge.judge(chunk)
+        verdicts, settled = settle_with_candidates(judge, chunk, judge.judge(chunk), candidates)
+        counts["settled_by_candidate"] += settled
         if cancel is not None and cancel.cancelled:
             raise Aborted("CANCELLED", "judge stage cancelled")
         errors: list[ErrorInfo] = []

@@ -81,7 +81,7 @@ def sample_seed(sample_id: str, round: int) -> int:
     return int(hashlib.sha256(f"{sample_id}:{round}".encode()).hexdigest()[:8], 16)
 
 
-def _messages(sample: Sample) -> list[Message]:
+def probe_messages(sample: Sample) -> list[Message]:
     # ``shared.prompt.sample_chat`` = build_chat(context, tools, date); backends call build_chat on
     # (messages, tools), so the date (when the sample has one) travels as a system message.
     date = sample.meta.get("date", "")
@@ -251,7 +251,7 @@ def _probe_chunk(gen, chunk: list[Sample], spec: ProbeSpec, round: int, score_sa
         return events, results
     requests: list[GenRequest] = []
     for s in ok:
-        msgs = _messages(s)
+        msgs = probe_messages(s)
         requests.append(GenRequest(msgs, s.tools, SamplingParams(temperature=0.0, max_tokens=spec.maxTokens), s.id))
         if spec.k > 0:
             params = SamplingParams(

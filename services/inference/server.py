@@ -48,7 +48,7 @@ from looptool.shared.storage.base import NotFound, StorageError
 from looptool.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 from .backends import BackendError, BoundGenerator, CancelToken, split_error
-from .judge import GroundingJudge, LLMJudge, run_judge
+from .judge import CandidateSampler, GroundingJudge, LLMJudge, run_judge
 from .pool import ModelPool
 from .probe import run_probe
 
@@ -342,20 +342,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except (ValidationError, ValueError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"JudgeRequest: {exc}")
         out = request.output_prefix or self._output_uri(
-            "judge", probe_ref.content_hash or probe_ref.uri, spec.model_dump_json(), request.round
+            "judge", probe_ref.content_hash or probe_ref.uri, spec.model_dump_json(), request.round,
+            *([self.pool.key(request.policy_model)] if spec.candidates > 0 else []),
         )
         token = _cancel_token(context)
         batch = self.cfg.inference.max_batch_size
         try:
-            if spec.backend == "grounding":
-                events = run_judge(GroundingJudge(), probe_ref, out, spec, request.round, batch_size=batch,
-                                   s3=self.cfg.storage.s3, cancel=token)
-                yield from self._stream_stage(events, context, token)
-                return
-            with self._judge_backend_lease(spec) as backend:
-                judge = LLMJudge(BoundGenerator(backend, token, _deadline(context)), votes=spec.votes, seed=request.round)
-                events = run_judge(judge, probe_ref, out, spec, request.round, batch_size=max(1, batch // spec.votes),
-                                   s3=self.cfg.storage.s3, cancel=token)
+            with contextlib.ExitStack() as stack:
+                sampler = None
+                if spec.candidates > 0:
+                    policy = stack.enter_context(self.pool.lease(request.policy_model))
+                    sampler = CandidateSampler(
+                        BoundGenerator(policy, token, _deadline(context)), spec.candidates,
+                        spec.candidateTemperature, spec.candidateMaxTokens, request.round,
+                    )
+                if spec.backend == "grounding":
+                    events = run_judge(GroundingJudge(), probe_ref, out, spec, request.round, batch_size=batch,
+                                       s3=self.cfg.storage.s3, cancel=token, candidates=sampler)
+                else:
+                    backend = stack.enter_context(self._judge_backend_lease(spec))
+                    judge = LLMJudge(BoundGenerator(backend, token, _deadline(context)), votes=spec.votes, seed=request.round)
+                    events = run_judge(judge, probe_ref, out, spec, request.round, batch_size=max(1, batch // spec.votes),
+                                       s3=self.cfg.storage.s3, cancel=token, candidates=sampler)
                 yield from self._stream_stage(events, context, token)
         except BackendError as exc:
             self._backend_error(context, exc)

@@ -157,6 +157,13 @@ class JudgeSpec(Spec):
     votes: int = Field(1, ge=1)
     unclearPolicy: Literal["drop", "keep"] = "keep"
     model: str = Field("", description="judge model URI/name (default: the inference server's model)")
+    candidates: int = Field(
+        0, ge=0, le=32,
+        description="sampled answers drawn from the probed model for a failed sample whose greedy answer leaves the "
+        "verdict unclear; the first one the judge accepts as the fix relabels the sample (0 = greedy answer only)",
+    )
+    candidateTemperature: float = Field(1.0, gt=0, le=2, description="sampling temperature of those candidates")
+    candidateMaxTokens: int = Field(96, ge=8, description="most new tokens per candidate (like probe.maxTokens)")
 
 
 class ExpandSpec(Spec):

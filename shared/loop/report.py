@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.stages import LOOP_NOISE
 from looptool.shared.loop.state import RoundStatus
 from looptool.shared.records import RoundReport, StageReport
 
@@ -32,6 +33,10 @@ COUNT_ROWS = [
 ]
 
 
+LOOP_ROWS = ["corrupted", "relabelled", "detected", "fixed_exactly", "false_relabels", "removed", "still_wrong",
+             "recall", "precision", "detection_recall", "detection_precision"]
+
+
 def reward_curve(status: RoundStatus) -> list[float]:
     metrics = status.stages.get("train")
     if metrics is None:
@@ -52,6 +57,11 @@ def round_report(r: LoopRound, status: RoundStatus) -> RoundReport:
     ]
     ev = status.stages.get("evaluate")
     noise = {k[len("noise_") :]: v for k, v in (ev.metrics.items() if ev else []) if k.startswith("noise_")}
+    loop = {
+        k[len(LOOP_NOISE) :]: v
+        for k, v in (ev.metrics.items() if ev else [])
+        if k.startswith(LOOP_NOISE) and not k.startswith(LOOP_NOISE + "gone_")
+    }
     return RoundReport(
         round=r.spec.round,
         name=r.name,
@@ -62,6 +72,7 @@ def round_report(r: LoopRound, status: RoundStatus) -> RoundReport:
         reward_curve=reward_curve(status),
         checkpoint_uri=status.checkpointUri,
         noise_recovery=noise,
+        loop_noise=loop,
     )
 
 
@@ -151,6 +162,17 @@ def render_markdown(reports: list[RoundReport], images: list[str]) -> str:
         lines += ["", "## JGLV against injected label noise", "", "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for r in noisy:
             lines.append(f"| {r.name} | " + " | ".join(f"{r.noise_recovery.get(k, 0):.3g}" for k in keys) + " |")
+    looped = [r for r in reports if r.loop_noise]
+    if looped:
+        keys = [k for k in LOOP_ROWS if any(k in r.loop_noise for r in looped)]
+        lines += [
+            "", "## Injected label noise across the loop", "",
+            "All labels corrupted so far and where they stand after each round (relabelled by JGLV in any round; "
+            "removed = left the data unfixed).", "",
+            "| | " + " | ".join(r.name for r in looped) + " |", "|---|" + "---|" * len(looped),
+        ]
+        for k in keys:
+            lines.append(f"| {k} | " + " | ".join(f"{r.loop_noise.get(k, 0):.3g}" for r in looped) + " |")
     curves = [r for r in reports if r.reward_curve]
     if curves:
         lines += ["", "## Training reward", ""]

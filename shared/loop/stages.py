@@ -389,6 +389,7 @@ def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn)
         votes=spec.votes,
         config_json=spec.model_dump_json(),
         round=ctx.spec.round,
+        policy_model=status.checkpointUri,  # the probed checkpoint draws the sampled candidates
     )
     address = "judge" if "judge" in ctx.addresses else "inference"
     with ctx.channel(address) as ch:
@@ -473,6 +474,41 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     if ctx.spec.synthesis.labelNoise > 0 and verdicts is not None and fresh is not None:
         rec = noise_recovery_from_verdicts(fresh, verdicts, ctx.config.storage.s3)
         st.metrics.update({f"noise_{k}": float(v) for k, v in rec.items()})
+    st.metrics.update(loop_noise_metrics(ctx, status))
+
+
+LOOP_NOISE = "loopnoise_"  # evaluate metrics: injected noise over all rounds so far
+_GONE = LOOP_NOISE + "gone_"  # ... counts of samples that left the data (carried to the next round)
+
+
+def loop_noise_metrics(ctx: StageContext, status: RoundStatus) -> dict[str, float]:
+    """Injected label noise over the loop so far, after this round's judge and composition.
+
+    Tallies ``noise.label_noise_state`` over this round's composed dataset and its dropped samples,
+    plus the dropped samples of earlier rounds (carried in the previous round's metrics). Empty
+    when no label was ever corrupted."""
+    from looptool.shared.noise import LOOP_COUNTS, label_noise_state, loop_noise_summary
+
+    nxt = status.stage("expand").outputs.get("next")
+    if nxt is None:
+        return {}
+    s3 = ctx.config.storage.s3
+    ds = open_dataset(nxt, s3)
+    here = label_noise_state(ds.iter(Sample))
+    dropped_uri = (ds.manifest.get("meta") or {}).get("dropped_uri") or ""
+    gone = dict.fromkeys(LOOP_COUNTS, 0)
+    if dropped_uri:
+        store, key = split_uri(dropped_uri, s3)
+        if dataset_exists(store, key):
+            gone = label_noise_state(open_dataset(dropped_uri, s3).iter(Sample))
+    prev = ctx.previous.stages.get("evaluate") if ctx.previous is not None else None
+    before = {k: int((prev.metrics if prev else {}).get(_GONE + k, 0)) for k in LOOP_COUNTS}
+    total = {k: here[k] + gone[k] + before[k] for k in LOOP_COUNTS}
+    if not total["corrupted"]:
+        return {}
+    out = {LOOP_NOISE + k: v for k, v in loop_noise_summary(total).items()}
+    out.update({_GONE + k: float(gone[k] + before[k]) for k in LOOP_COUNTS})
+    return out
 
 
 STAGES: dict[Phase, Callable[[StageContext, RoundStatus, ProgressFn], None]] = {
