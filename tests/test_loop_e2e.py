@@ -131,7 +131,12 @@ def test_killed_during_probing_resumes_to_identical_hashes(manifest, full_run, t
             pass
         time.sleep(0.05)
     proc.wait(timeout=60)
-    assert killed, "the run finished before it could be killed during Probing"
+    if not killed:
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            out = "(output still held open by a child process)"
+        pytest.fail(f"the run finished before it could be killed during Probing (exit {proc.returncode}):\n{out[-3000:]}")
     time.sleep(1.0)  # let the orphaned services notice their parent died
     code, out = _run(manifest, root)
     assert code == 0, out
