@@ -3,7 +3,6 @@ which agrees with bfcl-eval's official one; see tests/test_bfcl_agreement.py).""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -132,16 +131,12 @@ def evaluate(
 
 def noise_recovery_from_verdicts(fresh: DatasetRef, verdicts: DatasetRef, s3=None) -> dict[str, float]:
     """JGLV against injected label noise: precision/recall of label corrections."""
-    from looptool.shared.noise import noise_recovery
+    from looptool.shared.noise import clean_references, noise_recovery
     from looptool.shared.records import Decision, JudgedSample
     from looptool.shared.storage import open_dataset
 
-    corrupted: set[str] = set()
-    clean: dict[str, list[ToolCall]] = {}
-    for s in open_dataset(fresh, s3).iter(Sample):
-        if "clean_reference" in s.meta:
-            corrupted.add(s.id)
-            clean[s.id] = [ToolCall.model_validate(c) for c in json.loads(s.meta["clean_reference"])]
+    clean = clean_references(open_dataset(fresh, s3).iter(Sample))
+    corrupted = set(clean)
     relabelled: dict[str, list[ToolCall]] = {}
     for j in open_dataset(verdicts, s3).iter(JudgedSample):
         if j.verdict.decision == Decision.LABEL_WRONG:

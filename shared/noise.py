@@ -287,13 +287,15 @@ def inject_label_noise(
     return out, corrupted
 
 
+def clean_reference(sample: Sample) -> list[ToolCall] | None:
+    """The original calls of a sample ``inject_label_noise`` corrupted; None for any other sample."""
+    raw = sample.meta.get("clean_reference")
+    return None if raw is None else [ToolCall.model_validate(c) for c in json.loads(raw)]
+
+
 def clean_references(samples: Iterable[Sample]) -> dict[str, list[ToolCall]]:
     """id → original calls, for the samples ``inject_label_noise`` corrupted."""
-    return {
-        s.id: [ToolCall.model_validate(c) for c in json.loads(s.meta["clean_reference"])]
-        for s in samples
-        if "clean_reference" in s.meta
-    }
+    return {s.id: clean for s in samples if (clean := clean_reference(s)) is not None}
 
 
 def _ratio(a: int, b: int) -> float:
@@ -367,12 +369,12 @@ def label_noise_state(samples: Iterable[Sample]) -> dict[str, int]:
     for s in samples:
         relabelled = any(e.stage == "judge" and e.action == "relabelled" for e in s.lineage)
         out["relabelled"] += relabelled
-        if "clean_reference" not in s.meta:
+        clean = clean_reference(s)
+        if clean is None:
             out["false_relabels"] += relabelled
             continue
         out["corrupted"] += 1
         out["detected"] += relabelled
-        clean = [ToolCall.model_validate(c) for c in json.loads(s.meta["clean_reference"])]
         fixed = relabelled and calls_match(list(s.reference), clean)[0]
         out["fixed_exactly"] += fixed
         out["removed"] += not fixed and bool(s.lineage) and s.lineage[-1].action == "dropped"
