@@ -45,7 +45,7 @@ import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from looptool.shared import metrics
 from looptool.shared.errors import InputError
@@ -634,13 +634,20 @@ def run_judge(
     t0 = time.monotonic()
     decisions = [d.value for d in Decision]
     store, key = split_uri(out_uri, s3)
+
+    def recount(records: Iterable[dict[str, Any]]) -> tuple[set[str], dict[str, int]]:
+        """(sample ids, counts per decision and settled_by_candidate) of already written verdicts."""
+        ids: set[str] = set()
+        tally = {**dict.fromkeys(decisions, 0), "settled_by_candidate": 0}
+        for r in records:
+            ids.add(r["probe"]["sample"]["id"])
+            tally[r["verdict"]["decision"]] += 1
+            tally["settled_by_candidate"] += str(r["verdict"].get("reason", "")).startswith(CANDIDATE_REASON)
+        return ids, tally
+
     if dataset_exists(store, key):
         ds = open_dataset(out_uri, s3)
-        counts = dict.fromkeys(decisions, 0)
-        counts["settled_by_candidate"] = 0
-        for r in ds.iter_dicts():
-            counts[r["verdict"]["decision"]] += 1
-            counts["settled_by_candidate"] += str(r["verdict"].get("reason", "")).startswith(CANDIDATE_REASON)
+        _, counts = recount(ds.iter_dicts())
         yield Progress(stage="judge", done=len(ds), total=len(ds), message="already judged")
         yield StageResult(outputs=[ds.ref], counts={**counts, "judged": len(ds), "errors": 0, "resumed": len(ds)})
         return
@@ -650,14 +657,8 @@ def run_judge(
                          "pass the Probe stage's output")
     writer = writer_for_uri(out_uri, s3, kind=KIND, resume=True, part_size=1 << 30,
                             meta={"stage": "judge", "round": round, "judge": judge.name, "source": probe_results.uri})
-    seen: set[str] = set()
-    counts = dict.fromkeys(decisions, 0)
-    settled_before = 0
-    for r in writer.existing_records():
-        seen.add(r["probe"]["sample"]["id"])
-        counts[r["verdict"]["decision"]] += 1
-        settled_before += str(r["verdict"].get("reason", "")).startswith(CANDIDATE_REASON)
-    counts.update(errors=0, resumed=len(seen), not_failed=0, settled_by_candidate=settled_before)
+    seen, counts = recount(writer.existing_records())
+    counts.update(errors=0, resumed=len(seen), not_failed=0)
     total_failed = 0
     for r in src.iter_dicts():  # a cheap first pass for the progress total
         total_failed += r.get("outcome") == ProbeOutcome.FAILED.value
