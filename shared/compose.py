@@ -422,10 +422,15 @@ def _last_relabel_reason(ref: DatasetRef | str, ids: set[str], s3: Any) -> dict[
     return out
 
 
+def dropped_uri(ds: Any) -> str:
+    """Where a composed dataset's dropped samples went (``meta.dropped_uri``); "" when none were kept."""
+    return (ds.manifest.get("meta") or {}).get("dropped_uri") or ""
+
+
 def _dropped_labels(b: DatasetRef, s3: Any) -> dict[str, str]:
     """id → lineage label of the ``dropped`` event, from the dataset B's composition dropped."""
     try:
-        uri = (open_dataset(b, s3).manifest.get("meta") or {}).get("dropped_uri") or ""
+        uri = dropped_uri(open_dataset(b, s3))
         if not uri:
             return {}
         return {s.id: lineage_label(s) for s in open_dataset(uri, s3).iter(Sample)}

@@ -487,6 +487,7 @@ def loop_noise_metrics(ctx: StageContext, status: RoundStatus) -> dict[str, floa
     Tallies ``noise.label_noise_state`` over this round's composed dataset and its dropped samples,
     plus the dropped samples of earlier rounds (carried in the previous round's metrics). Empty
     when no label was ever corrupted."""
+    from looptool.shared.compose import dropped_uri
     from looptool.shared.noise import LOOP_COUNTS, label_noise_state, loop_noise_summary
 
     nxt = status.stage("expand").outputs.get("next")
@@ -495,12 +496,10 @@ def loop_noise_metrics(ctx: StageContext, status: RoundStatus) -> dict[str, floa
     s3 = ctx.config.storage.s3
     ds = open_dataset(nxt, s3)
     here = label_noise_state(ds.iter(Sample))
-    dropped_uri = (ds.manifest.get("meta") or {}).get("dropped_uri") or ""
+    dropped = dropped_uri(ds)
     gone = dict.fromkeys(LOOP_COUNTS, 0)
-    if dropped_uri:
-        store, key = split_uri(dropped_uri, s3)
-        if dataset_exists(store, key):
-            gone = label_noise_state(open_dataset(dropped_uri, s3).iter(Sample))
+    if dropped and dataset_exists(*split_uri(dropped, s3)):
+        gone = label_noise_state(open_dataset(dropped, s3).iter(Sample))
     prev = ctx.previous.stages.get("evaluate") if ctx.previous is not None else None
     before = {k: int((prev.metrics if prev else {}).get(_GONE + k, 0)) for k in LOOP_COUNTS}
     total = {k: here[k] + gone[k] + before[k] for k in LOOP_COUNTS}
