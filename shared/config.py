@@ -3,6 +3,8 @@
 Environment overrides use ``__`` between levels, e.g.
 ``LOOPTOOL_STORAGE__S3__ENDPOINT=http://127.0.0.1:9000`` or ``LOOPTOOL_SERVICES__INFERENCE__PORT=7001``.
 Values are parsed as YAML scalars (``7001`` → int, ``true`` → bool).
+Precedence per field: environment, then YAML, then defaults; setting one field of a section keeps
+that section's other defaults (``LOOPTOOL_SERVICES__TOOLSIM__HOST`` keeps toolsim's ports).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -97,11 +100,19 @@ class LogSettings(Section):
     json_format: bool = Field(False, alias="json")
 
 
+class TrainerSettings(Section):
+    # What a training run keeps across a restart: the base-model and checkpoint caches, builtin
+    # model builds, verl's local checkpoints. In Kubernetes the round's PersistentVolumeClaim is
+    # mounted here (the Job passes --workdir, which wins over this).
+    workdir: str = ".looptool/trainer"
+
+
 class LoopToolConfig(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     judge: InferenceSettings | None = None  # a separate judge model; None = use `inference`
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
 
@@ -149,9 +160,66 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Path-wise merge of two partial configs (YAML, then environment variables that each set one path)."""
     out = dict(base)
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _without_none(annotation: Any) -> list[Any]:
+    if get_origin(annotation) in (Union, UnionType):
+        return [a for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The model of a ``Model`` / ``Model | None`` field."""
+    for a in _without_none(annotation):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _dict_section_type(annotation: Any) -> type[BaseModel] | None:
+    """The value model of a ``dict[str, Model]`` (or ``... | None``) field."""
+    for a in _without_none(annotation):
+        if get_origin(a) is dict:
+            args = get_args(a)
+            if len(args) == 2:
+                return _section_type(args[1])
+    return None
+
+
+def _field(model: type[BaseModel], key: str) -> Any:
+    for name, f in model.model_fields.items():
+        if key == name or key == f.alias:
+            return f
+    return None
+
+
+def merge_onto(model: type[BaseModel], base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` (a partial config) onto ``base`` (the defaults, dumped by alias), guided by ``model``.
+
+    A nested model, and each entry of a dict of models, is merged field by field, so setting one
+    field (``services.toolsim.host``) keeps that object's other defaults (its ports); any other
+    value (scalars, lists, plain dicts) replaces the default."""
+    out = dict(base)
+    for key, value in over.items():
+        field = _field(model, key)
+        current = out.get(key)
+        if field is None or not isinstance(value, dict) or not isinstance(current, dict):
+            out[key] = value
+        elif (sub := _section_type(field.annotation)) is not None:
+            out[key] = merge_onto(sub, current, value)
+        elif (item := _dict_section_type(field.annotation)) is not None:
+            merged = dict(current)
+            for k, v in value.items():
+                old = merged.get(k)
+                merged[k] = merge_onto(item, old, v) if isinstance(old, dict) and isinstance(v, dict) else v
+            out[key] = merged
+        else:
+            out[key] = value
     return out
 
 
@@ -249,6 +317,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     env_items = _env_items(environ)
     env_vars = {tuple(p): key for key, p, _ in env_items}
     data = _merge(data, env_overrides(environ))
+    # Onto the full defaults, not beside them: pydantic would otherwise build a partly given section
+    # from its class defaults and drop the defaults its parent's default_factory set.
+    data = merge_onto(LoopToolConfig, LoopToolConfig().model_dump(by_alias=True), data)
     try:
         return LoopToolConfig.model_validate(data)
     except ValidationError as exc:

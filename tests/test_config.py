@@ -6,7 +6,9 @@ import textwrap
 
 import pytest
 
-from looptool.shared.config import ConfigError, LoopToolConfig, env_overrides, load_config
+from pydantic import BaseModel, Field
+
+from looptool.shared.config import ConfigError, LoopToolConfig, env_overrides, load_config, merge_onto
 
 
 def write(tmp_path, text: str, name: str = "looptool.yaml"):
@@ -70,6 +72,55 @@ def test_env_overrides_yaml(tmp_path):
     assert cfg.inference.gpu_memory_utilization == 0.5
     assert cfg.log.json_format is True
     assert cfg.services.judge is not None and cfg.services.judge.port == 7010
+
+
+def test_env_override_of_one_field_keeps_the_sections_other_defaults():
+    # issue 12: the host alone used to drop toolsim's default ports (random port and metrics port)
+    cfg = load_config(environ={"LOOPTOOL_SERVICES__TOOLSIM__HOST": "0.0.0.0"})
+    assert cfg.services.toolsim.host == "0.0.0.0"
+    assert (cfg.services.toolsim.port, cfg.services.toolsim.metrics_port) == (50052, 9102)
+    assert cfg.services.inference.port == 50051  # siblings untouched
+    cfg = load_config(environ={"LOOPTOOL_SERVICES__TRAINER__WORKERS": "2", "LOOPTOOL_TRAINER__WORKDIR": "/pvc"})
+    assert cfg.services.trainer.workers == 2
+    assert (cfg.services.trainer.port, cfg.services.trainer.metrics_port, cfg.services.trainer.host) == (50055, 9105, "127.0.0.1")
+    assert cfg.trainer.workdir == "/pvc"
+    assert load_config(environ={}).trainer.workdir == ".looptool/trainer"
+
+
+def test_yaml_and_env_merge_per_field_onto_defaults(tmp_path):
+    p = write(tmp_path, "services:\n  toolsim: {port: 6000, workers: 2}\n  expander: {host: 0.0.0.0}\n")
+    env = {"LOOPTOOL_SERVICES__TOOLSIM__PORT": "6001", "LOOPTOOL_SERVICES__TOOLSIM__HOST": "10.0.0.1"}
+    t = load_config(p, environ=env).services
+    assert (t.toolsim.port, t.toolsim.host, t.toolsim.workers, t.toolsim.metrics_port) == (6001, "10.0.0.1", 2, 9102)
+    assert (t.expander.host, t.expander.port, t.expander.metrics_port) == ("0.0.0.0", 50054, 9104)  # YAML + defaults
+    assert t.judge is None
+
+
+class _Leaf(BaseModel):
+    a: int = 1
+    b: int = 2
+
+
+class _Mid(BaseModel):
+    leaf: _Leaf = Field(default_factory=lambda: _Leaf(b=20))
+    tags: dict[str, str] = Field(default_factory=lambda: {"x": "1"})
+
+
+class _Root(BaseModel):
+    mid: _Mid = Field(default_factory=_Mid)
+    pools: dict[str, _Leaf] = Field(default_factory=lambda: {"gpu": _Leaf(a=8, b=80)})
+    maybe: _Leaf | None = None
+
+
+def test_merge_onto_every_nested_model_and_dict_of_models():
+    defaults = _Root().model_dump(by_alias=True)
+    over = {"mid": {"leaf": {"a": 5}, "tags": {"y": "2"}}, "pools": {"gpu": {"a": 4}, "cpu": {"b": 9}}, "maybe": {"b": 7}}
+    got = _Root.model_validate(merge_onto(_Root, defaults, over))
+    assert got.mid.leaf == _Leaf(a=5, b=20)  # two levels down, the parent's default kept
+    assert got.mid.tags == {"y": "2"}  # a plain dict is a value: replaced, not merged
+    assert got.pools == {"gpu": _Leaf(a=4, b=80), "cpu": _Leaf(a=1, b=9)}  # per entry; a new entry gets class defaults
+    assert got.maybe == _Leaf(a=1, b=7)
+    assert _Root.model_validate(merge_onto(_Root, defaults, {"maybe": None, "pools": {}})).pools == {"gpu": _Leaf(a=8, b=80)}
 
 
 def test_env_overrides_structure():
