@@ -4,8 +4,8 @@
 * **create/update/resume** handlers validate and wake the daemon at once (edge-triggered hints for a
   level-triggered loop — missing one changes nothing but latency);
 * a **Job event** handler wakes the owning round when its training Job changes;
-* a **delete** handler (kopf's finalizer) removes the round's Jobs and request ConfigMaps right away
-  instead of leaving them to the garbage collector.
+* a **delete** handler (kopf's finalizer) removes the round's Jobs, request ConfigMaps and work-volume
+  claims right away instead of leaving them to the garbage collector.
 
 ``make_registry(runtime)`` builds a fresh registry, so tests and the benchmark can run several
 operators (each with its own executor and API URL) in one process.
@@ -90,7 +90,7 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ns, name = meta.get("namespace") or "default", meta["name"]
         sel = jobs_.selector(name)
         removed = 0
-        for api, plural in (("batch/v1", "jobs"), ("v1", "configmaps")):
+        for api, plural in (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "persistentvolumeclaims")):
             for item in await rt.kube.list(api, plural, ns, sel):
                 removed += await rt.kube.delete(api, plural, ns, item["metadata"]["name"])
         rt.metrics.forget(ns, name)

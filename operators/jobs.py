@@ -1,8 +1,11 @@
-"""The training Job (and the ConfigMap holding its request) for a LoopRound.
+"""The training Job (with the ConfigMap holding its request and the claim holding its work directory)
+for a LoopRound.
 
 Names are deterministic — derived from the round's name and uid — so after an operator restart the
-reconciler finds the Job it already created instead of creating a second one. Both objects carry an
-ownerReference to the LoopRound: deleting the round garbage-collects them.
+reconciler finds the Job it already created instead of creating a second one. All three objects carry
+an ownerReference to the LoopRound: deleting the round garbage-collects them. The work-directory claim
+outlives the Job's pods (and a re-created Job), so a retried or preempted trainer resumes from the
+checkpoints it left there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ ANN_OUTPUT = "looptool.io/output-prefix"
 REQUEST_DIR = "/etc/looptool/request"
 REQUEST_FILE = "request.json"
 CONTAINER = "trainer"
+# The trainer's work directory (checkpoints, model cache), passed as ``--workdir``.
+WORKDIR = "/var/lib/looptool/work"
+WORK_VOLUME = "work"
+# Kueue admits a Job labelled with a LocalQueue; until then the Job stays suspended.
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 # Exit codes of ``looptool.services.trainer.job``: 2 = a request it can never run (fail the Job at
 # once); 3 = cancelled by SIGTERM (pod deleted/evicted: retry without counting, it resumes from the
 # last checkpoint); 1 = training failed (counts towards backoffLimit; a retry resumes).
@@ -31,11 +39,25 @@ EXIT_BAD_REQUEST = 2
 EXIT_CANCELLED = 3
 
 
+def _owned_name(round_name: str, uid: str, infix: str) -> str:
+    digest = hashlib.sha256(f"{round_name}/{uid}".encode()).hexdigest()[:6]
+    head = round_name[: 63 - len(infix) - 2 - len(digest)].rstrip("-")
+    return f"{head}-{infix}-{digest}"
+
+
 def job_name(round_name: str, uid: str) -> str:
     """``<round>-train-<hash>``, at most 63 characters (a label value and a DNS label)."""
-    digest = hashlib.sha256(f"{round_name}/{uid}".encode()).hexdigest()[:6]
-    head = round_name[: 63 - len("-train-") - len(digest)].rstrip("-")
-    return f"{head}-train-{digest}"
+    return _owned_name(round_name, uid, "train")
+
+
+def work_claim_name(round_name: str, uid: str) -> str:
+    """``<round>-work-<hash>``: the PersistentVolumeClaim of the round's trainer work directory."""
+    return _owned_name(round_name, uid, "work")
+
+
+def queue_name(spec: LoopRoundSpec, cfg: TrainerJobSettings) -> str:
+    """The Kueue LocalQueue of the round's training Job ("" = none)."""
+    return spec.training.queueName or cfg.queueName
 
 
 def selector(round_name: str) -> dict[str, str]:
@@ -67,15 +89,41 @@ def request_configmap(round_obj: dict[str, Any], request: dict[str, Any]) -> dic
     }
 
 
+def work_claim(round_obj: dict[str, Any], spec: LoopRoundSpec, cfg: TrainerJobSettings) -> dict[str, Any] | None:
+    """The PersistentVolumeClaim of the trainer's work directory, or None when it is an emptyDir."""
+    wv = cfg.workVolume
+    if not wv.persistent:
+        return None
+    meta = round_obj["metadata"]
+    claim: dict[str, Any] = {
+        "accessModes": list(wv.accessModes),
+        "resources": {"requests": {"storage": spec.resources.workVolumeSize or wv.size}},
+    }
+    if wv.storageClassName:
+        claim["storageClassName"] = wv.storageClassName
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": work_claim_name(meta["name"], meta["uid"]),
+            "namespace": meta["namespace"],
+            "labels": _labels(meta["name"]),
+            "ownerReferences": [owner_reference(round_obj)],
+        },
+        "spec": claim,
+    }
+
+
 def training_job(
     round_obj: dict[str, Any], spec: LoopRoundSpec, request: dict[str, Any], cfg: TrainerJobSettings
 ) -> dict[str, Any]:
-    """The ``batch/v1`` Job that runs ``python -m looptool.services.trainer.job --request <file>``."""
+    """The ``batch/v1`` Job that runs ``python -m looptool.services.trainer.job --request <file> --workdir <dir>``."""
     meta = round_obj["metadata"]
     name = job_name(meta["name"], meta["uid"])
     res = spec.resources
     gpus = spec.training.gpus
     labels = _labels(meta["name"])
+    queue = queue_name(spec, cfg)
 
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -102,7 +150,12 @@ def training_job(
         ]
     volumes: list[dict[str, Any]] = [{"name": "request", "configMap": {"name": name}}]
     mounts: list[dict[str, Any]] = [{"name": "request", "mountPath": REQUEST_DIR, "readOnly": True}]
-    command = [*cfg.command, "--request", f"{REQUEST_DIR}/{REQUEST_FILE}"]
+    command = [*cfg.command, "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--workdir", WORKDIR]
+    if cfg.workVolume.persistent:
+        volumes.append({"name": WORK_VOLUME, "persistentVolumeClaim": {"claimName": work_claim_name(meta["name"], meta["uid"])}})
+    else:
+        volumes.append({"name": WORK_VOLUME, "emptyDir": {}})
+    mounts.append({"name": WORK_VOLUME, "mountPath": WORKDIR})
     if cfg.configMap:
         volumes.append({"name": "config", "configMap": {"name": cfg.configMap}})
         mounts.append({"name": "config", "mountPath": "/etc/looptool/config", "readOnly": True})
@@ -121,6 +174,7 @@ def training_job(
 
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": cfg.terminationGracePeriodSeconds,
         "containers": [
             {
                 "name": CONTAINER,
@@ -131,6 +185,7 @@ def training_job(
                 "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": mounts,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                **({"securityContext": dict(cfg.securityContext)} if cfg.securityContext else {}),
                 **({"ports": [{"name": "metrics", "containerPort": cfg.metricsPort, "protocol": "TCP"}]} if cfg.metricsPort else {}),
             }
         ],
@@ -148,6 +203,8 @@ def training_job(
         pod_spec["priorityClassName"] = cfg.priorityClassName
     if cfg.imagePullSecrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.imagePullSecrets]
+    if cfg.podSecurityContext:
+        pod_spec["securityContext"] = dict(cfg.podSecurityContext)
 
     job_spec: dict[str, Any] = {
         "backoffLimit": cfg.backoffLimit,
@@ -160,20 +217,30 @@ def training_job(
             ]
         },
         "template": {
-            "metadata": {"labels": {**labels, **cfg.podLabels}, "annotations": dict(cfg.podAnnotations)},
+            # The operator's own labels win: it finds its Jobs and pods by them.
+            "metadata": {"labels": {**cfg.podLabels, **labels}, "annotations": dict(cfg.podAnnotations)},
             "spec": pod_spec,
         },
     }
     if cfg.activeDeadlineSeconds:
         job_spec["activeDeadlineSeconds"] = cfg.activeDeadlineSeconds
+    job_labels = {**cfg.jobLabels, **labels}
+    if queue:
+        job_labels[LABEL_KUEUE_QUEUE] = queue
+        # Created suspended, as Kueue expects: it unsuspends the Job once its Workload is admitted.
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
             "namespace": meta["namespace"],
-            "labels": labels,
-            "annotations": {ANN_RUN_ID: str(request.get("run_id", "")), ANN_OUTPUT: str(request.get("output_prefix", ""))},
+            "labels": job_labels,
+            "annotations": {
+                **cfg.jobAnnotations,
+                ANN_RUN_ID: str(request.get("run_id", "")),
+                ANN_OUTPUT: str(request.get("output_prefix", "")),
+            },
             "ownerReferences": [owner_reference(round_obj)],
         },
         "spec": job_spec,
@@ -181,8 +248,12 @@ def training_job(
 
 
 def job_outcome(job: dict[str, Any]) -> tuple[str, str, str]:
-    """("Running" | "Succeeded" | "Failed", reason, message) from a Job's status conditions."""
+    """("Queued" | "Running" | "Succeeded" | "Failed", reason, message) from a Job's spec and status.
+
+    Queued: the Job is suspended (``spec.suspend``, or the job controller's ``Suspended`` condition
+    while it tears pods down) — waiting for admission by Kueue, or preempted and waiting again."""
     status = job.get("status") or {}
+    suspended: dict[str, Any] | None = None
     for c in status.get("conditions") or []:
         if c.get("status") != "True":
             continue
@@ -190,8 +261,13 @@ def job_outcome(job: dict[str, Any]) -> tuple[str, str, str]:
             return "Succeeded", c.get("reason") or "Completed", c.get("message") or ""
         if c.get("type") == "Failed":
             return "Failed", c.get("reason") or "JobFailed", c.get("message") or ""
+        if c.get("type") == "Suspended":
+            suspended = c
     if status.get("succeeded") and not status.get("active") and not (job.get("spec") or {}).get("completions", 1) > status["succeeded"]:
         return "Succeeded", "Completed", ""
+    if (job.get("spec") or {}).get("suspend") or suspended is not None:
+        c = suspended or {}
+        return "Queued", c.get("reason") or "JobSuspended", c.get("message") or ""
     return "Running", "", ""
 
 

@@ -399,22 +399,44 @@ class RoundReconciler:
             if result is not None:
                 return await self._train_done(result, f"result of run {request.get('run_id')} already in storage")
             await kube.create("v1", "configmaps", self.ns, jobs_.request_configmap(obj, request))
+            # The work directory first: it outlives this Job (a re-created Job resumes from it).
+            claim = jobs_.work_claim(obj, lr.spec, cfg.trainer)
+            if claim is not None:
+                _, claimed = await kube.create("v1", "persistentvolumeclaims", self.ns, claim)
+                if claimed:
+                    await self.event("Normal", "WorkVolumeCreated", f"trainer work volume {claim['metadata']['name']} created "
+                                     f"({claim['spec']['resources']['requests']['storage']})")
             body = jobs_.training_job(obj, lr.spec, request, cfg.trainer)
             job, created = await kube.create("batch/v1", "jobs", self.ns, body)
-            start_stage(self.status, "train")
-            st.message = f"job {name}"
-            self.status.progress = "train: job created"
+            if jobs_.job_outcome(job)[0] == "Queued":
+                self._queued(name, job)
+            else:
+                start_stage(self.status, "train")
+                self.status.progress = "train: job created"
+                st.message = f"job {name}"
             await self.write()
             if created:
                 self.rt.metrics.jobs.labels("created").inc()
                 gpus = lr.spec.training.gpus
-                await self.event("Normal", "JobCreated", f"training Job {name} created ({gpus} x {cfg.trainer.gpuResource})" if gpus else f"training Job {name} created (CPU)")
+                queue = jobs_.queue_name(lr.spec, cfg.trainer)
+                await self.event("Normal", "JobCreated", (f"training Job {name} created ({gpus} x {cfg.trainer.gpuResource})" if gpus else f"training Job {name} created (CPU)")
+                                 + (f", queued in Kueue LocalQueue {queue!r}" if queue else ""))
             return cfg.pollSeconds
 
         outcome, reason, message = jobs_.job_outcome(job)
+        if outcome == "Queued":
+            was = st.state
+            self._queued(name, job)
+            await self.write()
+            if was != "Queued":
+                await self.event("Normal", "JobQueued", self.status.stage("train").message)
+            return cfg.pollSeconds
         if outcome == "Running":
             js = job.get("status") or {}
+            admitted = st.state == "Queued"
             start_stage(self.status, "train")  # no-op when already Running (e.g. after a restart)
+            if admitted:
+                await self.event("Normal", "JobAdmitted", f"training Job {name} is no longer suspended; training")
             progress = f"train: {js.get('active', 0)} active, {js.get('failed', 0)} failed pods"
             if time.monotonic() - self._last_pod_check > cfg.pollSeconds * 2 and not js.get("ready"):
                 self._last_pod_check = time.monotonic()
@@ -446,6 +468,17 @@ class RoundReconciler:
         await self.write()
         await self._finished()
         return None
+
+    def _queued(self, name: str, job: dict[str, Any]) -> None:
+        """A suspended Job: waiting for admission (Kueue), or preempted and waiting again. Not running."""
+        st = self.status.stage("train")
+        queue = ((job.get("metadata") or {}).get("labels") or {}).get(jobs_.LABEL_KUEUE_QUEUE, "")
+        where = f"admission by Kueue LocalQueue {queue!r}" if queue else "the Job to be resumed (spec.suspend)"
+        again = " again (preempted or evicted; it resumes from its last checkpoint)" if st.startedAt else ""
+        st.state = "Queued"
+        st.message = f"job {name} is suspended, waiting for {where}{again}"
+        self.status.progress = "train: queued"
+        self.status.set_condition("Ready", False, "Queued", st.message)
 
     async def _train_done(self, result: dict[str, Any], note: str) -> float | None:
         try:

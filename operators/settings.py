@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from looptool.shared.config import ConfigError, format_validation_error
+from looptool.shared.loop.manifest import QUANTITY_PATTERN, check_label_value
+
+
+# The Kubernetes `restricted` Pod Security Standard, satisfied by default (the image runs as uid 1000).
+# fsGroup makes the work volume writable; OnRootMismatch skips a recursive chown of large checkpoints.
+def _restricted_pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _restricted_container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+class WorkVolumeSettings(BaseModel):
+    """The trainer's work directory (checkpoints, model cache): a PersistentVolumeClaim per round, owned by
+    the LoopRound, so a retried or preempted Job resumes from its last checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+    persistent: bool = Field(
+        True, description="false = an emptyDir (CPU demo clusters without a default StorageClass; a retry starts over)"
+    )
+    storageClassName: str = Field("", description="StorageClass of the claim (empty = the cluster default)")
+    size: str = Field("200Gi", min_length=1, pattern=QUANTITY_PATTERN, description="requested size (spec.resources.workVolumeSize overrides)")
+    accessModes: list[Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]] = Field(
+        default_factory=lambda: ["ReadWriteOnce"], min_length=1
+    )
 
 
 class TrainerJobSettings(BaseModel):
@@ -45,6 +78,22 @@ class TrainerJobSettings(BaseModel):
     env: list[dict[str, Any]] = Field(default_factory=list, description="extra container env entries")
     podLabels: dict[str, str] = Field(default_factory=dict)
     podAnnotations: dict[str, str] = Field(default_factory=dict)
+    jobLabels: dict[str, str] = Field(default_factory=dict, description="extra labels on the Job object")
+    jobAnnotations: dict[str, str] = Field(default_factory=dict, description="extra annotations on the Job object")
+    queueName: str = Field(
+        "", description="Kueue LocalQueue for every trainer Job (label kueue.x-k8s.io/queue-name); spec.training.queueName overrides"
+    )
+    _queue_name = field_validator("queueName", mode="before")(check_label_value)
+    podSecurityContext: dict[str, Any] = Field(
+        default_factory=_restricted_pod_security_context, description="pod securityContext (default: Pod Security `restricted`)"
+    )
+    securityContext: dict[str, Any] = Field(
+        default_factory=_restricted_container_security_context, description="trainer container securityContext"
+    )
+    terminationGracePeriodSeconds: int = Field(
+        600, ge=0, description="time between SIGTERM and SIGKILL: the trainer stops at a step boundary and saves a checkpoint"
+    )
+    workVolume: WorkVolumeSettings = Field(default_factory=WorkVolumeSettings)
 
 
 class OperatorSettings(BaseModel):

@@ -174,6 +174,7 @@ RESOURCES = {
     "batch/v1/jobs": dict(kind="Job", namespaced=True, subresources={"status"},
                           verbs={"create", "delete", "get", "list", "patch", "update", "watch"}),
     "v1/configmaps": dict(kind="ConfigMap", namespaced=True, verbs={"create", "delete", "get", "list", "patch", "watch"}),
+    "v1/persistentvolumeclaims": dict(kind="PersistentVolumeClaim", namespaced=True, verbs={"create", "delete", "get", "list", "patch", "watch"}),
     "v1/events": dict(kind="Event", namespaced=True, verbs={"create", "get", "list", "watch"}),
     "v1/pods": dict(kind="Pod", namespaced=True, subresources={"status"}, verbs={"get", "list", "watch"}),
     "v1/namespaces": dict(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}),

@@ -320,16 +320,16 @@ def test_data_stage_failure_is_retried_then_fails_the_round(api, executor):
 def test_training_job_manifest_is_valid_kubernetes():
     import kubernetes_validate
 
-    from looptool.operators.jobs import request_configmap, training_job
+    from looptool.operators.jobs import request_configmap, training_job, work_claim
     from looptool.shared.loop.manifest import parse_round
 
-    obj = loopround("r7")
+    obj = loopround("r7", training={"backend": "verl", "gpus": 4, "queueName": "team-a"})
     obj["metadata"].update(namespace="default", uid="5f0c4e1a-0000-4000-8000-000000000001")
     spec = parse_round(obj).spec
     cfg = TrainerJobSettings(s3Secret="looptool-minio", configMap="looptool-config", activeDeadlineSeconds=86400,
                              priorityClassName="training", imagePullSecrets=["regcred"])
     req = {"run_id": "r7-abc", "output_prefix": "s3://looptool/runs/r7/train-abc"}
-    for manifest in (training_job(obj, spec, req, cfg), request_configmap(obj, req)):
+    for manifest in (training_job(obj, spec, req, cfg), request_configmap(obj, req), work_claim(obj, spec, cfg)):
         kubernetes_validate.validate(manifest, "1.37.0", strict=True)
     job = training_job(obj, spec, req, cfg)
     assert len(job["metadata"]["name"]) <= 63
@@ -340,6 +340,7 @@ def test_training_job_manifest_is_valid_kubernetes():
     assert command[:3] == ["python", "-m", "looptool.services.trainer.job"]
     args = build_parser().parse_args(command[3:])
     assert (args.request, args.config, args.metrics_port) == ("/etc/looptool/request/request.json", "/etc/looptool/config/config.yaml", 9105)
+    assert args.workdir == "/var/lib/looptool/work"
     cpu_only = training_job(obj, parse_round(loopround("r8", training={"backend": "cpu", "gpus": 0})).spec, req, cfg)
     res = cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert "nvidia.com/gpu" not in res["requests"] and "tolerations" in cpu_only["spec"]["template"]["spec"]  # user's only
@@ -396,3 +397,147 @@ def test_trainer_result_json_is_recorded_like_the_trainer_service_does():
     assert st.checkpointUri == result["checkpoint_uri"] == st.stages["train"].checkpointUri
     assert st.stages["train"].metrics["reward_step_3"] == 0.62 and "note" not in st.stages["train"].metrics
     assert st.stages["train"].counts == {"examples": 120, "grpo_steps": 3}
+
+
+# ------------------------------------------------------------------------------------------------ durable, admissible Jobs
+
+PVCS = ("v1", "persistentvolumeclaims")
+
+
+def claims_of(api: FakeKubeApi, name: str) -> list[dict[str, Any]]:
+    return [c for c in api.list(*PVCS) if (c["metadata"].get("labels") or {}).get("looptool.io/round") == name]
+
+
+def test_work_volume_claim_is_created_once_owned_by_the_round_and_survives_a_new_job(api, executor):
+    settings = TrainerJobSettings(workVolume={"storageClassName": "premium-rwo", "size": "300Gi"})
+    with operator(api, executor, trainer=settings):
+        created = api.create(*LR, loopround("w1", resources={"workVolumeSize": "500Gi"}))
+        job = wait_for(lambda: jobs_of(api, "w1"), what="training Job")[0]
+        (claim,) = claims_of(api, "w1")
+    uid = created["metadata"]["uid"]
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "premium-rwo",
+                             "resources": {"requests": {"storage": "500Gi"}}}  # the round's size wins
+    pod = job["spec"]["template"]["spec"]
+    work = next(v for v in pod["volumes"] if v["name"] == "work")
+    assert work == {"name": "work", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    (container,) = pod["containers"]
+    assert {"name": "work", "mountPath": "/var/lib/looptool/work"} in container["volumeMounts"]
+    assert container["command"][container["command"].index("--workdir") + 1] == "/var/lib/looptool/work"
+    assert pod["terminationGracePeriodSeconds"] == 600
+    assert api.creates["persistentvolumeclaims"] == 1
+    assert any(r == "WorkVolumeCreated" for _, r, _ in events(api, "w1"))
+
+    # Operator restart: nothing new. Then the Job disappears mid-training (deleted by hand, TTL): the
+    # re-created Job mounts the same claim, so the trainer resumes from the checkpoints in it.
+    with operator(api, executor, trainer=settings):
+        time.sleep(1.0)
+        assert api.creates["persistentvolumeclaims"] == 1 and job_creations(api) == 1
+        api.delete(*JOBS, job["metadata"]["name"])
+        wait_for(lambda: job_creations(api) == 2 and jobs_of(api, "w1"), what="the Job re-created")
+        (again,) = claims_of(api, "w1")
+        assert again["metadata"]["uid"] == claim["metadata"]["uid"]
+        rejob = jobs_of(api, "w1")[0]
+        assert {"name": "work", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in rejob["spec"]["template"]["spec"]["volumes"]
+        # Deleting the round removes the claim with the Job (ownerReferences; the finalizer does it at once).
+        api.delete(*LR, "w1")
+        wait_for(lambda: api.get(*LR, "w1") is None, what="round gone")
+        assert not claims_of(api, "w1") and not jobs_of(api, "w1")
+
+
+def test_emptydir_work_volume_when_persistence_is_off(api, executor):
+    with operator(api, executor, trainer=TrainerJobSettings(workVolume={"persistent": False})):
+        api.create(*LR, loopround("w2"))
+        job = wait_for(lambda: jobs_of(api, "w2"), what="training Job")[0]
+    assert not api.list(*PVCS) and api.creates["persistentvolumeclaims"] == 0
+    assert {"name": "work", "emptyDir": {}} in job["spec"]["template"]["spec"]["volumes"]
+
+
+def test_queued_job_is_reported_as_queued_until_kueue_admits_it(api, executor):
+    with operator(api, executor, trainer=TrainerJobSettings(queueName="cluster-default")):
+        api.create(*LR, loopround("q1", training={"backend": "verl", "gpus": 4, "queueName": "team-a"}))
+        job = wait_for(lambda: jobs_of(api, "q1"), what="training Job")[0]
+        name = job["metadata"]["name"]
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"  # the round's queue wins
+        assert job["spec"]["suspend"] is True  # Kueue unsuspends it on admission
+        # What the job controller reports for a suspended Job.
+        api.patch(*JOBS, name, {"status": {"conditions": [
+            {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended"}]}}, sub="status")
+        st = wait_for(lambda: status(api, "q1") if status(api, "q1").get("stages", {}).get("train", {}).get("state") == "Queued" else None,
+                      what="queued")
+        assert any(r == "JobCreated" and "queued in Kueue LocalQueue 'team-a'" in m for _, r, m in events(api, "q1"))
+        assert st["phase"] == "Training" and st["stages"]["train"]["state"] == "Queued"
+        assert st["progress"] == "train: queued"
+        ready = condition(st, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "Queued")
+        assert "'team-a'" in ready["message"] and name in ready["message"]
+        assert not st["stages"]["train"]["startedAt"]
+
+        # Kueue admits the Workload: it unsuspends the Job; the job controller flips the condition.
+        api.patch(*JOBS, name, {"spec": {"suspend": False}})
+        api.patch(*JOBS, name, {"status": {"active": 1, "conditions": [
+            {"type": "Suspended", "status": "False", "reason": "JobResumed", "message": "Job resumed"}]}}, sub="status")
+        st = wait_for(lambda: status(api, "q1") if status(api, "q1")["stages"]["train"]["state"] == "Running" else None, what="Running")
+        assert condition(st, "Ready")["reason"] == "InProgress" and st["stages"]["train"]["startedAt"]
+        wait_for(lambda: any(r == "JobAdmitted" for _, r, _ in events(api, "q1")), what="JobAdmitted")
+
+        # Preempted by Kueue: suspended again -> queued again, not failed and not running.
+        api.patch(*JOBS, name, {"spec": {"suspend": True}})
+        st = wait_for(lambda: status(api, "q1") if status(api, "q1")["stages"]["train"]["state"] == "Queued" else None, what="queued again")
+        assert "again" in st["stages"]["train"]["message"] and st["phase"] == "Training"
+        wait_for(lambda: any(r == "JobQueued" for _, r, _ in events(api, "q1")), what="JobQueued Event")
+        api.patch(*JOBS, name, {"spec": {"suspend": False}})
+        finish_job(api, jobs_of(api, "q1")[0])
+        wait_for(phase_is(api, "q1", "Succeeded", "Failed"), what="terminal phase")
+    assert status(api, "q1")["phase"] == "Succeeded"
+    assert job_creations(api) == 1
+
+
+def test_operator_default_queue_applies_when_the_round_names_none(api, executor):
+    with operator(api, executor, trainer=TrainerJobSettings(queueName="cluster-default")):
+        api.create(*LR, loopround("q2"))
+        job = wait_for(lambda: jobs_of(api, "q2"), what="training Job")[0]
+        st = wait_for(lambda: status(api, "q2") if status(api, "q2").get("stages", {}).get("train", {}).get("state") == "Queued" else None,
+                      what="queued from creation (spec.suspend)")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "cluster-default"
+    assert condition(st, "Ready")["reason"] == "Queued"
+
+
+def test_invalid_queue_name_is_an_invalid_spec_and_nothing_is_created(executor):
+    bad = loopround("badq", training={"backend": "verl", "gpus": 1, "queueName": "Team A/gpu"})
+    with FakeKubeApi() as strict:  # the CRD schema carries the label-value pattern
+        with pytest.raises(FakeApiError) as err:
+            strict.create(*LR, bad)
+        assert err.value.status == 422 and "spec.training.queueName" in err.value.message
+    with FakeKubeApi(validate_schema=False) as lax, operator(lax, executor):
+        lax.create(*LR, bad)
+        st = wait_for(lambda: status(lax, "badq") if "conditions" in status(lax, "badq") else None, what="InvalidSpec")
+        ready = condition(st, "Ready")
+        assert ready["reason"] == "InvalidSpec" and "spec.training.queueName" in ready["message"]
+        assert "not a valid Kubernetes label value" in ready["message"] and "LocalQueue" in ready["message"]
+        time.sleep(0.5)
+        assert not jobs_of(lax, "badq") and not lax.list(*PVCS) and not lax.list("v1", "configmaps")
+        assert lax.creates["jobs"] == lax.creates["persistentvolumeclaims"] == lax.creates["configmaps"] == 0
+
+
+def test_looptool_run_rejects_an_invalid_queue_name_in_one_line(tmp_path, capsys):
+    import yaml
+
+    from looptool.cli import main
+
+    manifest = loopround("badq", training={"backend": "cpu", "queueName": "-nope-"})
+    path = tmp_path / "round.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    assert main(["run", str(path), "--storage-root", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spec.training.queueName" in err[0] and "'-nope-' is not a valid Kubernetes label value" in err[0]
+
+
+def test_job_outcome_of_suspended_jobs():
+    from looptool.operators.jobs import job_outcome
+
+    assert job_outcome({"spec": {"suspend": True}}) == ("Queued", "JobSuspended", "")
+    assert job_outcome({"spec": {}, "status": {"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended"}]}})[0] == "Queued"
+    assert job_outcome({"spec": {}, "status": {"conditions": [{"type": "Suspended", "status": "False", "reason": "JobResumed"}]}})[0] == "Running"
+    # A finished Job is finished, whatever its suspend flag says.
+    assert job_outcome({"spec": {"suspend": True}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}})[0] == "Failed"

@@ -7,17 +7,33 @@ chart validate the same thing. Field names are camelCase, as Kubernetes users ex
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 API_VERSION = "looptool.io/v1alpha1"
 GROUP = "looptool.io"
 VERSION = "v1alpha1"
 KIND = "LoopRound"
 PLURAL = "looprounds"
+# A Kubernetes label value (what `kueue.x-k8s.io/queue-name` must be): at most 63 characters.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A storage size (Kubernetes quantity), or empty.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?)?$"
+
+
+def check_label_value(value: object) -> object:
+    """Reject a string that cannot be a label value, saying what would be valid (non-strings pass on
+    to the type check)."""
+    if isinstance(value, str) and (len(value) > 63 or not re.fullmatch(LABEL_VALUE_PATTERN, value)):
+        raise ValueError(
+            f"{value!r} is not a valid Kubernetes label value; name a Kueue LocalQueue of the round's namespace: "
+            "at most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )
+    return value
 
 
 class Spec(BaseModel):
@@ -123,6 +139,10 @@ class TrainingSpec(Spec):
     epochs: int = Field(1, ge=1)
     seed: int = 0
     gpus: int = Field(0, ge=0, description="GPUs per training Job (verl)")
+    queueName: str = Field(
+        "", max_length=63, pattern=LABEL_VALUE_PATTERN,
+        description="Kueue LocalQueue of the training Job (label kueue.x-k8s.io/queue-name; empty = the operator's default)",
+    )
     nnodes: int = Field(1, ge=1)
     # --- CPU trainer details (trainer service, issue 5); additive, defaults keep the old behaviour ---
     sftBatchSize: int = Field(16, ge=1, description="SFT sequences per optimizer step")
@@ -141,6 +161,8 @@ class TrainingSpec(Spec):
     tinyLayers: int = Field(4, ge=1, description="builtin:tiny base model: layers")
     tinyVocabSize: int = Field(2048, ge=300, description="builtin:tiny base model: BPE vocabulary size")
     verl: VerlSpec = Field(default_factory=VerlSpec, description="verl backend settings (GPU)")
+
+    _queue_name = field_validator("queueName", mode="before")(check_label_value)
 
 
 class ProbeSpec(Spec):
@@ -191,6 +213,9 @@ class Resources(Spec):
     trainerImage: str = ""
     cpu: str = ""
     memory: str = ""
+    workVolumeSize: str = Field(
+        "", pattern=QUANTITY_PATTERN, description="size of the trainer's work volume claim, e.g. 500Gi (empty = the operator's default)"
+    )
 
 
 class LoopRoundSpec(Spec):

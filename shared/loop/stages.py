@@ -294,7 +294,8 @@ def training_request(ctx: StageContext, status: RoundStatus) -> dict[str, Any]:
     """The JSON a trainer (local service or Kubernetes Job) runs with."""
     syn = status.stage("synthesize")
     data = _ref(syn, "train_parquet")
-    config = ctx.spec.training.model_dump(mode="json")
+    # Where the Job waits (its Kueue queue) is not what it trains: it stays out of the run key.
+    config = ctx.spec.training.model_dump(mode="json", exclude={"queueName"})
     bm = ctx.spec.baseModel
     if bm is not None and bm.builtin == "tiny":
         config.update(
