@@ -99,6 +99,8 @@ def test_operator_rbac_is_least_privilege(default_docs):
     assert ("batch", "jobs", "create") in granted and ("batch", "jobs", "delete") in granted
     assert ("", "events", "create") in granted
     assert {v for g, r, v in granted if r == "pods"} == {"get", "list"}  # pods: read only
+    # each round's trainer work volume: created, found again, cleaned up with the round
+    assert {v for g, r, v in granted if r == "persistentvolumeclaims"} == {"get", "list", "create", "delete"}
     assert not any(r in ("secrets", "namespaces", "customresourcedefinitions", "nodes") for _, r, _ in granted)
     assert not any(v in ("escalate", "bind", "impersonate") for _, _, v in granted)
     binding = by_kind(default_docs, "RoleBinding")["lt-looptool-operator"]
@@ -146,7 +148,9 @@ def test_existing_secret_is_used_and_external_s3_requires_one():
 
 def test_values_schema_rejects_bad_values():
     for bad in ("services.inference.port=notaport", "operator.stageRetries=-1", "minio.rootPassword=short",
-                "training.backoffLimit=-2", "image.pullPolicy=Sometimes"):
+                "training.backoffLimit=-2", "image.pullPolicy=Sometimes", "training.queueName=team a",
+                "training.workVolume.size=lots", "training.workVolume.accessModes={ReadOnlyMany}",
+                "training.terminationGracePeriodSeconds=-1"):
         proc = render("--set", bad, check=False)
         assert proc.returncode != 0, bad
     proc = render("--set", "services.inference.prot=1", check=False)  # typo'd key
@@ -186,3 +190,23 @@ def test_crd_ships_in_crds_dir(monitored_docs):
     crds = by_kind(monitored_docs, "CustomResourceDefinition")
     assert crds["looprounds.looptool.io"] == crd.build_crd()
     assert crds["loopplans.looptool.io"] == crd.build_plan_crd()
+
+
+def test_trainer_job_settings_from_values(default_docs):
+    def trainer(docs):
+        return OperatorSettings.model_validate(yaml.safe_load(by_kind(docs, "ConfigMap")["lt-looptool-operator"]["data"]["operator.yaml"])).trainer
+
+    values = yaml.safe_load((Path(CHART) / "values.yaml").read_text())
+    t = trainer(default_docs)
+    # Trainer pods get the chart-wide security contexts unless training.* overrides them.
+    assert t.podSecurityContext == values["podSecurityContext"] and t.securityContext == values["securityContext"]
+    assert t.workVolume.persistent and t.workVolume.size == "200Gi" and t.workVolume.accessModes == ["ReadWriteOnce"]
+    assert t.terminationGracePeriodSeconds == 600 and t.queueName == ""
+    t = trainer(render("--set", "training.queueName=gpu-queue", "--set", "training.workVolume.persistent=false",
+                       "--set", "training.workVolume.storageClassName=fast", "--set", "training.terminationGracePeriodSeconds=900",
+                       "--set", "training.jobLabels.team=nlp", "--set", "training.podLabels.team=nlp",
+                       "--set", "training.jobAnnotations.owner=me", "--set", "training.securityContext.readOnlyRootFilesystem=true"))
+    assert (t.queueName, t.workVolume.persistent, t.workVolume.storageClassName, t.terminationGracePeriodSeconds) == ("gpu-queue", False, "fast", 900)
+    assert t.jobLabels == {"team": "nlp"} and t.jobAnnotations == {"owner": "me"}
+    assert t.podLabels == {"app.kubernetes.io/instance": "lt", "app.kubernetes.io/part-of": "looptool", "team": "nlp"}
+    assert t.securityContext == {**values["securityContext"], "readOnlyRootFilesystem": True}  # merged over the defaults

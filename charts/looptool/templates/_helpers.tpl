@@ -130,6 +130,10 @@ app.kubernetes.io/part-of: looptool
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "create", "delete"]
+# Each round's trainer work volume (checkpoints survive Job retries), owned by the LoopRound.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "create", "delete"]
 # Trainer pods: read only, to explain why a Job is stuck or failed.
 - apiGroups: [""]
   resources: ["pods"]
