@@ -210,3 +210,16 @@ def test_trainer_job_settings_from_values(default_docs):
     assert t.jobLabels == {"team": "nlp"} and t.jobAnnotations == {"owner": "me"}
     assert t.podLabels == {"app.kubernetes.io/instance": "lt", "app.kubernetes.io/part-of": "looptool", "team": "nlp"}
     assert t.securityContext == {**values["securityContext"], "readOnlyRootFilesystem": True}  # merged over the defaults
+
+
+def test_the_docs_gpu_values_render(tmp_path):
+    # docs/kubernetes.md section 3: the values-gpu.yaml a user copies must pass the values schema.
+    import re
+
+    doc = (Path(CHART).parent.parent / "docs" / "kubernetes.md").read_text()
+    block = re.search(r"```yaml\n(# values-gpu\.yaml\n.*?)```", doc, re.S)
+    assert block, "docs/kubernetes.md lost its values-gpu.yaml example"
+    values = tmp_path / "values-gpu.yaml"
+    values.write_text(block.group(1))
+    settings = OperatorSettings.model_validate(yaml.safe_load(by_kind(render("-f", str(values)), "ConfigMap")["lt-looptool-operator"]["data"]["operator.yaml"]))
+    assert settings.trainer.workVolume.size == "500Gi" and settings.trainer.workVolume.storageClassName == "premium-rwo"
