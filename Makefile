@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/looptool/v1/*.proto)
 
-.PHONY: setup proto proto-check crd demo test test-fast bench lint clean
+.PHONY: setup proto proto-check crd demo test test-fast bench lint clean lock
 
 $(STAMP): pyproject.toml locks/cpu.txt .ci/system-deps.sh
 	bash .ci/system-deps.sh
@@ -42,6 +42,13 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Exact GPU locks (locks/gpu-inference.txt, locks/gpu-trainer.txt) from pyproject's ranges with uv's
+# resolver, in a tools venv of its own (needs PyPI). The CPU lock is `pip freeze` of $(VENV).
+LOCK_VENV := build/lock-venv
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv==0.13.8 "packaging>=24"; }
+	$(LOCK_VENV)/bin/python locks/lock.py --uv $(LOCK_VENV)/bin/uv
 
 clean:
 	rm -rf $(VENV) .looptool build *.egg-info

@@ -78,7 +78,7 @@ def data_dir() -> Path:
 
     spec = importlib.util.find_spec("bfcl_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("bfcl-eval is not installed; `pip install bfcl-eval` (pinned in locks/cpu.txt)")
+        raise RuntimeError("bfcl-eval is not installed; install the `bfcl` extra: `pip install -c locks/cpu.txt 'looptool[bfcl]'`")
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
