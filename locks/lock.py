@@ -54,13 +54,16 @@ class LockSet:
     extra: str  # pyproject extra installed on top of the runtime dependencies
     python: str  # the image's Python
     image: str  # the official image the lock is installed into (its torch must equal the lock's)
-    image_vllm: str  # the vLLM release that image ships
+    image_vllm: str  # the vLLM and torch releases that image ships
+    image_torch: str
     paired_with_verl: bool = False
 
 
 SETS = (
-    LockSet("gpu-inference", "inference-gpu", "3.12", "vllm/vllm-openai:v0.33.0", "0.33.0"),
-    LockSet("gpu-trainer", "trainer-gpu", "3.12", "verlai/verl:vllm024.dev2", "0.24.0", paired_with_verl=True),
+    # vLLM 0.33.0 requires torch==2.14.0; its image installs exactly that.
+    LockSet("gpu-inference", "inference-gpu", "3.12", "vllm/vllm-openai:v0.33.0", "0.33.0", "2.14.0"),
+    # verl's docker/Dockerfile.stable.vllm (target vllm024.dev2): vllm 0.24.0, torch 2.11.0 (cu130).
+    LockSet("gpu-trainer", "trainer-gpu", "3.12", "verlai/verl:vllm024.dev2", "0.24.0", "2.11.0", paired_with_verl=True),
 )
 
 
@@ -212,9 +215,12 @@ def explain_conflict(set_name: str, stderr: str) -> str:
     clauses = [c.strip() for c in re.split(r" and (?=[A-Za-z])", premise)]
     said: list[str] = []
     for c in clauses:
-        c = c.replace("depends on one of: ", "needs one of ").replace(" depends on ", " needs ")
-        c = re.sub(r"^you require ", "the lock input requires ", c)
-        said.append(c)
+        if m1 := re.fullmatch(r"(.*?) depends on one of: (.*)", c):
+            c = f"{m1.group(1)} needs {' or '.join(m1.group(2).split())}"
+        elif re.fullmatch(_SPEC, c):
+            c = f"{c} is required"  # a constraint, stated bare by uv
+        c = c.replace(" depends on ", " needs ")
+        said.append(re.sub(r"^you require ", "the lock input requires ", c))
     names = _names(premise + " " + re.sub(r"\{[^}]*\}", "", conclusion))
     return f"{set_name}: no solution; conflicting packages: {', '.join(names)} ({'; '.join(said)})"
 
@@ -272,7 +278,10 @@ def uv_compile(uv: str, s: LockSet, constraint_file: Path | None, index_url: str
     if constraint_file is not None:
         cmd += ["-c", str(constraint_file.relative_to(ROOT))]
     cmd += ["-o", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_uv_env())
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_uv_env())
+    except FileNotFoundError:
+        raise LockError(f"uv not found at {uv!r}: run `make lock` (it installs uv into build/lock-venv)") from None
     if proc.returncode != 0:
         if verbose:
             sys.stderr.write(proc.stderr)
@@ -289,10 +298,11 @@ def _uv_env() -> dict[str, str]:
 
 
 def check_image(s: LockSet, pins: dict[str, str]) -> None:
-    got = pins.get("vllm")
-    if got != s.image_vllm:
-        raise LockError(f"{s.name}: the lock pins vllm {got} but {s.image} ships {s.image_vllm}: "
-                        f"update SETS in locks/lock.py (image and image_vllm) to the matching image")
+    """The lock must install into its image without replacing the image's vLLM or torch."""
+    for name, shipped in (("vllm", s.image_vllm), ("torch", s.image_torch)):
+        if pins.get(name) != shipped:
+            raise LockError(f"{s.name}: the lock pins {name} {pins.get(name)} but {s.image} ships {shipped}: "
+                            f"update SETS in locks/lock.py to the image of the locked release")
 
 
 def lock_one(uv: str, s: LockSet, index_url: str, verbose: bool = False) -> None:
