@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("looptool.commands.eval", "evaluate a model on BFCL AST categories and held-out synthesized data"),
     "tools": ("looptool.commands.tools", "import, validate and list toolsets"),
     "data": ("looptool.commands.data", "inspect, verify, convert and diff datasets"),
+    "model": ("looptool.commands.model", "import model directories into storage (local or S3) and list stored models"),
 }
 
 

@@ -24,6 +24,10 @@ ProgressFn = Callable[[Progress], None]
 
 
 class StageExecutor(Protocol):
+    def check_models(self, round: LoopRound) -> None:
+        """Before the round starts: raise ``ModelNotFound`` unless the models it loads exist
+        (``shared.loop.preflight.check_round_models``), ``StorageError`` if that cannot be checked."""
+
     def run_data_stage(
         self, phase: Phase, round: LoopRound, status: RoundStatus, previous: RoundStatus | None, on_progress: ProgressFn
     ) -> None:
@@ -58,6 +62,11 @@ class ServiceExecutor:
 
         base = round.spec.storage or self.config.storage.base_uri()
         return StageContext(round=round, config=self.config, addresses=self._addresses(), base_uri=base, previous=previous)
+
+    def check_models(self, round: LoopRound) -> None:
+        from looptool.shared.loop.preflight import check_round_models
+
+        check_round_models(round, self.config, local_paths=False)
 
     def run_data_stage(self, phase, round, status, previous, on_progress) -> None:
         from looptool.shared.loop.stages import run_data_stage

@@ -28,6 +28,7 @@ from looptool.operators.kube import Kube, KubeError
 from looptool.operators.metrics import OperatorMetrics
 from looptool.operators.settings import OperatorSettings
 from looptool.shared.loop.manifest import LoopRound, ManifestError, parse_round
+from looptool.shared.models import ModelNotFound
 from looptool.shared.loop.state import (
     STAGE_OF,
     TERMINAL,
@@ -39,6 +40,7 @@ from looptool.shared.loop.state import (
     start_stage,
 )
 from looptool.shared.records import Progress
+from looptool.shared.storage.base import StorageError
 
 log = logging.getLogger("looptool.operator")
 
@@ -150,6 +152,7 @@ class RoundReconciler:
         self._progress: Progress | None = None
         self._attempts: dict[str, int] = {}
         self._last_invalid = ""
+        self._last_model_problem = ""
         self._last_pod_check = 0.0
         self._stopped: Any = None
 
@@ -248,6 +251,9 @@ class RoundReconciler:
 
         phase = self.status.phase
         if phase == Phase.PENDING:
+            blocked = await self._check_models(lr)
+            if blocked is not None:
+                return blocked
             begin(self.status)
             self.status.set_condition("Ready", False, "InProgress", "round started")
             self.status.progress = "starting"
@@ -270,6 +276,31 @@ class RoundReconciler:
             self.rt.metrics.invalid.inc()
             await self.event("Warning", "InvalidSpec", message)
         return IDLE  # an update of the spec wakes us
+
+    async def _check_models(self, lr: LoopRound) -> float | None:
+        """Before the round starts: the models it loads exist (``shared/loop/preflight``, run by the
+        executor, which holds the storage settings). Until they do nothing is created and no stage
+        runs; the check is repeated every ``pollSeconds``, so importing the model is the whole fix."""
+        try:
+            await self._in_thread(lambda: self.rt.executor.check_models(lr))
+        except ModelNotFound as exc:
+            reason, message = "ModelNotFound", str(exc)
+        except StorageError as exc:
+            reason, message = "ModelCheckFailed", f"LoopRound {lr.name}: cannot check its models: {str(exc).splitlines()[0]}"
+        else:
+            self.status.set_condition("ModelsFound", True, "Found", "")
+            if self.status.reason in ("ModelNotFound", "ModelCheckFailed"):
+                self.status.reason = self.status.message = ""
+            self._last_model_problem = ""
+            return None
+        self.status.set_condition("ModelsFound", False, reason, message)
+        self.status.set_condition("Ready", False, reason, message)
+        self.status.reason, self.status.message = reason, message
+        await self.write()
+        if message != self._last_model_problem:
+            self._last_model_problem = message
+            await self.event("Warning", reason, message)
+        return self.rt.settings.pollSeconds
 
     async def _previous(self, prev_name: str) -> RoundStatus | None:
         prev = await self.rt.kube.get_round(self.ns, prev_name)

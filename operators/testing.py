@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from looptool.operators.executor import read_result_json
+from looptool.shared.config import LoopToolConfig
 from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.preflight import check_round_models
 from looptool.shared.loop.state import STAGE_OF, Phase, RoundStatus
 from looptool.shared.records import DatasetRef, Progress
 from looptool.shared.storage import LocalStore, dataset_exists, open_dataset_at
@@ -43,8 +45,11 @@ class TestStageExecutor:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, root: str | Path, records: int = 8, stage_delay: float = 0.0):
+    def __init__(self, root: str | Path, records: int = 8, stage_delay: float = 0.0, model_config: LoopToolConfig | None = None):
         self.root = Path(root)
+        # Models are checked like ServiceExecutor does only against a config a test gives (its S3
+        # server); the fake cluster has no object storage of its own.
+        self.model_config = model_config
         self.store = LocalStore(self.root)
         self.records = records
         self.stage_delay = stage_delay  # seconds per stage (to catch a stage mid-flight)
@@ -52,6 +57,10 @@ class TestStageExecutor:
         self.fail: dict[str, tuple[str, str]] = {}  # stage -> (reason, message): raise every time
         self.gates: dict[str, threading.Event] = {}  # stage -> block until set
         self._lock = threading.Lock()
+
+    def check_models(self, round: LoopRound) -> None:
+        if self.model_config is not None:
+            check_round_models(round, self.model_config, local_paths=False)
 
     def base(self, round: LoopRound) -> str:
         return f"runs/{round.metadata.namespace}/{round.name}"

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from looptool.services.inference.backends import make_backend
 
-        gen = make_backend(args.cfg.inference, model_uri=args.model)
+        gen = make_backend(args.cfg.inference, model_uri=args.model, s3=args.cfg.storage.s3)
     heldout = None
     if args.heldout:
         from looptool.shared.storage import open_dataset

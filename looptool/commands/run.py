@@ -79,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
                     f"round {prev!r} {'does not exist' if st is None else 'is ' + st.phase.value}",
                     "run it first or fix the name",
                 )
+    # The models each unfinished round loads exist (base, judge): checked before any service starts.
+    from looptool.shared.loop.preflight import check_round_models
+    from looptool.shared.loop.runner import spec_hash
+
+    for r in rounds:
+        st, saved_hash = (None, "") if args.fresh else statuses.load(r.name)
+        if st is None or st.phase != Phase.SUCCEEDED or saved_hash != spec_hash(r):
+            check_round_models(r, cfg, local_paths=True)
     if args.fresh:
         from looptool.shared.storage import split_uri
 

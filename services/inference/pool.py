@@ -12,15 +12,16 @@ import contextlib
 import threading
 from typing import Iterator
 
-from looptool.shared.config import InferenceSettings
+from looptool.shared.config import InferenceSettings, S3Settings
 
 from .backends import Backend, make_backend
 from .backends.base import log
 
 
 class ModelPool:
-    def __init__(self, settings: InferenceSettings, size: int = 2):
+    def __init__(self, settings: InferenceSettings, size: int = 2, s3: S3Settings | None = None):
         self.settings = settings
+        self.s3 = s3  # storage settings for s3:// model URIs
         self.size = max(1, size)
         self._models: collections.OrderedDict[str, Backend] = collections.OrderedDict()
         self._leases: dict[int, int] = {}  # id(backend) -> active leases
@@ -69,7 +70,7 @@ class ModelPool:
                 with self._lock:  # one engine per GPU: switching models replaces the engine
                     evicted = self._pop_oldest(len(self._models))
                 self._close(evicted)
-            backend = make_backend(self.settings, key)
+            backend = make_backend(self.settings, key, self.s3)
             with self._lock:
                 self._models[key] = backend
                 if _lease:

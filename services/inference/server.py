@@ -121,8 +121,8 @@ def response_to_pb(res: GenResult, model: str) -> inference_pb2.GenerateResponse
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, cfg: LoopToolConfig, pool: ModelPool | None = None, judge_pool: ModelPool | None = None):
         self.cfg = cfg
-        self.pool = pool or ModelPool(cfg.inference, size=2)
-        self.judge_pool = judge_pool or (ModelPool(cfg.judge, size=1) if cfg.judge is not None else None)
+        self.pool = pool or ModelPool(cfg.inference, size=2, s3=cfg.storage.s3)
+        self.judge_pool = judge_pool or (ModelPool(cfg.judge, size=1, s3=cfg.storage.s3) if cfg.judge is not None else None)
 
     # -- helpers ------------------------------------------------------------------------------
 

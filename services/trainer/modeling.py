@@ -21,7 +21,8 @@ from looptool.shared.errors import InputError
 from looptool.shared.loop.manifest import TrainingSpec
 from looptool.shared.records import canonical_json
 from looptool.shared.storage import split_uri
-from looptool.shared.storage.artifacts import ARTIFACT_MANIFEST, artifact_exists, fetch_dir
+from looptool.shared.models import ModelNotFound, check_model_uri, resolve_model_dir
+from looptool.shared.storage.artifacts import ARTIFACT_MANIFEST
 from looptool.shared.storage.base import StorageError
 from looptool.shared.tiny_model import TinyModelSpec
 
@@ -88,13 +89,13 @@ def check_base(uri: str, spec: TrainingSpec, s3=None) -> str:
         return canonical_json({"builtin": tiny.__dict__})
     if uri.startswith("s3://"):
         try:
+            check_model_uri(uri, s3, purpose="train")
             store, key = split_uri(uri, s3)
-            ok = artifact_exists(store, key)
-            ident = hashlib.sha256(store.get_bytes(f"{key.strip('/')}/{ARTIFACT_MANIFEST}")).hexdigest() if ok else ""
+            ident = hashlib.sha256(store.get_bytes(f"{key.strip('/')}/{ARTIFACT_MANIFEST}")).hexdigest()
+        except ModelNotFound as exc:
+            raise InputError("base_checkpoint_uri", str(exc)) from None
         except StorageError as exc:
             raise InputError("base_checkpoint_uri", f"{uri}: {str(exc).splitlines()[0]}", _FIX) from None
-        if not ok:
-            raise InputError("base_checkpoint_uri", f"{uri} does not exist (no committed model artifact there)", _FIX)
         return ident
     if uri.startswith("file://"):
         store, key = split_uri(uri)
@@ -111,14 +112,9 @@ def check_base(uri: str, spec: TrainingSpec, s3=None) -> str:
 
 
 def resolve_base(uri: str, cache_root: str | os.PathLike[str], s3=None) -> Path:
-    """A checked (non-builtin) base URI → a local model directory (fetching artifacts)."""
-    if uri.startswith(("s3://", "file://")):
-        store, key = split_uri(uri, s3)
-        if artifact_exists(store, key):
-            return fetch_dir(store, key, cache_root)
-        return Path("/", key)
-    p = Path(uri)
-    return p / "files" if (p / ARTIFACT_MANIFEST).exists() else p
+    """A checked (non-builtin) base URI → a local model directory (fetching artifacts). An s3:// URI
+    stays in S3: without a committed model there it is ModelNotFound naming the URI and the fix."""
+    return resolve_model_dir(uri, cache_root, s3)
 
 
 def quiet_transformers() -> None:

@@ -1,9 +1,10 @@
 """Directory artifacts (model checkpoints) in object storage, committed by a manifest written last.
 
 ``upload_dir`` copies every file under a local directory to ``<prefix>/files/...`` and then writes
-``<prefix>/_artifact.json`` listing them with sizes and sha256; readers require the manifest, so a
-half-uploaded checkpoint is never used. ``fetch_dir`` downloads (or, for local storage, verifies and
-links to) a committed artifact.
+``<prefix>/_artifact.json`` listing them with sizes and sha256 (plus one ``content_hash`` over that
+list); readers require the manifest, so a half-uploaded checkpoint is never used. ``fetch_dir``
+downloads (or, for local storage, links to) a committed artifact. Models imported by
+``looptool model import`` are artifacts too (``shared/models.py``).
 """
 
 from __future__ import annotations
@@ -34,19 +35,65 @@ def artifact_exists(store: ObjectStore, prefix: str) -> bool:
     return store.exists(f"{prefix.strip('/')}/{ARTIFACT_MANIFEST}")
 
 
-def upload_dir(store: ObjectStore, prefix: str, local_dir: str | os.PathLike[str], meta: dict | None = None) -> str:
-    """Upload a directory; returns the artifact URI. Idempotent: re-uploading replaces atomically."""
+def scan_files(local_dir: str | os.PathLike[str], skip_hidden: bool = False) -> list[dict]:
+    """Every file under a directory as a manifest entry (path, size, sha256), sorted by path.
+    ``skip_hidden`` leaves out paths with a component starting with '.' (e.g. a download tool's
+    ``.cache/``), which are no part of a model."""
+    src = Path(local_dir)
+    files = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        if skip_hidden and any(part.startswith(".") for part in rel.split("/")):
+            continue
+        files.append({"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)})
+    return files
+
+
+def content_hash(files: list[dict]) -> str:
+    """One hash of an artifact's content: its files' paths, sizes and sha256 (not times or meta)."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f["path"]):
+        h.update(f"{f['path']}\0{f['size']}\0{f['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def manifest_content_hash(manifest: dict) -> str:
+    """The manifest's recorded content hash (older manifests lack it: computed from the file list)."""
+    return str(manifest.get("content_hash") or content_hash(manifest.get("files") or []))
+
+
+def upload_dir(
+    store: ObjectStore,
+    prefix: str,
+    local_dir: str | os.PathLike[str],
+    meta: dict | None = None,
+    files: list[dict] | None = None,
+) -> str:
+    """Upload a directory; returns the artifact URI. Idempotent: re-uploading replaces atomically.
+    ``files`` (from ``scan_files``) uploads exactly those entries, hashed already."""
     src = Path(local_dir)
     if not src.is_dir():
         raise StorageError(f"{src} is not a directory; nothing to upload")
     prefix = prefix.strip("/")
     store.delete(f"{prefix}/{ARTIFACT_MANIFEST}")
-    files = []
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = path.relative_to(src).as_posix()
-        store.put_file(f"{prefix}/files/{rel}", str(path))
-        files.append({"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)})
-    manifest = {"version": 1, "files": files, "created_at": utcnow(), "meta": meta or {}}
+    if files is None:
+        files = scan_files(src)
+    for f in files:
+        store.put_file(f"{prefix}/files/{f['path']}", str(src / f["path"]))
+    # Files of an earlier version that this one lacks go, so a reader of files/ (local storage links
+    # to it directly) sees exactly this version.
+    root = f"{prefix}/files/"
+    keep = {f["path"] for f in files}
+    for key in list(store.list(root)):
+        if key.startswith(root) and key[len(root) :] not in keep:
+            store.delete(key)
+    manifest = {
+        "version": 1,
+        "files": files,
+        "content_hash": content_hash(files),
+        "created_at": utcnow(),
+        "meta": meta or {},
+    }
     store.put_bytes(f"{prefix}/{ARTIFACT_MANIFEST}", json.dumps(manifest, indent=1).encode())
     return store.uri(prefix)
 
@@ -83,28 +130,13 @@ def fetch_dir(store: ObjectStore, prefix: str, cache_root: str | os.PathLike[str
             store.get_file(f"{prefix}/files/{f['path']}", str(target))
             if _sha256(target) != f["sha256"]:
                 raise StorageError(f"{store.uri(prefix)}/files/{f['path']}: checksum mismatch; re-upload the artifact")
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process fetched the same artifact first: use its copy
+            if not dest.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def resolve_model_dir(uri: str, cache_root: str | os.PathLike[str] = ".looptool/cache/models") -> Path:
-    """A model URI → a local directory: a plain path / file:// directory is used as-is when it holds
-    a model; a committed artifact (local or s3) is fetched."""
-    from looptool.shared.storage import split_uri
-
-    if not uri.startswith(("s3://", "file://")):
-        p = Path(uri)
-        if (p / ARTIFACT_MANIFEST).exists():
-            return p / "files"
-        if p.exists():
-            return p
-        raise NotFound(f"model path {uri} does not exist; pass a model directory or a checkpoint URI")
-    store, key = split_uri(uri)
-    if isinstance(store, LocalStore) and not artifact_exists(store, key):
-        p = Path(store.root, key)
-        if p.is_dir():
-            return p
-    return fetch_dir(store, key, cache_root)

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from looptool.shared.config import InferenceSettings
+from looptool.shared.config import InferenceSettings, S3Settings
 
 from .base import (
     Backend,
@@ -22,7 +22,8 @@ from .base import (
 )
 
 
-def make_backend(settings: InferenceSettings, model_uri: str | None = None) -> Backend:
+def make_backend(settings: InferenceSettings, model_uri: str | None = None, s3: S3Settings | None = None) -> Backend:
+    """``s3``: storage settings for s3:// model URIs (the server passes ``storage.s3``)."""
     model = model_uri or settings.model
     if settings.backend == "transformers":
         from .hf import TransformersBackend
@@ -34,6 +35,7 @@ def make_backend(settings: InferenceSettings, model_uri: str | None = None) -> B
             max_batch_size=settings.max_batch_size,
             batch_wait_ms=settings.batch_wait_ms,
             max_context=settings.max_context,
+            s3=s3,
         )
     if settings.backend == "vllm" and settings.vllm_mode == "in_process":
         from .vllm_backend import VLLMBackend
@@ -46,6 +48,7 @@ def make_backend(settings: InferenceSettings, model_uri: str | None = None) -> B
             gpu_memory_utilization=settings.gpu_memory_utilization,
             max_batch_size=max(settings.max_batch_size, 64),
             batch_wait_ms=settings.batch_wait_ms,
+            s3=s3,
         )
     if settings.backend in ("openai", "vllm"):
         from .openai_compat import OpenAICompatBackend

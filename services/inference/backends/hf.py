@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from looptool.shared import metrics
+from looptool.shared.config import S3Settings
 from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.prompt import build_chat
 
@@ -72,18 +73,19 @@ def locate_model(path: str) -> tuple[str, str | None]:
     return str(p), None
 
 
-def resolve_model_path(uri: str) -> str:
-    """Model URI (path, file://, committed checkpoint) → local path, via shared.storage.artifacts."""
+def resolve_model_path(uri: str, s3: S3Settings | None = None) -> str:
+    """Model URI (path, GGUF file, file:// or s3:// committed model) → local path, via shared.models
+    (``s3``: the storage settings an s3:// model is read with; default: the environment's)."""
     if not uri:
         raise BackendError("no model configured: set inference.model (a local model directory or GGUF file)")
     p = Path(uri)
     if p.is_file():
         return str(p)
-    from looptool.shared.storage.artifacts import resolve_model_dir
+    from looptool.shared.models import resolve_model_dir
     from looptool.shared.storage.base import StorageError
 
     try:
-        return str(resolve_model_dir(uri))
+        return str(resolve_model_dir(uri, s3=s3))
     except StorageError as exc:
         raise BackendError(str(exc), code="NOT_FOUND") from None
 
@@ -122,12 +124,13 @@ class TransformersBackend(QueuedBackend):
         max_context: int = 4096,
         name: str | None = None,
         prefix_caching: bool = True,
+        s3: S3Settings | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = model
-        path = resolve_model_path(model)
+        path = resolve_model_path(model, s3)
         directory, gguf = locate_model(path)
         kwargs: dict = {"local_files_only": True}
         if gguf:

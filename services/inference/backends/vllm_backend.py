@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from looptool.shared import metrics
+from looptool.shared.config import S3Settings
 from looptool.shared.generation import Completion, GenRequest, GenResult, SamplingParams
 from looptool.shared.prompt import build_chat
 
@@ -39,7 +41,7 @@ from .base import (
     log,
     request_rows,
 )
-from .hf import resolve_model_path
+from .hf import locate_model, resolve_model_path
 
 _TOKENS = metrics.counter("inference", "tokens", "Tokens processed", ["backend", "kind"])
 
@@ -113,6 +115,7 @@ class VLLMBackend(QueuedBackend):
         max_batch_size: int = 256,
         batch_wait_ms: float = 5.0,
         llm: Any = None,  # an already-built engine (tests, sharing)
+        s3: S3Settings | None = None,
     ):
         self.model = model
         self.max_context = max_context
@@ -124,7 +127,8 @@ class VLLMBackend(QueuedBackend):
                     "inference.backend=vllm with vllm_mode=in_process needs the 'vllm' package on a GPU machine "
                     "(pip install 'looptool[gpu]'), or use vllm_mode=remote with base_url"
                 ) from None
-            path = resolve_model_path(model)
+            directory, gguf = locate_model(resolve_model_path(model, s3))
+            path = str(Path(directory) / gguf) if gguf else directory  # a GGUF model: the file itself
             kw: dict[str, Any] = {
                 "model": path,
                 "tensor_parallel_size": tensor_parallel_size,
@@ -133,8 +137,8 @@ class VLLMBackend(QueuedBackend):
                 "dtype": "auto" if dtype == "float32" else dtype,
                 "seed": 0,
             }
-            if path.endswith(".gguf"):
-                kw["tokenizer"] = str(__import__("pathlib").Path(path).parent)
+            if gguf:
+                kw["tokenizer"] = directory
             llm = vllm.LLM(**kw)
             log.info("vllm engine ready", extra={"model": model, "path": path})
         self.llm = llm
