@@ -34,11 +34,11 @@ def _env():
     return env
 
 
-def _job(tmp_path: Path, request: dict, *extra: str, **kw):
+def _job(tmp_path: Path, request: dict, *extra: str, workdir: Path | None = None):
     req = tmp_path / f"req-{time.monotonic_ns()}.json"
     req.write_text(json.dumps(request))
-    cmd = [sys.executable, "-m", "looptool.services.trainer.job", "--request", str(req), "--workdir", str(tmp_path / "wd"), *extra]
-    return cmd
+    wd = workdir or tmp_path / "wd"
+    return [sys.executable, "-m", "looptool.services.trainer.job", "--request", str(req), "--workdir", str(wd), *extra]
 
 
 def _request(tmp_path: Path, ref, config=None, base=TINY_BASE, out="out"):
@@ -52,49 +52,100 @@ def _request(tmp_path: Path, ref, config=None, base=TINY_BASE, out="out"):
     }
 
 
-def test_kill_9_then_resume_from_last_checkpoint(tmp_path):
-    ref = commit_toy_dataset((tmp_path / "ds").as_uri(), 4)
-    request = _request(tmp_path, ref)
-    cmd = _job(tmp_path, request)
-    log = tmp_path / "first.log"
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env())
-    latest = tmp_path / "out" / "checkpoints" / "latest.json"
-    deadline = time.monotonic() + 120
-    killed_after = None
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if latest.exists():
-                info = json.loads(latest.read_text())
-                if info["phase"] == "grpo" and info["step"] >= 3:
-                    proc.send_signal(signal.SIGKILL)  # no chance to clean up
-                    killed_after = info
-                    break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert killed_after is not None, log.read_text()[-2000:]
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "out" / "result.json").exists()
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env())
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
-    out = second.stdout + second.stderr
-    resumed = json.loads((tmp_path / "out" / "result.json").read_text())["resumed_from"]
-    assert resumed["phase"] == "grpo" and resumed["step"] >= killed_after["step"] > 0
-    assert f"resumed from checkpoint {resumed['tag']}" in out
-    assert "sft step" not in second.stdout  # SFT was finished before the kill: not redone
-    first_step = int(second.stdout.split("grpo step ")[1].split("/")[0])
-    assert first_step == resumed["step"] + 1
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert len(result["reward_curve"]) == 16 and result["metrics"]["resumed_from_step"] == resumed["step"]
-    assert (tmp_path / "out" / "model" / "_artifact.json").exists()
+
+def _wait_for_checkpoint(proc: subprocess.Popen, latest: Path, log: Path, phase: str | None = None, step: int = 0) -> None:
+    """Poll until ``latest.json`` names a checkpoint (of ``phase``, at least ``step``); the job must still run."""
+    deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
+    while proc.poll() is None and time.monotonic() < deadline:
+        if latest.exists():
+            info = json.loads(latest.read_text())  # written atomically
+            if (phase is None or info["phase"] == phase) and info["step"] >= step:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"job ended ({proc.poll()}) before a {phase or 'any'} checkpoint >= {step}:\n{log.read_text()[-2000:]}")
+
+
+def _first_step(out: str, phase: str) -> int:
+    return int(out.split(f"{phase} step ")[1].split("/")[0])
+
+
+def _model_files(prefix: Path) -> list[tuple[str, str]]:
+    """The committed model's content: (path, sha256) of every file."""
+    manifest = json.loads((prefix / "model" / "_artifact.json").read_text())
+    return sorted((f["path"], f["sha256"]) for f in manifest["files"])
+
+
+def test_job_killed_or_terminated_resumes_on_its_workdir_to_the_same_model(tmp_path):
+    from looptool.services.trainer.job import EXIT_CANCELLED
+
+    ref = commit_toy_dataset((tmp_path / "ds").as_uri(), 4)
+    # the uninterrupted run, on its own work directory and output prefix, beside the interrupted one
+    config = {**SMALL, "sftEpochs": 9, "grpoSteps": 10}  # 9 SFT steps, 10 GRPO steps, a checkpoint every 3
+    reference = _start(_job(tmp_path, _request(tmp_path, ref, config, out="ref"), workdir=tmp_path / "wd-ref"), tmp_path / "ref.log")
+    wd = tmp_path / "wd"
+    cmd = _job(tmp_path, _request(tmp_path, ref, config), workdir=wd)
+    latest = tmp_path / "out" / "checkpoints" / "latest.json"
+    try:
+        # 1. SIGKILL (no chance to clean up) once the first resumable checkpoint exists: mid-SFT
+        first = _start(cmd, tmp_path / "1.log")
+        try:
+            _wait_for_checkpoint(first, latest, tmp_path / "1.log")
+        finally:
+            first.kill()
+            first.wait()
+        assert first.returncode == -signal.SIGKILL
+        killed = json.loads(latest.read_text())
+        assert killed["phase"] == "sft" and killed["step"] > 0, killed
+        assert not (tmp_path / "out" / "result.json").exists()
+        # what a kill in the middle of a save or a download leaves on the volume
+        leftovers = [wd / ".tiny-x", wd / "final-x", wd / "cache" / "ckpt" / ".ckpt-x", wd / "cache" / "models" / ".fetch-x"]
+        for d in leftovers:
+            (d / "part").mkdir(parents=True)
+
+        # 2. restart on the same work directory; SIGTERM once GRPO has a checkpoint of its own
+        second = _start(cmd, tmp_path / "2.log")
+        try:
+            _wait_for_checkpoint(second, latest, tmp_path / "2.log", "grpo", 3)
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=300)
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
+        out2 = (tmp_path / "2.log").read_text()
+        assert second.returncode == EXIT_CANCELLED, out2[-2000:]
+        assert f"resumed from checkpoint {killed['tag']} (phase sft, step {killed['step']})" in out2
+        assert _first_step(out2, "sft") == killed["step"] + 1  # finished SFT steps are not redone
+        assert not [d for d in leftovers if d.exists()]
+        stopped = json.loads(latest.read_text())
+        assert stopped["phase"] == "grpo" and stopped["step"] >= 3
+        reason = [ln for ln in out2.splitlines() if ln.strip()][-1]
+        assert reason == f"error: cancelled during GRPO at step {stopped['step']}/10; checkpoint kept", reason
+
+        # 3. restart again: resumes at the step SIGTERM saved and finishes
+        third = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+        assert third.returncode == 0, third.stderr[-2000:]
+        assert f"resumed from checkpoint {stopped['tag']} (phase grpo, step {stopped['step']})" in third.stdout
+        assert "sft step" not in third.stdout and _first_step(third.stdout, "grpo") == stopped["step"] + 1
+        summary = json.loads(third.stdout.split("result: ")[1])
+        assert summary["resumed_from_step"] == stopped["step"] and summary["cached"] is False
+    finally:
+        reference.wait(timeout=300)
+    assert reference.returncode == 0, (tmp_path / "ref.log").read_text()[-2000:]
+
+    # the same model, bit for bit, as the run nothing interrupted
+    assert _model_files(tmp_path / "out") == _model_files(tmp_path / "ref")
+    result, expected = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("out", "ref"))
+    assert result["reward_curve"] == expected["reward_curve"] and len(result["reward_curve"]) == 10
+    assert result["sft_loss_curve"] == expected["sft_loss_curve"]
 
     # the same request again: a no-op that reports the finished result
-    third = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
-    assert third.returncode == 0 and '"cached": true' in third.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+    assert again.returncode == 0 and '"cached": true' in again.stdout
 
 
 def test_resume_is_exact_and_idempotent_in_process(tmp_path, monkeypatch):

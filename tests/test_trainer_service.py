@@ -138,7 +138,7 @@ def test_looptool_serve_trainer_cli(tmp_path):
     from looptool.shared.grpc_util import wait_healthy
 
     port_file = tmp_path / "port"
-    env = dict(os.environ, LOOPTOOL_TRAINER_WORKDIR=str(tmp_path / "wd"))
+    env = dict(os.environ, LOOPTOOL_TRAINER__WORKDIR=str(tmp_path / "wd"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "looptool.cli", "serve", "trainer", "--port", "0", "--metrics-port", "0", "--port-file", str(port_file)],
         stdout=subprocess.PIPE,

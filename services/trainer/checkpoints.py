@@ -60,6 +60,11 @@ class CheckpointManager:
         self.store, self.prefix, self.key = store, prefix.strip("/"), key
         self.cache_root = Path(cache_root)
         self.keep = max(1, keep)
+        # files of the model training started from that are no part of save_pretrained (the builtin
+        # model's looptool_model.json): every checkpoint carries them, so a model finished after a
+        # resume is the same as one never interrupted. Bytes, not a path: the checkpoint a run
+        # resumed from is pruned while it runs.
+        self.model_extras: dict[str, bytes] = {}
 
     @property
     def root(self) -> str:
@@ -117,6 +122,7 @@ class CheckpointManager:
         try:
             model.save_pretrained(tmp / "model", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
+            write_extras(tmp / "model", self.model_extras)
             torch.save(
                 {
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -149,6 +155,18 @@ class CheckpointManager:
 
     def clear(self) -> None:
         self.store.delete_prefix(self.root + "/")
+
+
+MODEL_EXTRAS = ("looptool_model.json",)
+
+
+def read_extras(model_dir: Path) -> dict[str, bytes]:
+    return {n: (model_dir / n).read_bytes() for n in MODEL_EXTRAS if (model_dir / n).is_file()}
+
+
+def write_extras(model_dir: Path, extras: dict[str, bytes]) -> None:
+    for name, data in extras.items():
+        (model_dir / name).write_bytes(data)
 
 
 def restore_rng(ts: dict[str, Any]) -> None:

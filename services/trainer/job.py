@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m looptool.services.trainer.job", description=__doc__.split("\n\n")[0])
     p.add_argument("--request", required=True, help="TrainRequest JSON file")
     p.add_argument("-c", "--config", default=None, help="LoopTool YAML config (storage / S3 settings); default: env")
-    p.add_argument("--workdir", default=None, help="scratch directory (default: $LOOPTOOL_TRAINER_WORKDIR or .looptool/trainer)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="directory kept across retries: model and checkpoint caches (default: trainer.workdir of the config, "
+        "LOOPTOOL_TRAINER__WORKDIR, .looptool/trainer); in Kubernetes the round's PersistentVolumeClaim",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0 = off)")
     p.add_argument("--termination-log", default=None, help="write the one-line failure reason here")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         job = parse_job(raw)
-        result = execute(job, s3=cfg.storage.s3, workdir=args.workdir, emit=emit, cancel=cancel)
+        result = execute(job, s3=cfg.storage.s3, workdir=args.workdir or cfg.trainer.workdir, emit=emit, cancel=cancel)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit code + one line
         state, reason = classify(exc)
         if state == "failed" and not isinstance(exc, UserError):

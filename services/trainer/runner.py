@@ -31,14 +31,16 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from looptool.services.trainer import metrics as tm
 from looptool.services.trainer.common import TrainCancelled, TrainFailed
+from looptool.shared.config import LoopToolConfig, load_config
 from looptool.shared.errors import InputError
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import TrainingSpec
@@ -274,10 +276,10 @@ class CpuRun:
     def run(self) -> dict[str, Any]:
         import torch
 
-        from looptool.services.trainer.checkpoints import REFERENCE_TAG, CheckpointManager, restore_rng
+        from looptool.services.trainer.checkpoints import REFERENCE_TAG, CheckpointManager, read_extras, restore_rng, write_extras
         from looptool.services.trainer.common import configure_threads, make_optimizer, make_scheduler, seed_all, step_seed
         from looptool.services.trainer.data import eos_ids, tokenize_examples
-        from looptool.services.trainer.grpo import GRPOConfig, GRPOTrainer
+        from looptool.services.trainer.grpo import GRPOConfig, GRPOTrainer, grpo_step_count
         from looptool.services.trainer.modeling import load_model, quiet_transformers, save_model
         from looptool.services.trainer.sft import SFTConfig, SFTTrainer
 
@@ -291,7 +293,6 @@ class CpuRun:
             (self.workdir / "cache" / "ckpt").mkdir(parents=True, exist_ok=True)
             latest = ckpt.latest()
             ts: dict[str, Any] = {}
-            base_dir: Path | None = None
             if latest is not None:
                 d, saved, ts = ckpt.load_state(latest.tag)
                 model_dir = d / "model"
@@ -301,7 +302,8 @@ class CpuRun:
                 log.info("resuming from checkpoint", extra={"tag": latest.tag, "phase": latest.phase, "step": latest.step})
                 self._progress(0, 0, f"resumed from checkpoint {latest.tag} (phase {latest.phase}, step {latest.step})", {"resumed_from_step": float(latest.step)})
             else:
-                model_dir = base_dir = self._base_dir(prep.examples)
+                model_dir = self._base_dir(prep.examples)
+            ckpt.model_extras = read_extras(model_dir)
             model, tok = load_model(model_dir)
             eos = eos_ids(tok, model)
             tokenize_examples(prep.examples, tok, eos[0])
@@ -324,8 +326,9 @@ class CpuRun:
                 max_grad_norm=spec.maxGradNorm,
                 seed=spec.seed,
             )
+            grpo_total = grpo_step_count(spec.grpoSteps, spec.epochs, len(n_sft_prompt_ok), spec.promptsPerStep)
             grpo_cfg = GRPOConfig(
-                steps=spec.grpoSteps,
+                steps=grpo_total,
                 prompts_per_step=spec.promptsPerStep,
                 group_size=spec.groupSize,
                 lr=spec.learningRate,
@@ -347,7 +350,6 @@ class CpuRun:
             )
             sft = SFTTrainer(model, tok, prep.examples, sft_cfg) if spec.sftWarmStart else None
             sft_total = sft.total_steps if sft else 0
-            grpo_total = spec.grpoSteps
             total = sft_total + grpo_total
             self.counts = {
                 "examples": len(prep.examples),
@@ -432,7 +434,8 @@ class CpuRun:
             final = self.workdir / f"final-{prep.key[:16]}"
             shutil.rmtree(final, ignore_errors=True)
             meta = {"run_id": prep.job.run_id, "round": prep.job.round, "key": prep.key, "base": prep.job.base_checkpoint_uri}
-            save_model(model, tok, final, meta=meta, extra_from=base_dir or model_dir)
+            save_model(model, tok, final, meta=meta)
+            write_extras(final, ckpt.model_extras)
             model_uri = upload_dir(prep.store, f"{prep.prefix}/{MODEL}", final, meta=meta)
             shutil.rmtree(final, ignore_errors=True)
             return self._outcome(model_uri, time.perf_counter() - t_run)
@@ -469,8 +472,49 @@ class CpuRun:
 # ============================================================================ entry
 
 
-def default_workdir() -> Path:
-    return Path(os.environ.get("LOOPTOOL_TRAINER_WORKDIR", ".looptool/trainer")).resolve()
+# Temporaries a killed run leaves in the work directory: checkpoint saves (checkpoints.py),
+# downloads (artifacts.fetch_dir), builtin:tiny builds, the final model before upload.
+_LEFTOVERS = {".": (".tiny-", "final-"), "cache/ckpt": (".ckpt-", ".fetch-"), "cache/models": (".fetch-",)}
+
+
+@contextmanager
+def claim_workdir(wd: Path, key: str, emit: Emit) -> Iterator[bool]:
+    """Hold the work directory for one run; yields whether it had to wait for another run.
+
+    One run per run key at a time: a retried Job's pod that starts while its predecessor is still
+    saving its SIGTERM checkpoint waits for it, then resumes from that checkpoint. The first run in
+    an otherwise idle directory removes what killed runs left half-written, which on a persistent
+    volume would otherwise pile up retry after retry until the volume is full."""
+    import fcntl
+
+    locks = wd / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "workdir.lock", "a+") as shared, open(locks / f"run-{key[:16]}.lock", "a+") as own:
+        waited = False
+        try:
+            fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waited = True
+            emit(Progress(stage="train", message=f"waiting for another run of this job using {wd} to stop"))
+            fcntl.flock(own, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(shared, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # other runs are active here: their temporaries are live
+        else:
+            for sub, prefixes in _LEFTOVERS.items():
+                d = wd / sub
+                for p in d.iterdir() if d.is_dir() else ():
+                    if p.name.startswith(prefixes):
+                        log.info("removing %s left by an interrupted run", p)
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        fcntl.flock(shared, fcntl.LOCK_SH)  # released when the file closes (or the process dies)
+        yield waited
+
+
+def default_workdir(cfg: LoopToolConfig | None = None) -> Path:
+    """``trainer.workdir`` of ``cfg`` (default: the environment's config, ``LOOPTOOL_TRAINER__WORKDIR``)."""
+    return Path((cfg or load_config()).trainer.workdir).resolve()
 
 
 def run_training(
@@ -494,27 +538,32 @@ def run_training(
     load_rows(prep)
     wd = Path(workdir) if workdir else default_workdir()
     wd.mkdir(parents=True, exist_ok=True)
-    if job.config.backend == "verl":
-        from looptool.services.trainer.verl_backend import VerlRun
+    with claim_workdir(wd, prep.key, emit) as waited:
+        cached = cached_result(prep) if waited else None  # the run we waited for may have finished
+        if cached is not None:
+            emit(Progress(stage="train", done=1, total=1, message=f"already trained: {cached['checkpoint_uri']} (no-op)"))
+            return result_to_stage(cached, cached=True)
+        if job.config.backend == "verl":
+            from looptool.services.trainer.verl_backend import VerlRun
 
-        outcome = VerlRun(prep, emit, cancel, wd, s3).run()
-    else:
-        outcome = CpuRun(prep, emit, cancel, wd, s3).run()
-    result = {
-        "version": 1,
-        "status": "succeeded",
-        "run_id": job.run_id,
-        "round": job.round,
-        "key": prep.key,
-        "backend": job.config.backend,
-        "dataset": prep.dataset.ref.model_dump(),
-        "base_checkpoint_uri": job.base_checkpoint_uri,
-        "config": job.config.model_dump(mode="json"),
-        "started_at": started,
-        "finished_at": utcnow(),
-        **outcome,
-    }
-    prep.store.put_bytes(f"{prep.prefix}/{RESULT}", json.dumps(result, indent=1).encode())
+            outcome = VerlRun(prep, emit, cancel, wd, s3).run()
+        else:
+            outcome = CpuRun(prep, emit, cancel, wd, s3).run()
+        result = {
+            "version": 1,
+            "status": "succeeded",
+            "run_id": job.run_id,
+            "round": job.round,
+            "key": prep.key,
+            "backend": job.config.backend,
+            "dataset": prep.dataset.ref.model_dump(),
+            "base_checkpoint_uri": job.base_checkpoint_uri,
+            "config": job.config.model_dump(mode="json"),
+            "started_at": started,
+            "finished_at": utcnow(),
+            **outcome,
+        }
+        prep.store.put_bytes(f"{prep.prefix}/{RESULT}", json.dumps(result, indent=1).encode())
     emit(Progress(stage="train", done=1, total=1, message=f"model committed at {outcome['checkpoint_uri']}"))
     return result_to_stage(result)
 

@@ -60,7 +60,7 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, cfg=None, workdir: str | Path | None = None, max_concurrent: int = 1):
         self.cfg = cfg
         self.s3 = cfg.storage.s3 if cfg is not None else None
-        self.workdir = Path(workdir) if workdir else default_workdir()
+        self.workdir = Path(workdir) if workdir else default_workdir(cfg)
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max_concurrent)

@@ -81,7 +81,7 @@ class LocalServices:
         # Passive OpenMP waits: spinning threads of five torch processes starve each other on small machines.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.setdefault("MKL_DYNAMIC", "FALSE")
-        env.setdefault("LOOPTOOL_TRAINER_WORKDIR", str(Path(storage.root).resolve() / "work" / "trainer"))
+        env.setdefault("LOOPTOOL_TRAINER__WORKDIR", str(Path(storage.root).resolve() / "work" / "trainer"))
         for name in SERVICES:
             logf = open(self.log_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
