@@ -144,8 +144,8 @@ def test_job_killed_or_terminated_resumes_on_its_workdir_to_the_same_model(tmp_p
     assert result["sft_loss_curve"] == expected["sft_loss_curve"]
 
     # the same request again: a no-op that reports the finished result
-    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
-    assert again.returncode == 0 and '"cached": true' in again.stdout
+    code, out, _ = _main_in_process(cmd[3:])
+    assert code == 0 and '"cached": true' in out
 
 
 def test_resume_is_exact_and_idempotent_in_process(tmp_path, monkeypatch):
@@ -178,24 +178,30 @@ def test_resume_is_exact_and_idempotent_in_process(tmp_path, monkeypatch):
     assert again.metrics["cached"] == 1.0 and again.checkpoint_uri == resumed.checkpoint_uri
 
 
-def _run_bad(tmp_path, request, *extra) -> tuple[int, str]:
-    """Run the Job entry point in-process (same code path as the subprocess, minus interpreter start)."""
+def _main_in_process(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the Job entry point run in-process (same code path as the
+    subprocess, minus the interpreter start)."""
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
     from looptool.services.trainer import job
 
-    req = tmp_path / f"req-{time.monotonic_ns()}.json"
-    req.write_text(json.dumps(request))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    err = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     try:
-        with redirect_stderr(err), redirect_stdout(io.StringIO()):
-            code = job.main(["--request", str(req), "--workdir", str(tmp_path / "wd"), *extra])
+        with redirect_stderr(err), redirect_stdout(out):
+            code = job.main(argv)
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
+
+
+def _run_bad(tmp_path, request, *extra) -> tuple[int, str]:
+    req = tmp_path / f"req-{time.monotonic_ns()}.json"
+    req.write_text(json.dumps(request))
+    code, _, stderr = _main_in_process(["--request", str(req), "--workdir", str(tmp_path / "wd"), *extra])
+    return code, stderr
 
 
 def _error_line(stderr: str) -> str:
@@ -265,3 +271,39 @@ def test_prompt_longer_than_max_prompt_tokens_is_rejected(tmp_path, monkeypatch)
     with pytest.raises(InputError, match=r"config.maxPromptTokens: is 16 but every prompt is longer"):
         run_training(parse_job(_request(tmp_path, ref, {**SMALL, "maxPromptTokens": 16})), workdir=tmp_path / "wd")
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_workdir_claim_waits_for_the_same_run_and_spares_live_temporaries(tmp_path):
+    """A retried pod waits for its predecessor (same run key) to let go; temporaries are swept
+    only when no other run uses the work directory."""
+    import fcntl
+    import threading
+
+    from looptool.services.trainer.runner import claim_workdir
+
+    wd, key = tmp_path / "wd", "k" * 64
+    live = wd / "cache" / "ckpt" / ".ckpt-live"
+    live.mkdir(parents=True)
+    (wd / "locks").mkdir()
+    events: list[str] = []
+    entered = threading.Event()
+
+    def run() -> None:
+        with claim_workdir(wd, key, lambda p: events.append(p.message)) as waited:
+            events.append(f"waited={waited}")
+            entered.set()
+
+    with open(wd / "locks" / "workdir.lock", "a+") as other_run, open(wd / "locks" / f"run-{key[:16]}.lock", "a+") as predecessor:
+        fcntl.flock(other_run, fcntl.LOCK_SH)  # another run (another key) is active here
+        fcntl.flock(predecessor, fcntl.LOCK_EX)  # the same run, still saving its checkpoint
+        t = threading.Thread(target=run)
+        t.start()
+        while not events:  # the waiting message comes before blocking
+            time.sleep(0.01)
+        assert events[0].startswith("waiting for another run of this job") and not entered.is_set()
+        fcntl.flock(predecessor, fcntl.LOCK_UN)
+        t.join(30)
+    assert events[-1] == "waited=True" and live.exists()  # the other run's temporary was kept
+
+    with claim_workdir(wd, key, events.append) as waited:  # nobody else here now: swept
+        assert not waited and not live.exists()
