@@ -53,8 +53,8 @@ def test_default_overrides_are_the_paper_recipe():
         "actor_rollout_ref.rollout.name": "vllm",
         "actor_rollout_ref.rollout.n": "16",
         "actor_rollout_ref.rollout.temperature": "1.0",
-        "custom_reward_function.path": "/w/looptool_reward.py",
-        "custom_reward_function.name": "compute_score",
+        "reward.custom_reward_function.path": "/w/looptool_reward.py",
+        "reward.custom_reward_function.name": "compute_score",
         "trainer.n_gpus_per_node": "8",
         "trainer.nnodes": "1",
         "trainer.total_epochs": "2",
@@ -62,6 +62,7 @@ def test_default_overrides_are_the_paper_recipe():
         "trainer.experiment_name": "round1-r1",
         "trainer.default_local_dir": "/w/checkpoints",
         "trainer.resume_mode": "auto",
+        "trainer.max_actor_ckpt_to_keep": "2",
         "trainer.logger": "[console]",
     }
     for k, v in expected.items():
@@ -175,10 +176,13 @@ if args[1] == "verl.trainer.main_ppo":
     json.dump(o, open(os.environ["FAKE_VERL_RECORD"], "w"))
     import pyarrow.parquet as pq
     rows = pq.read_table(o["data.train_files"]).to_pylist()
-    spec = importlib.util.spec_from_file_location("custom_module", o["custom_reward_function.path"])
+    spec = importlib.util.spec_from_file_location("custom_module", o["reward.custom_reward_function.path"])
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    fn = getattr(mod, o["custom_reward_function.name"])
-    scores = [fn(r["data_source"], r["extra_info"]["target"], r["reward_model"]["ground_truth"], r["extra_info"])["score"] for r in rows]
+    fn = getattr(mod, o["reward.custom_reward_function.name"])
+    scores = [fn(data_source=r["data_source"], solution_str=r["extra_info"]["target"], ground_truth=r["reward_model"]["ground_truth"],
+                 extra_info={**r["extra_info"], "num_turns": None, "rollout_reward_scores": {}})["score"] for r in rows]
+    with open(os.environ["FAKE_VERL_RECORD"] + ".launches", "a") as f:
+        f.write("1")
     assert scores and all(s == 1.0 for s in scores), scores
     print("Total training steps: 2", flush=True)
     if mode == "hang":
@@ -196,6 +200,9 @@ if args[1] == "verl.trainer.main_ppo":
     open(f"{d}/global_step_2/actor/model_world_size_1_rank_0.pt", "w").write("fsdp shard")
     open(f"{d}/latest_checkpointed_iteration.txt", "w").write("2")
 elif args[1] == "verl.model_merger":
+    if os.environ.get("FAKE_MERGE_FAIL"):
+        print("RuntimeError: merge failed", flush=True)
+        sys.exit(1)
     a = args[2:]
     assert a[:3] == ["merge", "--backend", "fsdp"], a
     local, target = a[a.index("--local_dir") + 1], a[a.index("--target_dir") + 1]
@@ -299,3 +306,25 @@ def test_verl_too_few_rows_for_the_batch(fake_verl):
     with pytest.raises(InputError, match="config.verl.trainBatchSize: is 8 but the dataset has only 6 training rows"):
         run_training(_verl_job(fake_verl, trainBatchSize=8, ppoMiniBatchSize=4), workdir=fake_verl / "wd")
     assert not (fake_verl / "overrides.json").exists()  # verl never started
+
+
+def test_a_retried_job_keeps_verls_checkpoints_and_skips_a_finished_verl(fake_verl, monkeypatch):
+    """Killed in the merge (or upload) after verl finished: the retry on the same work directory (the
+    round's PVC) merges verl's last checkpoint without training again."""
+    from looptool.services.trainer.common import TrainFailed
+    from looptool.services.trainer.runner import run_training
+
+    tmp = fake_verl
+    monkeypatch.setenv("FAKE_MERGE_FAIL", "1")
+    with pytest.raises(TrainFailed, match="verl model merger exited with code 1"):
+        run_training(_verl_job(tmp), workdir=tmp / "wd")
+    o = json.loads((tmp / "overrides.json").read_text())
+    assert Path(o["trainer.default_local_dir"]).is_relative_to(tmp / "wd") and o["trainer.resume_mode"] == "auto"
+    assert (tmp / "overrides.json.launches").read_text() == "1"
+    monkeypatch.delenv("FAKE_MERGE_FAIL")
+    events = []
+    result = run_training(_verl_job(tmp), workdir=tmp / "wd", emit=events.append)
+    assert (tmp / "overrides.json.launches").read_text() == "1"  # verl did not run again
+    assert any("verl finished in an earlier attempt" in e.message for e in events)
+    assert result.checkpoint_uri == (tmp / "out" / "model").as_uri()
+    assert json.loads((tmp / "out" / "result.json").read_text())["reward_curve"] == [0.25, 0.5]

@@ -83,6 +83,15 @@ class GRPOConfig:
         return self.steps * self.ppo_epochs * self.ppo_mini_batches
 
 
+def grpo_step_count(grpo_steps: int | None, epochs: int, n_examples: int, prompts_per_step: int) -> int:
+    """GRPO steps of a run: ``grpoSteps`` when set, else ``epochs`` passes over the examples (each pass
+    ``ceil(n / promptsPerStep)`` steps, so every example is drawn at least once per pass, see
+    ``GRPOTrainer.prompt_indices``); verl's ``trainer.total_epochs`` counts passes the same way."""
+    if grpo_steps is not None:
+        return grpo_steps
+    return epochs * math.ceil(n_examples / prompts_per_step)
+
+
 @dataclass
 class Rollout:
     prompt_idx: list[int]

@@ -6,8 +6,8 @@ overrides), exactly what the Kubernetes Job's container runs. This module
 1. checks the batch arithmetic verl would assert on, before any GPU time (``check_verl_spec``);
 2. writes the training data as Parquet in verl's RLHF layout (the rows already are —
    ``shared/verl_format.py``) and a small reward module that points verl's
-   ``custom_reward_function`` at ``looptool.shared.reward.compute_score`` (the same reward the CPU
-   trainer uses; reward options are bound in that file, not passed through Hydra);
+   ``reward.custom_reward_function`` at ``looptool.shared.reward.compute_score`` (the same reward
+   the CPU trainer uses; reward options are bound in that file, not passed through Hydra);
 3. builds the overrides (``build_overrides``; defaults = the paper's 8B recipe: GRPO, 16 rollouts
    per prompt, batch 128, prompt/response 4096/1024, lr 1e-6, clip 0.2/0.28, no KL, no entropy
    bonus, 2 epochs, vLLM rollouts, 8 GPUs per node) and the command (``launch_command``);
@@ -18,12 +18,17 @@ overrides), exactly what the Kubernetes Job's container runs. This module
    (``merger_command``: ``python -m verl.model_merger merge --backend fsdp --local_dir
    <ckpt>/global_step_N/actor --target_dir <dir>``) and uploads it to ``<output_prefix>/model``.
 
-Resume: ``trainer.resume_mode=auto`` with ``trainer.default_local_dir`` under the trainer workdir
-(``LOOPTOOL_TRAINER_WORKDIR``; in Kubernetes a persistent volume), keyed by the run key, so a
-restarted Job continues from verl's last checkpoint (``trainer.save_freq`` = ``verl.saveFreq``).
+Resume: everything a run keeps lives under the trainer work directory (``--workdir`` of the Job
+entrypoint / ``trainer.workdir``; in Kubernetes the round's PersistentVolumeClaim):
+``verl/<run key>/checkpoints`` is ``trainer.default_local_dir`` with ``trainer.resume_mode=auto``,
+so a retried Job continues from verl's last checkpoint (``trainer.save_freq`` = ``verl.saveFreq``;
+the two newest are kept, bounding the volume), the base model is cached in ``cache/models`` and
+the vLLM/Triton/HF caches in ``cache/`` (``launch_env``). A run whose verl process already finished
+goes straight to the merge (``verl/<run key>/verl-finished.json``).
 
-Settings: batch/LR/length/epoch knobs come from ``training.verl`` (``VerlSpec``); ``clipLow``,
-``clipHigh``, ``klCoef``, ``temperature``, ``gpus`` (0 → 8) and ``nnodes`` from ``training``;
+Settings: batch/LR/length knobs come from ``training.verl`` (``VerlSpec``); ``epochs`` (passes over
+the data, ``trainer.total_epochs``), ``clipLow``, ``clipHigh``, ``klCoef``, ``temperature``,
+``ppoEpochs``, ``gpus`` (0 → 8) and ``nnodes`` from ``training``;
 ``training.verl.overrides`` are appended verbatim (last wins in Hydra). ``sftWarmStart`` is a CPU
 trainer feature; the verl backend starts GRPO from the base model (an 8B instruct model already
 writes ``<tool_call>`` blocks) and logs that it ignored it.
@@ -60,6 +65,7 @@ ENTRYPOINT = "verl.trainer.main_ppo"
 MERGER = "verl.model_merger"
 REWARD_FILE = "looptool_reward.py"
 REWARD_FN = "compute_score"
+FINISHED_FILE = "verl-finished.json"
 
 
 def n_gpus(spec: TrainingSpec) -> int:
@@ -171,16 +177,19 @@ def verl_settings(
         "actor_rollout_ref.rollout.gpu_memory_utilization": v.gpuMemoryUtilization,
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": v.logProbMicroBatchSizePerGpu,
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": v.logProbMicroBatchSizePerGpu,
-        "custom_reward_function.path": reward_path,
-        "custom_reward_function.name": REWARD_FN,
+        # verl >= 0.7 reads reward.custom_reward_function (the top-level one is a legacy alias)
+        "reward.custom_reward_function.path": reward_path,
+        "reward.custom_reward_function.name": REWARD_FN,
         "trainer.n_gpus_per_node": spec.gpus or DEFAULT_GPUS,
         "trainer.nnodes": spec.nnodes,
-        "trainer.total_epochs": v.totalEpochs,
+        "trainer.total_epochs": spec.epochs,
         **({"trainer.total_training_steps": v.totalTrainingSteps} if v.totalTrainingSteps else {}),
         "trainer.project_name": project,
         "trainer.experiment_name": experiment,
         "trainer.default_local_dir": local_dir,
         "trainer.save_freq": v.saveFreq,
+        # the one being written never costs the last complete one; older ones would fill the volume
+        "trainer.max_actor_ckpt_to_keep": 2,
         "trainer.resume_mode": "auto",
         "trainer.test_freq": -1,
         "trainer.val_before_train": False,
@@ -214,8 +223,16 @@ def merger_command(actor_dir: str | os.PathLike[str], target_dir: str | os.PathL
     ]
 
 
-def launch_env(base: dict[str, str] | None = None) -> dict[str, str]:
+def launch_env(base: dict[str, str] | None = None, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """verl's environment; with ``cache_dir`` (the work directory's ``cache/``) the compile and hub
+    caches live on the persistent volume too, so a retried Job neither refills the container's
+    writable layer nor recompiles."""
     env = dict(os.environ if base is None else base)
+    if cache_dir is not None:
+        c = Path(cache_dir)
+        env.setdefault("VLLM_CACHE_ROOT", str(c / "vllm"))
+        env.setdefault("TRITON_CACHE_DIR", str(c / "triton"))
+        env.setdefault("HF_HOME", str(c / "huggingface"))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("HYDRA_FULL_ERROR", "1")
     env.setdefault("RAY_DEDUP_LOGS", "0")
@@ -331,7 +348,10 @@ def write_reward_module(path: str | os.PathLike[str], options: dict[str, Any]) -
         '"""Generated by LoopTool for verl\'s custom_reward_function: the shared tool-call reward."""\n'
         "from looptool.shared.reward import compute_score as _compute_score\n\n"
         f"REWARD_OPTIONS = {dict(sorted(options.items()))!r}\n\n\n"
-        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "# verl's reward managers add reward_router_address/reward_model_tokenizer when a reward model\n"
+        "# is enabled; this rule reward does not use them. Other keywords are reward options.\n"
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None,\n"
+        "                  reward_router_address=None, reward_model_tokenizer=None, **kwargs):\n"
         "    return _compute_score(data_source, solution_str, ground_truth, extra_info, **{**REWARD_OPTIONS, **kwargs})\n"
     )
     return p
@@ -372,7 +392,8 @@ class VerlRun:
     def __init__(self, prep, emit, cancel: threading.Event, workdir: Path, s3=None, python: str | None = None):
         self.prep, self.emit, self.cancel, self.s3 = prep, emit, cancel, s3
         self.python = python or os.environ.get("LOOPTOOL_VERL_PYTHON") or sys.executable
-        self.dir = Path(workdir) / "verl" / prep.key[:16]
+        self.workdir = Path(workdir)
+        self.dir = self.workdir / "verl" / prep.key[:16]
         self.spec: TrainingSpec = prep.job.config
         self.tail: deque[str] = deque(maxlen=60)
         self.reward_curve: list[float] = []
@@ -389,7 +410,7 @@ class VerlRun:
         train_file = write_parquet(train, self.dir / "data" / "train.parquet")
         val_file = write_parquet(val, self.dir / "data" / "val.parquet")
         reward = write_reward_module(self.dir / REWARD_FILE, {"partial_credit": self.spec.rewardPartialCredit})
-        model_path = resolve_base(self.prep.job.base_checkpoint_uri, self.dir.parent.parent / "cache" / "models", self.s3)
+        model_path = resolve_base(self.prep.job.base_checkpoint_uri, self.workdir / "cache" / "models", self.s3)
         job = self.prep.job
         experiment = _safe_name(f"round{job.round}-{job.run_id or self.prep.key[:12]}")
         overrides = build_overrides(
@@ -427,7 +448,7 @@ class VerlRun:
         self.emit(Progress(stage="train", done=step, total=self.total_steps, message=msg, metrics=m))
 
     def _run(self, cmd: list[str], log_name: str, parse: bool) -> int:
-        env = launch_env()
+        env = launch_env(cache_dir=self.workdir / "cache")
         logf = open(self.dir / log_name, "a", encoding="utf-8")
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, start_new_session=True
@@ -493,11 +514,22 @@ class VerlRun:
             log.info("sftWarmStart is a CPU-trainer feature; verl starts GRPO from the base model")
         t0 = time.perf_counter()
         cmd, info = self.plan()
-        self.emit(Progress(stage="train", message=f"launching verl ({info['train_rows']} rows, {n_gpus(self.spec)} GPUs)"))
-        log.info("launching verl", extra={"command": " ".join(cmd[:3]), "dir": str(self.dir)})
-        rc = self._run(cmd, "verl.log", parse=True)
-        if rc != 0:
-            raise TrainFailed(self._reason("verl trainer", rc))
+        finished = self.dir / FINISHED_FILE
+        if finished.is_file():
+            # an earlier attempt trained to the end and died in the merge or upload: skip verl's
+            # start-up (Ray, vLLM, loading the last checkpoint only to find nothing left to do)
+            done = json.loads(finished.read_text())
+            self.reward_curve, self.last = done["reward_curve"], done["last"]
+            self.emit(Progress(stage="train", message="verl finished in an earlier attempt; merging its last checkpoint"))
+        else:
+            self.emit(Progress(stage="train", message=f"launching verl ({info['train_rows']} rows, {n_gpus(self.spec)} GPUs)"))
+            log.info("launching verl", extra={"command": " ".join(cmd[:3]), "dir": str(self.dir)})
+            rc = self._run(cmd, "verl.log", parse=True)
+            if rc != 0:
+                raise TrainFailed(self._reason("verl trainer", rc))
+            tmp = finished.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"reward_curve": self.reward_curve, "last": self.last}))
+            os.replace(tmp, finished)
         actor = latest_actor_dir(info["local_dir"])
         target = self.dir / "hf_model"
         self.emit(Progress(stage="train", message=f"merging {actor} into a HF model"))

@@ -110,8 +110,7 @@ class VerlSpec(Spec):
     learningRate: float = Field(1e-6, gt=0)
     maxPromptLength: int = Field(4096, ge=16)
     maxResponseLength: int = Field(1024, ge=8)
-    totalEpochs: int = Field(2, ge=1)
-    totalTrainingSteps: int = Field(0, ge=0, description="0 = epochs decide")
+    totalTrainingSteps: int = Field(0, ge=0, description="most GRPO steps (trainer.total_training_steps); 0 = training.epochs decide")
     ppoMiniBatchSize: int = Field(32, ge=1, description="prompts per actor update (actor.ppo_mini_batch_size)")
     ppoMicroBatchSizePerGpu: int = Field(4, ge=1)
     logProbMicroBatchSizePerGpu: int = Field(8, ge=1)
@@ -120,13 +119,23 @@ class VerlSpec(Spec):
     saveFreq: int = Field(20, ge=1, description="verl checkpoint every N steps (the last step always saves)")
     overrides: list[str] = Field(default_factory=list, description="extra Hydra overrides, e.g. 'trainer.logger=[console,wandb]'")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        # strict specs would only say "unknown field"; say where the setting went
+        if isinstance(data, dict) and "totalEpochs" in data:
+            raise ValueError("totalEpochs was removed: set training.epochs instead (GRPO passes over the round's data, both backends)")
+        return data
+
 
 class TrainingSpec(Spec):
     backend: Literal["cpu", "verl"] = "cpu"
     sftWarmStart: bool = Field(True, description="supervised warm start on reference calls before GRPO")
     sftEpochs: float = Field(3.0, ge=0)
     sftLearningRate: float = Field(3e-3, gt=0)
-    grpoSteps: int = Field(20, ge=0)
+    grpoSteps: int | None = Field(
+        None, ge=0, description="CPU GRPO steps; unset = `epochs` passes over the round's data (ceil(rows / promptsPerStep) steps each); 0 = SFT only"
+    )
     groupSize: int = Field(4, ge=2, description="rollouts per prompt (GRPO group)")
     promptsPerStep: int = Field(4, ge=1)
     learningRate: float = Field(1e-4, gt=0)
@@ -136,7 +145,9 @@ class TrainingSpec(Spec):
     temperature: float = Field(1.0, gt=0)
     maxPromptTokens: int = Field(1024, ge=16)
     maxResponseTokens: int = Field(96, ge=8)
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(
+        2, ge=1, description="GRPO passes over the round's data (paper: 2 per iteration); verl trainer.total_epochs, CPU steps unless grpoSteps is set"
+    )
     seed: int = 0
     gpus: int = Field(0, ge=0, description="GPUs per training Job (verl)")
     queueName: str = Field(
