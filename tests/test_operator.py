@@ -541,3 +541,16 @@ def test_job_outcome_of_suspended_jobs():
     assert job_outcome({"spec": {}, "status": {"conditions": [{"type": "Suspended", "status": "False", "reason": "JobResumed"}]}})[0] == "Running"
     # A finished Job is finished, whatever its suspend flag says.
     assert job_outcome({"spec": {"suspend": True}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}})[0] == "Failed"
+
+
+def test_operator_settings_reject_a_bad_default_queue_and_work_volume(tmp_path):
+    from looptool.operators.settings import load_settings
+    from looptool.shared.config import ConfigError
+
+    path = tmp_path / "operator.yaml"
+    path.write_text("trainer:\n  queueName: 'gpu queue'\n  workVolume: {size: lots}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(str(path))
+    text = str(err.value)
+    assert "trainer.queueName" in text and "not a valid Kubernetes label value" in text
+    assert "trainer.workVolume.size" in text
