@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from looptool.shared.config import ConfigError, format_validation_error
-from looptool.shared.loop.manifest import QUANTITY_PATTERN, check_label_value
+from looptool.shared.loop.manifest import QUANTITY_PATTERN, check_label_value, check_quantity
 
 
 # The Kubernetes `restricted` Pod Security Standard, satisfied by default (the image runs as uid 1000).
@@ -42,6 +42,7 @@ class WorkVolumeSettings(BaseModel):
     accessModes: list[Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]] = Field(
         default_factory=lambda: ["ReadWriteOnce"], min_length=1
     )
+    _size = field_validator("size", mode="before")(check_quantity)
 
 
 class TrainerJobSettings(BaseModel):

@@ -553,4 +553,4 @@ def test_operator_settings_reject_a_bad_default_queue_and_work_volume(tmp_path):
         load_settings(str(path))
     text = str(err.value)
     assert "trainer.queueName" in text and "not a valid Kubernetes label value" in text
-    assert "trainer.workVolume.size" in text
+    assert "trainer.workVolume.size" in text and "'lots' is not a storage size; use a Kubernetes quantity such as 200Gi" in text

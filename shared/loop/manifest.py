@@ -36,6 +36,12 @@ def check_label_value(value: object) -> object:
     return value
 
 
+def check_quantity(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a storage size; use a Kubernetes quantity such as 200Gi or 1Ti")
+    return value
+
+
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -227,6 +233,8 @@ class Resources(Spec):
     workVolumeSize: str = Field(
         "", pattern=QUANTITY_PATTERN, description="size of the trainer's work volume claim, e.g. 500Gi (empty = the operator's default)"
     )
+
+    _work_volume_size = field_validator("workVolumeSize", mode="before")(check_quantity)
 
 
 class LoopRoundSpec(Spec):
