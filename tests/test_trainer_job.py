@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from s3server import moto_s3  # noqa: F401  (fixture)
 
 from looptool.services.trainer.toy import TINY_BASE, commit_toy_dataset, toy_rows
 
@@ -307,3 +308,31 @@ def test_workdir_claim_waits_for_the_same_run_and_spares_live_temporaries(tmp_pa
 
     with claim_workdir(wd, key, events.append) as waited:  # nobody else here now: swept
         assert not waited and not live.exists()
+
+
+def test_s3_base_model_is_cached_in_the_workdir_and_reused_on_restart(tmp_path, moto_s3, monkeypatch):  # noqa: F811
+    """A restarted Job on the same work directory loads the base model from its verified cache."""
+    from looptool.services.trainer.runner import CpuRun, Prepared, parse_job
+    from looptool.shared.storage.artifacts import upload_dir
+    from looptool.shared.storage.s3 import S3Store
+    from looptool.shared.tiny_model import TinyModelSpec, build_tiny_model
+
+    settings = moto_s3.settings("cache")
+    store = moto_s3.store("cache")
+    tiny = TinyModelSpec(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=1)
+    build_tiny_model(tmp_path / "m", ["hello world", "weather in Oslo"], tiny)
+    upload_dir(store, "models/base", tmp_path / "m")
+    ref = commit_toy_dataset((tmp_path / "ds").as_uri(), 2)
+    job = parse_job(_request(tmp_path, ref, base="s3://cache/models/base"))
+    prep = Prepared(job=job, store=store, prefix="out", key="k" * 64, base_identity="")
+    downloads: list[str] = []
+    real_get = S3Store.get_file
+    monkeypatch.setattr(S3Store, "get_file", lambda self, key, path: (downloads.append(key), real_get(self, key, path))[1])
+
+    wd = tmp_path / "wd"
+    first = CpuRun(prep, lambda p: None, None, wd, settings)._base_dir([])
+    assert first.parent == wd / "cache" / "models" and (first / "config.json").is_file()
+    n = len(downloads)
+    assert n == sum(1 for f in (tmp_path / "m").rglob("*") if f.is_file())
+    again = CpuRun(prep, lambda p: None, None, wd, settings)._base_dir([])  # the restarted Job
+    assert again == first and len(downloads) == n  # nothing downloaded twice
