@@ -507,7 +507,10 @@ def claim_workdir(wd: Path, key: str, emit: Emit) -> Iterator[bool]:
                 for p in d.iterdir() if d.is_dir() else ():
                     if p.name.startswith(prefixes):
                         log.info("removing %s left by an interrupted run", p)
-                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                        if p.is_dir() and not p.is_symlink():
+                            shutil.rmtree(p)
+                        else:
+                            p.unlink()
         fcntl.flock(shared, fcntl.LOCK_SH)  # released when the file closes (or the process dies)
         yield waited
 
