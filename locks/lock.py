@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import tomllib
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ LOCKS = ROOT / "locks"
 PYPROJECT = ROOT / "pyproject.toml"
 VERL_REQUIRES = LOCKS / "verl-requires.txt"
 PROJECT = "looptool"
-INDEX_URL = "https://pypi.org/simple"
 # Both images are glibc >= 2.35 (vLLM's on Ubuntu 22.04, verl's on 24.04); 2_28 would miss
 # wheels such as llguidance's manylinux_2_31 ones and fall back to building from source.
 PLATFORM = "x86_64-manylinux_2_35"
@@ -154,21 +152,19 @@ def verl_constraints(reqs: list[str]) -> list[str]:
     return sorted(out)
 
 
-def fetch_verl_requires(version: str, index_url: str) -> list[str]:
-    """Requires-Dist of verl==version, read from its wheel on the index (verified by sha256)."""
-    req = urllib.request.Request(f"{index_url.rstrip('/')}/verl/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        files = json.load(r)["files"]
-    wheels = [f for f in files if f["filename"].startswith(f"verl-{version}-") and f["filename"].endswith(".whl")]
-    if not wheels:
-        raise LockError(f"no wheel of verl=={version} on {index_url}")
-    f = wheels[0]
-    with urllib.request.urlopen(f["url"], timeout=300) as r:
-        data = r.read()
-    if hashlib.sha256(data).hexdigest() != f["hashes"]["sha256"]:
-        raise LockError(f"{f['filename']}: sha256 does not match the index; retry `make lock`")
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        meta = z.read(f"verl-{version}.dist-info/METADATA").decode()
+def fetch_verl_requires(version: str) -> list[str]:
+    """Requires-Dist of verl==version, read from its wheel (pip downloads it with its hash checked)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", "-d", tmp, f"verl=={version}"],
+            capture_output=True, text=True,
+        )
+        wheels = sorted(Path(tmp).glob(f"verl-{version}-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+            raise LockError(f"no wheel of verl=={version} from the package index: {last[-1] if last else 'pip download failed'}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            meta = z.read(f"verl-{version}.dist-info/METADATA").decode()
     return [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
 
 
@@ -272,9 +268,9 @@ def parse_lock(text: str) -> tuple[dict[str, str], list[Pin]]:
 # ----------------------------------------------------------------------------- main
 
 
-def uv_compile(uv: str, s: LockSet, constraint_file: Path | None, index_url: str, out: Path, verbose: bool) -> list[str]:
+def uv_compile(uv: str, s: LockSet, constraint_file: Path | None, out: Path, verbose: bool) -> list[str]:
     cmd = [uv, "pip", "compile", "--no-config", "--quiet", "--no-header", "--python-version", s.python,
-           "--python-platform", PLATFORM, "--index-url", index_url, "pyproject.toml", "--extra", s.extra]
+           "--python-platform", PLATFORM, "pyproject.toml", "--extra", s.extra]
     if constraint_file is not None:
         cmd += ["-c", str(constraint_file.relative_to(ROOT))]
     cmd += ["-o", str(out)]
@@ -305,7 +301,7 @@ def check_image(s: LockSet, pins: dict[str, str]) -> None:
                             f"update SETS in locks/lock.py to the image of the locked release")
 
 
-def lock_one(uv: str, s: LockSet, index_url: str, verbose: bool = False) -> None:
+def lock_one(uv: str, s: LockSet, verbose: bool = False) -> None:
     project = project_table()
     out = lock_path(s)
     tmp = out.with_suffix(".tmp")
@@ -314,15 +310,15 @@ def lock_one(uv: str, s: LockSet, index_url: str, verbose: bool = False) -> None
     try:
         if s.paired_with_verl:
             # First pass: which verl the ranges pick; then its own rollout pins constrain the set.
-            uv_compile(uv, s, None, index_url, tmp, verbose)
+            uv_compile(uv, s, None, tmp, verbose)
             verl = dict((p.name, p.version) for p in parse_lock(tmp.read_text())[1]).get("verl")
             if verl is None:
                 raise LockError(f"{s.name}: the {s.extra!r} extra does not install verl")
-            write_verl_requires(verl, fetch_verl_requires(verl, index_url))
+            write_verl_requires(verl, fetch_verl_requires(verl))
             constraints = verl_constraints(verl_requires_lines()[1])
             cfile = LOCKS / f".{s.name}.constraints.txt"
             cfile.write_text("".join(f"{c}\n" for c in constraints))
-        cmd = uv_compile(uv, s, cfile, index_url, tmp, verbose)
+        cmd = uv_compile(uv, s, cfile, tmp, verbose)
         body = tmp.read_text()
     finally:
         tmp.unlink(missing_ok=True)
@@ -367,7 +363,6 @@ def _display(cmd: list[str], cfile: Path | None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--uv", default="uv", help="the uv binary (make lock passes the tools venv's)")
-    ap.add_argument("--index-url", default=INDEX_URL)
     ap.add_argument("-v", "--verbose", action="store_true", help="also print the resolver's explanation")
     ap.add_argument("sets", nargs="*", help=f"which locks (default all: {', '.join(s.name for s in SETS)})")
     args = ap.parse_args(argv)
@@ -377,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise LockError(f"unknown lock {sorted(unknown)[0]!r}; choose from {', '.join(s.name for s in SETS)}")
         for s in chosen:
-            lock_one(args.uv, s, args.index_url, args.verbose)
+            lock_one(args.uv, s, args.verbose)
     except LockError as e:
         print(f"make lock: {e}", file=sys.stderr)
         return 1
