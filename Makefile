@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/looptool/v1/*.proto)
 
-.PHONY: setup proto proto-check crd demo test test-fast bench lint clean lock
+.PHONY: setup proto proto-check crd demo test test-fast bench lint clean lock image image-test
 
 $(STAMP): pyproject.toml locks/cpu.txt .ci/system-deps.sh
 	bash .ci/system-deps.sh
@@ -38,7 +38,19 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -x --durations=15 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow and not image" tests
+
+# The CPU image <chart image.repository>:<chart appVersion> (images/Containerfile) with Debian's
+# buildah and podman, from a Debian base made by mmdebstrap: no container registry needed. Rebuilt
+# only when its inputs change. GPU images: see images/Containerfile.gpu-* and docs/kubernetes.md.
+image:
+	bash images/deps.sh
+	$(PYTHON) images/build.py
+
+# Builds (or reuses) the CPU image and runs toolsim in it with podman (minutes; .ci/run runs it).
+image-test: $(STAMP)
+	bash images/deps.sh
+	$(PY) -m pytest -q -p no:cacheprovider -m image tests/test_image.py
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

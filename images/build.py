@@ -115,6 +115,13 @@ def image_label(ref: str, label: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def image_id(ref: str) -> str | None:
+    out = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", ref], env=container_env(), capture_output=True, text=True
+    )
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def ensure_base() -> str:
     ref = base_image_ref()
     if image_label(ref, INPUTS_LABEL) is not None:
@@ -193,7 +200,11 @@ def ensure_image(force: bool = False) -> str:
     if not force and image_label(ref, INPUTS_LABEL) == digest:
         print(f"{ref} is up to date ({INPUTS_LABEL}={digest[:12]})")
         return ref
+    previous = image_id(ref)
     build(ref, digest)
+    if previous and previous != image_id(ref):
+        # The replaced build is now untagged; drop it (its cached layers stay for the next build).
+        subprocess.run(["podman", "rmi", previous], env=container_env(), capture_output=True)
     return ref
 
 
