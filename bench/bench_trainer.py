@@ -17,7 +17,7 @@ tools, ≈85 prompt tokens with the tiny BPE, ≈22-token ``<tool_call>`` answer
    ``builtin:tiny``, ``--samples`` samples, SFT ``--sft-epochs`` epochs (batch 16) then
    ``--grpo-steps`` GRPO steps — timing the tiny-model build, SFT and GRPO separately.
 
-Threads: all cores of this process, or ``--threads N`` (sets ``LOOPTOOL_TORCH_THREADS``). On a
+Threads: all cores of this process, or ``--threads N`` (sets ``LOOPTOOL_TRAINER__TORCH_THREADS``). On a
 shared, busy machine one thread is much faster than two (OpenMP threads wait on each other when a
 core is taken by someone else); numbers are wall-clock. Prints a table and a JSON line; exits 0.
 """
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     args = ap.parse_args(argv)
     if args.threads:
-        os.environ["LOOPTOOL_TORCH_THREADS"] = str(args.threads)
+        os.environ["LOOPTOOL_TRAINER__TORCH_THREADS"] = str(args.threads)
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as td:
         tmp = Path(td)

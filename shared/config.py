@@ -5,6 +5,10 @@ Environment overrides use ``__`` between levels, e.g.
 Values are parsed as YAML scalars (``7001`` → int, ``true`` → bool).
 Precedence per field: environment, then YAML, then defaults; setting one field of a section keeps
 that section's other defaults (``LOOPTOOL_SERVICES__TOOLSIM__HOST`` keeps toolsim's ports).
+
+This module is the one place that reads settings from the environment (a test greps the tree for
+other reads): besides the ``LOOPTOOL_<SECTION>__<FIELD>`` overrides, only the S3 credentials' flat
+names below, which the chart and the operator's Jobs set from a Secret.
 """
 
 from __future__ import annotations
@@ -29,15 +33,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _first_env(*names: str) -> str:
+    """The value of the first of ``names`` that is set ("" if none)."""
+    for name in names:
+        if name in os.environ:
+            return os.environ[name]
+    return ""
+
+
 class S3Settings(Section):
-    endpoint: str = Field(default_factory=lambda: os.environ.get("LOOPTOOL_S3_ENDPOINT", ""))
-    access_key: str = Field(
-        default_factory=lambda: os.environ.get("LOOPTOOL_S3_ACCESS_KEY", os.environ.get("AWS_ACCESS_KEY_ID", ""))
-    )
+    # Defaults from the flat variables (below YAML and LOOPTOOL_STORAGE__S3__* in precedence), then
+    # the AWS SDK's names.
+    endpoint: str = Field(default_factory=lambda: _first_env("LOOPTOOL_S3_ENDPOINT"))
+    access_key: str = Field(default_factory=lambda: _first_env("LOOPTOOL_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
     secret_key: SecretStr = Field(
-        default_factory=lambda: SecretStr(
-            os.environ.get("LOOPTOOL_S3_SECRET_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
-        )
+        default_factory=lambda: SecretStr(_first_env("LOOPTOOL_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"))
     )
     bucket: str = "looptool"
     secure: bool = False
@@ -64,6 +74,11 @@ class ServiceEndpoint(Section):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+# The five gRPC services, in start order: one list for the local runner, the operator's executor,
+# `looptool serve` and the dashboard (the chart's templates are checked against it in tests).
+SERVICE_NAMES = ("inference", "toolsim", "synthesizer", "expander", "trainer")
 
 
 class ServicesSettings(Section):
@@ -105,6 +120,12 @@ class TrainerSettings(Section):
     # model builds, verl's local checkpoints. In Kubernetes the round's PersistentVolumeClaim is
     # mounted here (the Job passes --workdir, which wins over this).
     workdir: str = ".looptool/trainer"
+    # Torch threads of the CPU trainer (LOOPTOOL_TRAINER__TORCH_THREADS); unset = the CPUs this
+    # process may use (affinity, capped by a cgroup CPU quota).
+    torch_threads: int | None = Field(None, ge=1)
+    # The interpreter that runs verl (LOOPTOOL_TRAINER__VERL_PYTHON), e.g. a separate virtualenv;
+    # empty = the trainer's own.
+    verl_python: str = ""
 
 
 class LoopToolConfig(Section):

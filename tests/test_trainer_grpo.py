@@ -14,7 +14,7 @@ from looptool.services.trainer.sft import build_schedule
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
-    monkeypatch.setenv("LOOPTOOL_TORCH_THREADS", "1")  # deterministic and immune to a busy machine
+    monkeypatch.setenv("LOOPTOOL_TRAINER__TORCH_THREADS", "1")  # deterministic and immune to a busy machine
 
 
 def test_group_advantages_normalise_within_groups():

@@ -30,7 +30,7 @@ SMALL = {
 
 
 def _env():
-    env = dict(os.environ, LOOPTOOL_TORCH_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, LOOPTOOL_TRAINER__TORCH_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("LOOPTOOL_S3_ENDPOINT", None)
     return env
 
@@ -156,7 +156,7 @@ def test_resume_is_exact_and_idempotent_in_process(tmp_path, monkeypatch):
     from looptool.services.trainer.common import TrainCancelled
     from looptool.services.trainer.runner import parse_job, run_training
 
-    monkeypatch.setenv("LOOPTOOL_TORCH_THREADS", "1")
+    monkeypatch.setenv("LOOPTOOL_TRAINER__TORCH_THREADS", "1")
     ref = commit_toy_dataset((tmp_path / "ds").as_uri(), 4)
     cfg = {**SMALL, "grpoSteps": 8, "checkpointEvery": 0}
     full = run_training(parse_job(_request(tmp_path, ref, cfg, out="a")), workdir=tmp_path / "wa")
@@ -267,7 +267,7 @@ def test_prompt_longer_than_max_prompt_tokens_is_rejected(tmp_path, monkeypatch)
     from looptool.services.trainer.runner import parse_job, run_training
     from looptool.shared.errors import InputError
 
-    monkeypatch.setenv("LOOPTOOL_TORCH_THREADS", "1")
+    monkeypatch.setenv("LOOPTOOL_TRAINER__TORCH_THREADS", "1")
     ref = commit_toy_dataset((tmp_path / "ds").as_uri(), 4)
     with pytest.raises(InputError, match=r"config.maxPromptTokens: is 16 but every prompt is longer"):
         run_training(parse_job(_request(tmp_path, ref, {**SMALL, "maxPromptTokens": 16})), workdir=tmp_path / "wd")

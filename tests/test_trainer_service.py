@@ -39,7 +39,7 @@ CFG = {
 def server(tmp_path, monkeypatch):
     from looptool.services.trainer.server import start
 
-    monkeypatch.setenv("LOOPTOOL_TORCH_THREADS", "1")
+    monkeypatch.setenv("LOOPTOOL_TRAINER__TORCH_THREADS", "1")
     mport = free_port()
     running = start(None, port=0, metrics_port=mport, workdir=tmp_path / "wd")
     yield running

@@ -221,7 +221,7 @@ def fake_verl(tmp_path, monkeypatch):
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
     (hf / "model.safetensors").write_bytes(b"weights")
-    monkeypatch.setenv("LOOPTOOL_VERL_PYTHON", str(script))
+    monkeypatch.setenv("LOOPTOOL_TRAINER__VERL_PYTHON", str(script))
     monkeypatch.setenv("FAKE_HF_MODEL", str(hf))
     monkeypatch.setenv("FAKE_VERL_RECORD", str(tmp_path / "overrides.json"))
     return tmp_path

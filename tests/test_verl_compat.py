@@ -249,7 +249,7 @@ def test_epochs_sets_the_cpu_grpo_step_count(tmp_path, monkeypatch):
     from looptool.services.trainer.toy import TINY_BASE, commit_toy_dataset
 
     assert grpo_step_count(None, 2, 5, 2) == 6 and grpo_step_count(7, 2, 5, 2) == 7 and grpo_step_count(0, 3, 5, 2) == 0
-    monkeypatch.setenv("LOOPTOOL_TORCH_THREADS", "1")
+    monkeypatch.setenv("LOOPTOOL_TRAINER__TORCH_THREADS", "1")
     ref = commit_toy_dataset((tmp_path / "ds").as_uri(), 4)
     cfg = {"sftWarmStart": False, "groupSize": 2, "promptsPerStep": 2, "maxResponseTokens": 8, "checkpointEvery": 0}
 

@@ -79,16 +79,17 @@ def cpu_quota() -> int | None:
     return None
 
 
-def configure_threads() -> int:
-    """Torch threads = the CPUs this process may use (affinity, capped by a cgroup quota: a pod
-    limited to 2 CPUs on a 64-core node must not run 64 threads); ``LOOPTOOL_TORCH_THREADS``
-    overrides."""
-    env = os.environ.get("LOOPTOOL_TORCH_THREADS", "")
-    try:
-        n = int(env) if env else len(os.sched_getaffinity(0))
-    except (ValueError, AttributeError):
-        n = os.cpu_count() or 1
-    if not env:
+def configure_threads(threads: int | None = None) -> int:
+    """Torch threads = ``threads`` (the ``trainer.torch_threads`` setting) or else the CPUs this
+    process may use (affinity, capped by a cgroup quota: a pod limited to 2 CPUs on a 64-core node
+    must not run 64 threads)."""
+    if threads is not None:
+        n = threads
+    else:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # no sched_getaffinity (macOS)
+            n = os.cpu_count() or 1
         q = cpu_quota()
         if q:
             n = min(n, q)

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         job = parse_job(raw)
-        result = execute(job, s3=cfg.storage.s3, workdir=args.workdir or cfg.trainer.workdir, emit=emit, cancel=cancel)
+        result = execute(
+            job, s3=cfg.storage.s3, workdir=args.workdir or cfg.trainer.workdir, emit=emit, cancel=cancel, settings=cfg.trainer
+        )
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit code + one line
         state, reason = classify(exc)
         if state == "failed" and not isinstance(exc, UserError):

@@ -25,7 +25,6 @@ as lists.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -40,11 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from looptool.services.trainer import metrics as tm
 from looptool.services.trainer.common import TrainCancelled, TrainFailed
-from looptool.shared.config import LoopToolConfig, load_config
+from looptool.shared.config import LoopToolConfig, TrainerSettings, load_config
 from looptool.shared.errors import InputError
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import TrainingSpec
-from looptool.shared.records import DatasetRef, Progress, StageResult, canonical_json, utcnow
+from looptool.shared.records import DatasetRef, Progress, StageResult, content_key, utcnow
 from looptool.shared.storage import open_dataset, split_uri
 from looptool.shared.storage.artifacts import artifact_exists, upload_dir
 from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
@@ -189,7 +188,7 @@ def run_key(job: TrainJob, dataset_hash: str, base_identity: str) -> str:
     cfg = job.config.model_dump(mode="json")
     cfg.pop("checkpointEvery", None)  # operational, does not change the trained model
     payload = {"v": KEY_VERSION, "dataset": dataset_hash, "config": cfg, "base": base_identity, "base_uri": job.base_checkpoint_uri}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    return content_key(payload)
 
 
 def prepare(job: TrainJob, s3=None) -> Prepared:
@@ -248,8 +247,9 @@ def result_to_stage(result: dict[str, Any], cached: bool = False) -> StageResult
 class CpuRun:
     """SFT warm start (optional) then GRPO, with checkpoints, resume and cancel at step boundaries."""
 
-    def __init__(self, prep: Prepared, emit: Emit, cancel: threading.Event, workdir: Path, s3=None):
+    def __init__(self, prep: Prepared, emit: Emit, cancel: threading.Event, workdir: Path, s3=None, threads: int | None = None):
         self.prep, self.emit, self.cancel, self.workdir, self.s3 = prep, emit, cancel, workdir, s3
+        self.threads = threads  # trainer.torch_threads; None = the CPUs this process may use
         self.spec = prep.job.config
         self.state: dict[str, Any] = {"reward_curve": [], "sft_loss_curve": [], "last_grpo": {}, "last_sft": {}, "tps": []}
         self.resumed_from: dict[str, Any] | None = None
@@ -285,7 +285,7 @@ class CpuRun:
 
         quiet_transformers()
         prev_threads = torch.get_num_threads()
-        configure_threads()
+        configure_threads(self.threads)
         try:
             spec, prep = self.spec, self.prep
             seed_all(spec.seed)
@@ -527,9 +527,11 @@ def run_training(
     workdir: str | os.PathLike[str] | None = None,
     emit: Emit | None = None,
     cancel: threading.Event | None = None,
+    settings: TrainerSettings | None = None,
 ) -> StageResult:
     """Validate, (skip if done,) train, upload, write result.json. Raises InputError (bad input),
-    TrainCancelled, TrainFailed or another exception (a bug / infrastructure failure)."""
+    TrainCancelled, TrainFailed or another exception (a bug / infrastructure failure).
+    ``settings``: the config's ``trainer`` section (default: the environment's config)."""
     emit = emit or (lambda p: None)
     cancel = cancel or threading.Event()
     started = utcnow()
@@ -539,7 +541,8 @@ def run_training(
         emit(Progress(stage="train", done=1, total=1, message=f"already trained: {cached['checkpoint_uri']} (no-op)"))
         return result_to_stage(cached, cached=True)
     load_rows(prep)
-    wd = Path(workdir) if workdir else default_workdir()
+    settings = settings or load_config().trainer
+    wd = Path(workdir) if workdir else Path(settings.workdir).resolve()
     wd.mkdir(parents=True, exist_ok=True)
     with claim_workdir(wd, prep.key, emit) as waited:
         cached = cached_result(prep) if waited else None  # the run we waited for may have finished
@@ -549,9 +552,9 @@ def run_training(
         if job.config.backend == "verl":
             from looptool.services.trainer.verl_backend import VerlRun
 
-            outcome = VerlRun(prep, emit, cancel, wd, s3).run()
+            outcome = VerlRun(prep, emit, cancel, wd, s3, python=settings.verl_python or None).run()
         else:
-            outcome = CpuRun(prep, emit, cancel, wd, s3).run()
+            outcome = CpuRun(prep, emit, cancel, wd, s3, threads=settings.torch_threads).run()
         result = {
             "version": 1,
             "status": "succeeded",

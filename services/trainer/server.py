@@ -86,7 +86,8 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                         if run.cancel.is_set():
                             raise TrainCancelled("cancelled while queued")
                 try:
-                    result = execute(job, s3=self.s3, workdir=self.workdir, emit=lambda p: events.put(("event", p)), cancel=run.cancel)
+                    result = execute(job, s3=self.s3, workdir=self.workdir, emit=lambda p: events.put(("event", p)), cancel=run.cancel,
+                                     settings=self.cfg.trainer if self.cfg is not None else None)
                 finally:
                     self._slots.release()
                 events.put(("done", result))

@@ -391,7 +391,7 @@ class VerlRun:
 
     def __init__(self, prep, emit, cancel: threading.Event, workdir: Path, s3=None, python: str | None = None):
         self.prep, self.emit, self.cancel, self.s3 = prep, emit, cancel, s3
-        self.python = python or os.environ.get("LOOPTOOL_VERL_PYTHON") or sys.executable
+        self.python = python or sys.executable  # run_training passes trainer.verl_python
         self.workdir = Path(workdir)
         self.dir = self.workdir / "verl" / prep.key[:16]
         self.spec: TrainingSpec = prep.job.config

@@ -213,11 +213,3 @@ class _ResponseReader(io.RawIOBase):
                 self._resp.release_conn()
             finally:
                 super().close()
-
-
-def s3_settings_from_env() -> dict[str, str]:
-    return {
-        "endpoint": os.environ.get("LOOPTOOL_S3_ENDPOINT", ""),
-        "access_key": os.environ.get("LOOPTOOL_S3_ACCESS_KEY", os.environ.get("AWS_ACCESS_KEY_ID", "")),
-        "secret_key": os.environ.get("LOOPTOOL_S3_SECRET_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY", "")),
-    }
