@@ -21,6 +21,18 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def text_key(text: str, length: int = 64) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``text`` (UTF-8): the one way a content
+    key (a sample, dialogue, dataset or run id) is hashed. Each key keeps the length it was first
+    stored with, so ids in existing datasets stay valid."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def content_key(value: Any, length: int = 64, prefix: str = "") -> str:
+    """``prefix`` + :func:`text_key` of ``canonical_json(value)``: a stable key of JSON-able content."""
+    return prefix + text_key(canonical_json(value), length)
+
+
 def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -101,14 +113,12 @@ class Sample(Record):
 
     def content_id(self) -> str:
         """Stable id derived from content (context, tool names, reference), not from lineage."""
-        payload = canonical_json(
-            {
-                "context": [m.model_dump(exclude={"reasoning"}) for m in self.context],
-                "tools": sorted(t.name for t in self.tools),
-                "reference": [c.model_dump(exclude={"id"}) for c in self.reference],
-            }
-        )
-        return "s-" + hashlib.sha256(payload.encode()).hexdigest()[:20]
+        payload = {
+            "context": [m.model_dump(exclude={"reasoning"}) for m in self.context],
+            "tools": sorted(t.name for t in self.tools),
+            "reference": [c.model_dump(exclude={"id"}) for c in self.reference],
+        }
+        return content_key(payload, 20, prefix="s-")
 
     def with_id(self) -> "Sample":
         if not self.id:

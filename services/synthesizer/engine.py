@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
 from looptool.shared import metrics
-from looptool.shared.records import DatasetRef, Dialog, ErrorInfo, Message, Progress, StageResult, Tool, ToolCall, canonical_json
+from looptool.shared.records import DatasetRef, Dialog, ErrorInfo, Message, Progress, StageResult, Tool, ToolCall, content_key
 
 from .agents import Agents, NeedState, ToolOutcome, _error_type
 from .config import SynthesisConfig
@@ -76,8 +76,7 @@ class Outcome:
 
 
 def _dialog_id(messages: list[Message], tools: list[Tool]) -> str:
-    payload = canonical_json({"m": [m.model_dump() for m in messages], "t": [t.name for t in tools]})
-    return "d-" + hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return content_key({"m": [m.model_dump() for m in messages], "t": [t.name for t in tools]}, 20, prefix="d-")
 
 
 def synthesize_dialog(index: int, seed: int, toolset: list[Tool], cfg: SynthesisConfig, agents: Agents,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from typing import Any
@@ -13,7 +12,7 @@ from pydantic import ValidationError
 from looptool.shared.grpc_util import RunningServer, start_server
 from looptool.shared.logs import get_logger
 from looptool.shared.proto_convert import dataset_from_pb, dialog_to_pb, error_to_pb, progress_to_pb, result_to_pb
-from looptool.shared.records import Dialog, ErrorInfo, Progress, StageResult
+from looptool.shared.records import Dialog, ErrorInfo, Progress, StageResult, text_key
 from looptool.v1 import synthesizer_pb2 as pb
 from looptool.v1 import synthesizer_pb2_grpc as pb_grpc
 
@@ -39,7 +38,7 @@ def event_to_pb(ev: Any) -> pb.SynthesisEvent:
 
 def output_key(toolset_hash: str, num: int, seed: int, cfg: SynthesisConfig, round: int) -> str:
     payload = json.dumps({"t": toolset_hash, "n": num, "s": seed, "c": cfg.model_dump(mode="json"), "r": round}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return text_key(payload, 16)  # json.dumps' own separators, not canonical_json: stored keys depend on them
 
 
 class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):

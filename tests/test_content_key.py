@@ -1,0 +1,42 @@
+"""The one content-key helper: every id it replaced keeps the exact bytes it had before."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from looptool.shared.records import Message, Sample, Tool, ToolCall, canonical_json, content_key, text_key
+
+
+def test_text_key_is_a_truncated_sha256_of_utf8_text():
+    assert text_key("é") == hashlib.sha256("é".encode()).hexdigest()
+    assert text_key("abc", 12) == hashlib.sha256(b"abc").hexdigest()[:12]
+    assert text_key("", 24) == hashlib.sha256(b"").hexdigest()[:24]
+
+
+def test_content_key_hashes_canonical_json_with_a_prefix():
+    value = {"b": [1, "ü"], "a": {"y": None, "x": True}}
+    digest = hashlib.sha256(canonical_json(value).encode()).hexdigest()
+    assert content_key(value) == digest
+    assert content_key(value, 20, prefix="s-") == "s-" + digest[:20]
+    assert content_key({"a": 1, "b": 2}, 16) == content_key({"b": 2, "a": 1}, 16)  # key order does not matter
+
+
+def test_sample_content_id_is_unchanged():
+    s = Sample(
+        context=[Message(role="user", content="Weather in Zürich?", reasoning="ignored")],
+        tools=[Tool(name="b"), Tool(name="a")],
+        reference=[ToolCall(name="get_weather", arguments={"city": "Zürich"}, id="call-1")],
+    )
+    # the serialisation Sample.content_id used before the helper existed, spelt out
+    payload = json.dumps(
+        {
+            "context": [{"content": "Weather in Zürich?", "name": "", "role": "user", "tool_call_id": "", "tool_calls": []}],
+            "tools": ["a", "b"],
+            "reference": [{"arguments": {"city": "Zürich"}, "name": "get_weather"}],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert s.content_id() == "s-" + hashlib.sha256(payload.encode()).hexdigest()[:20]
