@@ -15,4 +15,14 @@ class InputError(ValueError):
         super().__init__(f"{field}: {problem}" + (f"; {fix}" if fix else ""))
 
 
+class ServiceError(Exception):
+    """An error that names the status it ends an RPC with: ``code`` is a ``grpc.StatusCode`` name
+    (``INVALID_ARGUMENT``, ``NOT_FOUND``, ...); an unknown name ends it with ``INTERNAL``.
+    ``shared.grpc_util.handle_errors`` turns it into the status; the message is the client's details."""
+
+    def __init__(self, message: str, code: str = "INTERNAL"):
+        super().__init__(message)
+        self.code = code
+
+
 UserError = (ConfigError, StorageError, ToolSchemaError, InputError)

@@ -1,21 +1,113 @@
-"""gRPC plumbing shared by every service: server with health + reflection + metrics, client channels."""
+"""gRPC plumbing shared by every service: server with health + reflection + metrics, client channels,
+and ``handle_errors``, the one mapping from typed errors to status codes that every servicer method uses.
+
+Servicers raise; they never call ``context.abort`` themselves. ``STATUS_OF_ERROR`` is the table: the
+nearest class in an exception's MRO that the table names gives the code (so ``NotFound`` has its own
+row under ``StorageError``). A ``ServiceError`` (``BackendError``, ``SessionError``, ...) names its own
+code. Anything else is a bug: ``INTERNAL`` with ``"Type: message"`` (no traceback), logged here.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 
+from looptool.shared.config import ConfigError
+from looptool.shared.errors import InputError, ServiceError
 from looptool.shared.logs import get_logger
 from looptool.shared.metrics import MetricsInterceptor, serve_metrics
+from looptool.shared.schema import ToolSchemaError
+from looptool.shared.storage.base import NotFound, StorageError
 
 log = get_logger("looptool.grpc")
+
+Code = grpc.StatusCode
+
+STATUS_OF_ERROR: Mapping[type[BaseException], grpc.StatusCode] = {
+    # bad input (InputError, ConfigError and pydantic's ValidationError are ValueErrors too)
+    ValueError: Code.INVALID_ARGUMENT,
+    InputError: Code.INVALID_ARGUMENT,
+    ConfigError: Code.INVALID_ARGUMENT,
+    ValidationError: Code.INVALID_ARGUMENT,
+    # the inputs exist but cannot be used as they are
+    ToolSchemaError: Code.FAILED_PRECONDITION,
+    StorageError: Code.FAILED_PRECONDITION,
+    NotFound: Code.NOT_FOUND,
+}
+
+
+def status_of(exc: BaseException, codes: Mapping[type[BaseException], grpc.StatusCode] = STATUS_OF_ERROR) -> grpc.StatusCode | None:
+    """The status ``exc`` ends an RPC with; None for an exception no table row covers (a bug)."""
+    if isinstance(exc, ServiceError):
+        return Code.__members__.get(exc.code, Code.INTERNAL)
+    for cls in type(exc).__mro__:
+        if cls in codes:
+            return codes[cls]
+    return None
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception, codes: Mapping[type[BaseException], grpc.StatusCode],
+           unexpected: str, rpc: str) -> None:
+    code = status_of(exc, codes)
+    if code is None:
+        log.error("rpc failed", exc_info=exc, extra={"rpc": rpc})
+        context.abort(Code.INTERNAL, f"{unexpected}: {type(exc).__name__}: {exc}" if unexpected else f"{type(exc).__name__}: {exc}")
+    context.abort(code, str(exc))
+
+
+def _aborted(context: grpc.ServicerContext) -> bool:
+    """``context.abort`` raises a bare Exception after setting the code: let that one through."""
+    code = getattr(context, "code", None)
+    return callable(code) and code() is not None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(method: F | None = None, *, codes: Mapping[type[BaseException], grpc.StatusCode] | None = None,
+                  unexpected: str = "") -> Any:
+    """Decorate a servicer method (unary or server-streaming, sync): a raised error ends the call with
+    its status from ``STATUS_OF_ERROR`` (``codes`` overrides rows for one service) and ``str(exc)``
+    as details; an unexpected one with ``INTERNAL`` and ``"<unexpected>: Type: message"``. Per-item
+    errors a stream reports as events are not exceptions and are not touched."""
+    table = {**STATUS_OF_ERROR, **(codes or {})}
+
+    def wrap(fn: F) -> F:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from fn(self, request, context)
+                except Exception as exc:  # noqa: BLE001 - every error becomes a status here
+                    if _aborted(context):
+                        raise
+                    _abort(context, exc, table, unexpected, fn.__name__)
+
+            return stream  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status here
+                if _aborted(context):
+                    raise
+                _abort(context, exc, table, unexpected, fn.__name__)
+
+        return unary  # type: ignore[return-value]
+
+    return wrap(method) if method is not None else wrap
 
 MAX_MESSAGE = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from looptool.shared.generation import Completion, GenRequest, GenResult, SamplingParams
 from looptool.shared.records import (
     DatasetRef,
     Decision,
@@ -24,6 +25,7 @@ from looptool.shared.records import (
     Verdict,
 )
 from looptool.v1 import common_pb2 as pb
+from looptool.v1 import inference_pb2
 
 
 def _dumps(value: Any) -> str:
@@ -210,3 +212,76 @@ def stage_event_from_pb(m: pb.StageEvent) -> StageEventValue:
     if which == "result":
         return result_from_pb(m.result)
     raise ValueError("empty StageEvent")
+
+
+# -- generation (InferenceService.Generate*) ----------------------------------------------------
+
+
+def gen_request_to_pb(req: GenRequest, model: str = "") -> inference_pb2.GenerateRequest:
+    p = req.params
+    return inference_pb2.GenerateRequest(
+        messages=[message_to_pb(m) for m in req.messages],
+        tools=[tool_to_pb(t) for t in req.tools],
+        params=pb.SamplingParams(
+            temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, n=p.n, seed=p.seed, stop=list(p.stop)
+        ),
+        request_id=req.request_id,
+        model=model,
+    )
+
+
+def gen_request_from_pb(req: inference_pb2.GenerateRequest) -> GenRequest:
+    """Unset (zero) sampling fields take the defaults; raises ValueError on bad JSON in tools/arguments."""
+    p = req.params
+    params = SamplingParams(
+        temperature=max(0.0, p.temperature),
+        top_p=p.top_p if p.top_p > 0 else 1.0,
+        max_tokens=p.max_tokens if p.max_tokens > 0 else 256,
+        n=p.n if p.n > 0 else 1,
+        seed=p.seed,
+        stop=list(p.stop),
+    )
+    return GenRequest(
+        messages=[message_from_pb(m) for m in req.messages],
+        tools=[tool_from_pb(t) for t in req.tools],
+        params=params,
+        request_id=req.request_id,
+    )
+
+
+def completion_to_pb(c: Completion) -> inference_pb2.Completion:
+    return inference_pb2.Completion(
+        text=c.text,
+        tool_calls=[call_to_pb(tc) for tc in c.tool_calls],
+        parse_error=c.parse_error,
+        finish_reason=c.finish_reason,
+        mean_logprob=c.mean_logprob,
+    )
+
+
+def completion_from_pb(c: inference_pb2.Completion) -> Completion:
+    return Completion(
+        text=c.text,
+        tool_calls=[call_from_pb(tc) for tc in c.tool_calls],
+        parse_error=c.parse_error,
+        finish_reason=c.finish_reason,
+        mean_logprob=c.mean_logprob,
+    )
+
+
+def usage_to_pb(res: GenResult) -> inference_pb2.Usage:
+    return inference_pb2.Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens)
+
+
+def gen_result_to_pb(res: GenResult, model: str) -> inference_pb2.GenerateResponse:
+    return inference_pb2.GenerateResponse(
+        completions=[completion_to_pb(c) for c in res.completions], usage=usage_to_pb(res), model=model
+    )
+
+
+def gen_result_from_pb(resp: inference_pb2.GenerateResponse) -> GenResult:
+    return GenResult(
+        completions=[completion_from_pb(c) for c in resp.completions],
+        prompt_tokens=resp.usage.prompt_tokens,
+        completion_tokens=resp.usage.completion_tokens,
+    )

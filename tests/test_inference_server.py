@@ -20,12 +20,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from inference_support import CITIES, WEATHER, looptool_env, make_samples, one_torch_thread, tiny_model_dir, write_samples  # noqa: F401
 from prometheus_client import REGISTRY
 
-from looptool.services.inference.client import InferenceClient, InferenceError, InferenceUnavailable, drain, request_to_pb
+from looptool.services.inference.client import InferenceClient, InferenceError, InferenceUnavailable, drain
 from looptool.services.inference.server import start
 from looptool.shared.config import InferenceSettings, LoopToolConfig, StorageSettings
 from looptool.shared.generation import GenRequest, SamplingParams
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.manifest import JudgeSpec, ProbeSpec
+from looptool.shared.proto_convert import gen_request_to_pb
 from looptool.shared.records import Decision, JudgedSample, Message, ProbeResult
 from looptool.shared.storage import open_dataset
 from looptool.v1 import inference_pb2_grpc
@@ -144,14 +145,14 @@ def test_client_cancellation_stops_the_generation(server):
     before = _completion_tokens()
     with channel(server.address) as ch:
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
-        call = stub.GenerateStream(request_to_pb(req("hi", max_tokens=1000)), timeout=30)
+        call = stub.GenerateStream(gen_request_to_pb(req("hi", max_tokens=1000)), timeout=30)
         next(call)
         next(call)
         call.cancel()
         with pytest.raises(grpc.RpcError) as info:
             list(call)
         assert info.value.code() == grpc.StatusCode.CANCELLED
-        stub.Generate(request_to_pb(req("hi", max_tokens=2)), timeout=30)
+        stub.Generate(gen_request_to_pb(req("hi", max_tokens=2)), timeout=30)
     assert _completion_tokens() - before < 600
 
 

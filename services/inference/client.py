@@ -12,18 +12,18 @@ from typing import Iterable, Iterator
 
 import grpc
 
-from looptool.shared.generation import Completion, GenRequest, GenResult
+from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.manifest import JudgeSpec, ProbeSpec
 from looptool.shared.proto_convert import (
-    call_from_pb,
+    completion_from_pb,
     dataset_to_pb,
-    message_to_pb,
+    gen_request_to_pb,
+    gen_result_from_pb,
     stage_event_from_pb,
-    tool_to_pb,
 )
 from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult
-from looptool.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from looptool.v1 import inference_pb2, inference_pb2_grpc
 
 StageEventValue = Progress | ErrorInfo | StageResult
 
@@ -36,37 +36,6 @@ class InferenceError(RuntimeError):
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")
         self.code, self.message = code, message
-
-
-def request_to_pb(req: GenRequest, model: str = "") -> inference_pb2.GenerateRequest:
-    p = req.params
-    return inference_pb2.GenerateRequest(
-        messages=[message_to_pb(m) for m in req.messages],
-        tools=[tool_to_pb(t) for t in req.tools],
-        params=common_pb2.SamplingParams(
-            temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, n=p.n, seed=p.seed, stop=list(p.stop)
-        ),
-        request_id=req.request_id,
-        model=model,
-    )
-
-
-def completion_from_pb(c: inference_pb2.Completion) -> Completion:
-    return Completion(
-        text=c.text,
-        tool_calls=[call_from_pb(tc) for tc in c.tool_calls],
-        parse_error=c.parse_error,
-        finish_reason=c.finish_reason,
-        mean_logprob=c.mean_logprob,
-    )
-
-
-def result_from_pb(resp: inference_pb2.GenerateResponse) -> GenResult:
-    return GenResult(
-        completions=[completion_from_pb(c) for c in resp.completions],
-        prompt_tokens=resp.usage.prompt_tokens,
-        completion_tokens=resp.usage.completion_tokens,
-    )
 
 
 class InferenceClient:
@@ -105,14 +74,14 @@ class InferenceClient:
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         if not requests:
             return []
-        batch = inference_pb2.GenerateBatchRequest(requests=[request_to_pb(r, self.model) for r in requests])
+        batch = inference_pb2.GenerateBatchRequest(requests=[gen_request_to_pb(r, self.model) for r in requests])
         out: list[GenResult | None] = [None] * len(requests)
         try:
             for item in self._stub.GenerateBatch(batch, timeout=self.timeout_s):
                 if item.HasField("error"):
                     out[item.index] = GenResult(error=f"{item.error.code}: {item.error.message}")
                 else:
-                    out[item.index] = result_from_pb(item.response)
+                    out[item.index] = gen_result_from_pb(item.response)
         except grpc.RpcError as exc:
             err = self._unavailable(exc)
             if isinstance(err, InferenceUnavailable):
@@ -125,15 +94,15 @@ class InferenceClient:
 
     def generate_one(self, request: GenRequest, timeout_s: float | None = None) -> GenResult:
         try:
-            resp = self._stub.Generate(request_to_pb(request, self.model), timeout=timeout_s or self.timeout_s)
+            resp = self._stub.Generate(gen_request_to_pb(request, self.model), timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
             raise self._unavailable(exc) from None
-        return result_from_pb(resp)
+        return gen_result_from_pb(resp)
 
     def stream(self, request: GenRequest, timeout_s: float | None = None) -> Iterator[str]:
         """Yield text deltas; the generator's return value (StopIteration.value) is the GenResult."""
         try:
-            for chunk in self._stub.GenerateStream(request_to_pb(request, self.model), timeout=timeout_s or self.timeout_s):
+            for chunk in self._stub.GenerateStream(gen_request_to_pb(request, self.model), timeout=timeout_s or self.timeout_s):
                 if chunk.text_delta:
                     yield chunk.text_delta
                 if chunk.done:
@@ -225,4 +194,4 @@ def drain(events: Iterable[StageEventValue]) -> tuple[StageResult | None, list[E
     return result, errors, progress
 
 
-__all__ = ["InferenceClient", "InferenceError", "InferenceUnavailable", "drain", "request_to_pb"]
+__all__ = ["InferenceClient", "InferenceError", "InferenceUnavailable", "drain"]

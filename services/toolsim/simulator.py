@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from looptool.shared import metrics
+from looptool.shared.errors import ServiceError
 from looptool.shared.generation import GenRequest, Generator, SamplingParams
 from looptool.shared.records import ErrorInfo, Message, Tool, ToolCall, canonical_json
 from looptool.shared.schema import ToolSchemaError, check_tool, validate_call
@@ -55,12 +56,12 @@ LATENCY = metrics.histogram("toolsim", "call_latency_seconds", "time to answer o
 SESSIONS = metrics.gauge("toolsim", "sessions_open", "sessions currently open")
 
 
-class SessionError(ValueError):
+class SessionError(ServiceError, ValueError):
     """A session cannot be opened or used (bad tools, unknown environment/session)."""
 
     def __init__(self, message: str, code: str = "INVALID_ARGUMENT", field_: str = ""):
-        super().__init__(message)
-        self.code, self.field = code, field_
+        super().__init__(message, code)
+        self.field = field_
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from looptool.shared import metrics
+from looptool.shared.errors import ServiceError
 from looptool.shared.generation import Completion, GenRequest, GenResult
 from looptool.shared.logs import get_logger
 from looptool.shared.toolcall_format import parse_tool_calls
@@ -42,12 +43,11 @@ ERROR_CODES = (
 DeltaCallback = Callable[[int, str], None]
 
 
-class BackendError(RuntimeError):
+class BackendError(ServiceError, RuntimeError):
     """The backend cannot serve at all (model missing, dependency missing); names the fix."""
 
     def __init__(self, message: str, code: str = "FAILED_PRECONDITION"):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 def error(code: str, message: str) -> str:
