@@ -30,6 +30,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import free_port
+from k8s_tools import helm
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"
@@ -72,6 +73,15 @@ def test_chart_default_image_is_what_make_image_tags():
     from looptool.operators.settings import TrainerJobSettings
 
     assert TrainerJobSettings().image == ref  # the trainer Jobs' default image too
+
+
+def test_install_notes_say_how_to_build_and_push_the_image():
+    notes = helm("install", "rel", str(REPO / "charts/looptool"), "--dry-run=client", "-n", "ns").stdout
+    notes = notes[notes.index("NOTES:") :]
+    ref = build.chart_image_ref()
+    assert f"Image {ref} " in notes and "make image" in notes
+    assert f"podman push {ref} docker://registry.example.com/looptool:{ref.rpartition(':')[2]}" in notes
+    assert "--set image.repository=registry.example.com/looptool" in notes
 
 
 @pytest.mark.parametrize("set_name, arg", [("gpu-inference", "VLLM_IMAGE"), ("gpu-trainer", "VERL_IMAGE")])
