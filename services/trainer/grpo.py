@@ -53,30 +53,59 @@ import torch
 
 from looptool.services.trainer.common import left_pad, position_ids
 from looptool.services.trainer.data import Example, eos_ids
+from looptool.shared.loop.manifest import TrainingSpec
 from looptool.shared.reward import RewardConfig, score_response
+
+_SPEC = TrainingSpec()  # the manifest's ``training`` section owns the defaults
 
 
 @dataclass
 class GRPOConfig:
-    steps: int = 20
-    prompts_per_step: int = 4
-    group_size: int = 4
-    lr: float = 1e-4
-    kl_coef: float = 0.0
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    temperature: float = 1.0
-    max_prompt_tokens: int = 1024
-    max_response_tokens: int = 96
-    micro_batch_size: int = 0  # 0 = all sequences of a mini-batch in one forward/backward
-    ppo_epochs: int = 1
-    ppo_mini_batches: int = 1
-    warmup_ratio: float = 0.05
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    reward_partial_credit: bool = False
+    """The GRPO part of a ``TrainingSpec`` (``from_spec``); the defaults are the spec's."""
+
+    steps: int = 20  # the spec's grpoSteps/epochs resolve to a count per run (grpo_step_count)
+    prompts_per_step: int = _SPEC.promptsPerStep
+    group_size: int = _SPEC.groupSize
+    lr: float = _SPEC.learningRate
+    kl_coef: float = _SPEC.klCoef
+    clip_low: float = _SPEC.clipLow
+    clip_high: float = _SPEC.clipHigh
+    temperature: float = _SPEC.temperature
+    max_prompt_tokens: int = _SPEC.maxPromptTokens
+    max_response_tokens: int = _SPEC.maxResponseTokens
+    micro_batch_size: int = _SPEC.microBatchSize  # 0 = all sequences of a mini-batch in one forward/backward
+    ppo_epochs: int = _SPEC.ppoEpochs
+    ppo_mini_batches: int = _SPEC.ppoMiniBatches
+    warmup_ratio: float = _SPEC.warmupRatio
+    schedule: str = _SPEC.lrSchedule
+    weight_decay: float = _SPEC.weightDecay
+    max_grad_norm: float = _SPEC.maxGradNorm
+    seed: int = _SPEC.seed
+    reward_partial_credit: bool = _SPEC.rewardPartialCredit
+
+    @classmethod
+    def from_spec(cls, spec: TrainingSpec, steps: int) -> GRPOConfig:
+        return cls(
+            steps=steps,
+            prompts_per_step=spec.promptsPerStep,
+            group_size=spec.groupSize,
+            lr=spec.learningRate,
+            kl_coef=spec.klCoef,
+            clip_low=spec.clipLow,
+            clip_high=spec.clipHigh,
+            temperature=spec.temperature,
+            max_prompt_tokens=spec.maxPromptTokens,
+            max_response_tokens=spec.maxResponseTokens,
+            micro_batch_size=spec.microBatchSize,
+            ppo_epochs=spec.ppoEpochs,
+            ppo_mini_batches=spec.ppoMiniBatches,
+            warmup_ratio=spec.warmupRatio,
+            schedule=spec.lrSchedule,
+            weight_decay=spec.weightDecay,
+            max_grad_norm=spec.maxGradNorm,
+            seed=spec.seed,
+            reward_partial_credit=spec.rewardPartialCredit,
+        )
 
     @property
     def optimizer_steps(self) -> int:

@@ -314,40 +314,9 @@ class CpuRun:
                     "config.maxPromptTokens", f"is {spec.maxPromptTokens} but every prompt is longer (shortest: {longest} tokens)"
                 )
 
-            sft_cfg = SFTConfig(
-                epochs=spec.sftEpochs,
-                lr=spec.sftLearningRate,
-                batch_size=spec.sftBatchSize,
-                micro_batch_size=spec.microBatchSize,
-                max_len=spec.maxPromptTokens + spec.maxResponseTokens,
-                warmup_ratio=spec.warmupRatio,
-                schedule=spec.lrSchedule,
-                weight_decay=spec.weightDecay,
-                max_grad_norm=spec.maxGradNorm,
-                seed=spec.seed,
-            )
+            sft_cfg = SFTConfig.from_spec(spec)
             grpo_total = grpo_step_count(spec.grpoSteps, spec.epochs, len(n_sft_prompt_ok), spec.promptsPerStep)
-            grpo_cfg = GRPOConfig(
-                steps=grpo_total,
-                prompts_per_step=spec.promptsPerStep,
-                group_size=spec.groupSize,
-                lr=spec.learningRate,
-                kl_coef=spec.klCoef,
-                clip_low=spec.clipLow,
-                clip_high=spec.clipHigh,
-                temperature=spec.temperature,
-                max_prompt_tokens=spec.maxPromptTokens,
-                max_response_tokens=spec.maxResponseTokens,
-                micro_batch_size=spec.microBatchSize,
-                ppo_epochs=spec.ppoEpochs,
-                ppo_mini_batches=spec.ppoMiniBatches,
-                warmup_ratio=spec.warmupRatio,
-                schedule=spec.lrSchedule,
-                weight_decay=spec.weightDecay,
-                max_grad_norm=spec.maxGradNorm,
-                seed=spec.seed,
-                reward_partial_credit=spec.rewardPartialCredit,
-            )
+            grpo_cfg = GRPOConfig.from_spec(spec, grpo_total)
             sft = SFTTrainer(model, tok, prep.examples, sft_cfg) if spec.sftWarmStart else None
             sft_total = sft.total_steps if sft else 0
             total = sft_total + grpo_total

@@ -29,22 +29,42 @@ import torch.nn.functional as F
 
 from looptool.services.trainer.common import left_pad, position_ids
 from looptool.services.trainer.data import Example
+from looptool.shared.loop.manifest import TrainingSpec
+
+_SPEC = TrainingSpec()  # the manifest's ``training`` section owns the defaults
 
 WINDOW_BATCHES = 8
 
 
 @dataclass
 class SFTConfig:
-    epochs: float = 3.0
-    lr: float = 3e-3
-    batch_size: int = 16
-    micro_batch_size: int = 0  # 0 = the whole batch in one forward/backward
-    max_len: int = 1120  # prompt + target tokens; longer examples are dropped
-    warmup_ratio: float = 0.05
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    """The SFT warm-start part of a ``TrainingSpec`` (``from_spec``); the defaults are the spec's."""
+
+    epochs: float = _SPEC.sftEpochs
+    lr: float = _SPEC.sftLearningRate
+    batch_size: int = _SPEC.sftBatchSize
+    micro_batch_size: int = _SPEC.microBatchSize  # 0 = the whole batch in one forward/backward
+    max_len: int = _SPEC.maxPromptTokens + _SPEC.maxResponseTokens  # longer examples are dropped
+    warmup_ratio: float = _SPEC.warmupRatio
+    schedule: str = _SPEC.lrSchedule
+    weight_decay: float = _SPEC.weightDecay
+    max_grad_norm: float = _SPEC.maxGradNorm
+    seed: int = _SPEC.seed
+
+    @classmethod
+    def from_spec(cls, spec: TrainingSpec) -> SFTConfig:
+        return cls(
+            epochs=spec.sftEpochs,
+            lr=spec.sftLearningRate,
+            batch_size=spec.sftBatchSize,
+            micro_batch_size=spec.microBatchSize,
+            max_len=spec.maxPromptTokens + spec.maxResponseTokens,
+            warmup_ratio=spec.warmupRatio,
+            schedule=spec.lrSchedule,
+            weight_decay=spec.weightDecay,
+            max_grad_norm=spec.maxGradNorm,
+            seed=spec.seed,
+        )
 
 
 def build_schedule(lengths: list[int], epochs: float, batch_size: int, seed: int) -> list[list[int]]:
