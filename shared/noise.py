@@ -36,13 +36,14 @@ judge actually saw (a corrupted sample the model reproduces is mastered and neve
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import re
 from typing import Any, Iterable
 
 from looptool.shared.records import Sample, Stage, Tool, ToolCall
+from looptool.shared.scenarios.values import sample_value
+from looptool.shared.scenarios.vocab import VOCABULARIES
 from looptool.shared.schema import normalize_schema, validate_call
 
 STAGE = Stage.NOISE.value
@@ -118,19 +119,6 @@ def _shape(v: str) -> tuple[bool, bool, bool]:
     return bool(_CODE.fullmatch(v)), any(ch.isdigit() for ch in v), len(v.split()) > 1
 
 
-@functools.lru_cache(maxsize=1)
-def _vocabularies() -> tuple[tuple[str, ...], ...]:
-    """The word lists of ``scenarios`` (cities, airports, tickers, names, ...): same-kind values."""
-    from looptool.shared import scenarios
-
-    out = []
-    for name in dir(scenarios):
-        value = getattr(scenarios, name)
-        if name.isupper() and isinstance(value, (list, tuple)) and len(value) > 2 and all(isinstance(x, str) for x in value):
-            out.append(tuple(value))
-    return tuple(out)
-
-
 def _other_string(name: str, v: str, schema: dict[str, Any], text: str, rng: random.Random, hint: str) -> str | None:
     """Another value of the same kind: another enum member; another member of a vocabulary list that
     holds ``v`` (SFO → another airport); else a value drawn for the same parameter, preferring one
@@ -143,13 +131,11 @@ def _other_string(name: str, v: str, schema: dict[str, Any], text: str, rng: ran
     if isinstance(enum, list):
         ok = [e for e in enum if fresh(e)]
         return rng.choice(ok) if ok else None
-    for vocab in _vocabularies():
+    for vocab in VOCABULARIES:  # the scenarios' word lists: same-kind values
         if any(x.lower() == v.strip().lower() for x in vocab):
             ok = [x for x in vocab if fresh(x)]
             if ok:
                 return rng.choice(ok)
-    from looptool.shared.scenarios import sample_value
-
     value_schema = schema if schema else {"type": "string"}
     fallback = None
     for _ in range(16):

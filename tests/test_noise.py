@@ -202,3 +202,14 @@ def test_label_noise_state_follows_labels_and_lineage_across_rounds():
     assert summ["detection_precision"] == pytest.approx(3 / 4)
     assert summ["still_wrong"] == len(ids) - 2 - 1
     assert label_noise_state(corpus())["corrupted"] == 0 and loop_noise_summary({})["recall"] == 0.0
+
+
+def test_noise_swaps_within_the_scenarios_word_lists_in_name_order():
+    """``VOCABULARIES`` is every list of strings in ``scenarios.vocab``, ordered by name (the first
+    list holding a value decides its replacements)."""
+    from looptool.shared.scenarios import vocab
+
+    names = sorted(n for n in dir(vocab) if n.isupper() and n != "VOCABULARIES")
+    lists = [getattr(vocab, n) for n in names]
+    expected = tuple(tuple(v) for v in lists if isinstance(v, (list, tuple)) and len(v) > 2 and all(isinstance(x, str) for x in v))
+    assert vocab.VOCABULARIES == expected

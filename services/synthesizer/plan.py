@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from looptool.shared.records import Tool, ToolCall
-from looptool.shared.scenarios import make_call
+from looptool.shared.scenarios.calls import make_call
 
 from .config import SynthesisConfig
 

@@ -18,7 +18,8 @@ import re
 from typing import Any
 
 from looptool.shared.records import Tool, ToolCall
-from looptool.shared.scenarios import _tokens, sample_value
+from looptool.shared.scenarios.values import sample_value
+from looptool.shared.scenarios.vocab import tokens
 
 _COMPUTE = {"calculate", "calc", "compute", "convert", "solve", "estimate", "predict", "evaluate", "sum", "add", "subtract",
             "multiply", "divide", "mean", "average", "median", "factorial", "hypot", "integrate", "derivative", "round",
@@ -60,14 +61,14 @@ _DEFAULT_FIELDS = {"name": {"type": "string"}, "status": {"type": "string"}, "up
 
 def action_of(tool: Tool) -> tuple[str, str]:
     """(action, entity noun) from the tool name, falling back to the description's first word."""
-    toks = _tokens(tool.name)
-    desc_toks = _tokens(tool.description.split("Tool description:")[-1])[:1]
+    toks = tokens(tool.name)
+    desc_toks = tokens(tool.description.split("Tool description:")[-1])[:1]
     verb = next((t for t in toks if t in _VERBS), None) or next((t for t in desc_toks if t in _VERBS or t.rstrip("s") in _VERBS), "")
     verb = verb if verb in _VERBS else verb.rstrip("s")
     nouns = [t for t in toks if t not in _VERBS and t not in ("for", "by", "the", "a", "of", "to", "api", "info", "details", "data")]
     entity = next((n for n in reversed(nouns) if n in ENTITY_FIELDS or n.rstrip("s") in ENTITY_FIELDS), nouns[-1] if nouns else "item")
     entity = entity.rstrip("s") if entity.rstrip("s") in ENTITY_FIELDS else entity
-    desc_head = _tokens(tool.description.split("Tool description:")[-1])[:8]
+    desc_head = tokens(tool.description.split("Tool description:")[-1])[:8]
     mathy = {"roots", "equation", "quadratic", "integral", "probability", "formula", "factorial", "hypotenuse", "velocity"}
     if verb in _COMPUTE or any(t in _COMPUTE for t in toks) or any(t in _COMPUTE or t in mathy for t in desc_head):
         action = "compute"
