@@ -7,17 +7,10 @@ import json
 import grpc
 import pytest
 
-from looptool.services.expander.expand import (
-    Draft,
-    ExpandConfig,
-    Expander,
-    LLMGenerator,
-    call_shape,
-    expand,
-    llm_prompt,
-    parse_llm_draft,
-    seed_from_judged,
-)
+from looptool.services.expander.drafts import Draft
+from looptool.services.expander.expand import ExpandConfig, Expander, expand
+from looptool.services.expander.llm_drafts import LLMGenerator, llm_prompt, parse_llm_draft
+from looptool.services.expander.seeds import call_shape, seed_from_judged
 from looptool.shared.generation import Completion, GenResult
 from looptool.shared.records import (
     Decision,

@@ -1,28 +1,13 @@
-"""Error-Driven Data Expansion (EDDE): new training samples from verified failures.
+"""Error-Driven Data Expansion (EDDE): new training samples from verified failures — the stage.
 
-Input: the judge's verdicts (``JudgedSample`` records). A **seed** is a judged error whose correct
-side contains a call:
-
-- ``model_wrong``: the label is right → the correct calls are the sample's reference;
-- ``label_wrong``: the judge's corrected label is right (``verdict.corrected``, falling back to the
-  model's calls when the judge left it empty);
-- ``both_acceptable`` is not an error (skipped); ``unclear`` is skipped unless ``includeUnclear``
-  (then the unchallenged reference counts as correct).
-
-A seed whose correct calls do not validate against its tools is skipped (``skipped_invalid_label``).
-For each seed, ``factor`` new samples keep the failure's *structure* (the same functions, the same
-number and order of calls, the same argument names) but change its *context*: new argument values,
-a new request phrasing/style, and the seed's tools shuffled among extra distractor tools from the
-corpus' toolset. A new sample is single-turn: the seed's system messages and the new user request
-(the seed's earlier turns refer to the old values, so they are not carried over). Every draft is
-checked before it is kept:
-
-``parse``        the generator's output is not the strict JSON asked for (llm);
-``structure``    different functions / call count / argument names than the seed's correct calls;
-``schema``       a reference call does not validate against its tool's JSON Schema;
-``unchanged``    every argument value is the seed's own (nothing was varied);
-``ungrounded``   an argument value is not stated in the user request (the label would be a guess);
-``generation_error`` / ``unknown_tool`` / ``no_variation``  the generator could not draft one.
+Input: the judge's verdicts (``JudgedSample`` records); the seeds among them are chosen by
+``seeds.py``. For each seed, ``factor`` new samples keep the failure's *structure* (the same
+functions, the same number and order of calls, the same argument names) but change its *context*:
+new argument values, a new request phrasing/style, and the seed's tools shuffled among extra
+distractor tools from the corpus' toolset. A new sample is single-turn: the seed's system messages
+and the new user request (the seed's earlier turns refer to the old values, so they are not carried
+over). Drafts come from a generator (``drafts.py``: programmatic; ``llm_drafts.py``: a model) and
+every draft is checked (``drafts.check_draft``) before it is kept.
 
 A rejected draft is retried (up to ``maxAttempts`` drafts per requested sample), then counted as
 rejected. Accepted drafts are deduplicated against the existing corpus and within the batch, by
@@ -47,24 +32,19 @@ Counts (``StageResult.counts``): ``seeds``, ``generated`` (drafts produced) = ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
-import unicodedata
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import Field
 
-from looptool.shared.compose import label_before_judge
-from looptool.shared.generation import GenRequest, GenResult, Generator, SamplingParams
+from looptool.shared.generation import GenRequest, Generator, SamplingParams
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import ExpandSpec
 from looptool.shared.metrics import counter
 from looptool.shared.records import (
     DatasetRef,
-    Decision,
     ErrorInfo,
     JudgedSample,
     Message,
@@ -74,29 +54,23 @@ from looptool.shared.records import (
     StageResult,
     Tool,
     ToolCall,
-    canonical_json,
+    text_key,
 )
-from looptool.shared.schema import ToolSchemaError, check_tool, validate_call
+from looptool.shared.reward import score_sample
+from looptool.shared.schema import ToolSchemaError, check_tool
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 from looptool.shared.storage.base import NotFound
-from looptool.shared.toolcall_format import strip_reasoning
+from looptool.shared.textnorm import normalize_text
+
+from .drafts import REJECT_REASONS, Draft, DraftGenerator, ProgrammaticGenerator, check_draft, derived_rng, drafts_for_all
+from .llm_drafts import LLMGenerator
+from .seeds import Seed, seed_from_judged
 
 log = get_logger("looptool.expander")
 
 STAGE = Stage.EXPAND.value
 SOURCE = "edde"
 STATS_DIR = "_expander"
-
-REJECT_REASONS = (
-    "parse",
-    "structure",
-    "schema",
-    "unchanged",
-    "ungrounded",
-    "generation_error",
-    "unknown_tool",
-    "no_variation",
-)
 
 SEEDS = counter("expander", "seeds", "judged errors used as expansion seeds")
 GENERATED = counter("expander", "generated", "drafts produced by the generator", ["generator"])
@@ -124,378 +98,17 @@ class ExpandConfig(ExpandSpec):
     probeModel: str = Field("", description="filterMastered: the current checkpoint's URI (default: the server's model)")
 
 
-# ----------------------------------------------------------------------------- seeds
-
-
-@dataclass
-class Seed:
-    """One judged error to expand."""
-
-    id: str
-    decision: Decision
-    sample: Sample
-    correct: list[ToolCall]
-    wrong: list[ToolCall]
-    wrong_text: str
-    reason: str
-
-    @property
-    def tools(self) -> list[Tool]:
-        return self.sample.tools
-
-
-def seed_from_judged(j: JudgedSample, include_unclear: bool = False) -> tuple[Seed | None, str]:
-    """(seed, "") or (None, why it is not a seed)."""
-    sample, v = j.probe.sample, j.verdict
-    sid = sample.id or v.sample_id or sample.content_id()
-    if v.decision == Decision.MODEL_WRONG:
-        correct, wrong = sample.reference, j.probe.predicted_calls
-        wrong_text = j.probe.prediction
-    elif v.decision == Decision.LABEL_WRONG:
-        correct = v.corrected or j.probe.predicted_calls
-        before = label_before_judge(sample)  # the judge may already have relabelled the sample
-        if before is None:
-            before = [] if _calls_key(sample.reference) == _calls_key(correct) else sample.reference
-        wrong, wrong_text = before, ""
-    elif v.decision == Decision.UNCLEAR:
-        if not include_unclear:
-            return None, "unclear"
-        correct, wrong, wrong_text = sample.reference, j.probe.predicted_calls, j.probe.prediction
-    else:
-        return None, "not_error"
-    if not correct:
-        return None, "no_call"
-    correct = [ToolCall(name=c.name, arguments=c.arguments) for c in correct]
-    try:
-        if any(validate_call(c, sample.tools) for c in correct):
-            return None, "invalid_label"  # the "correct" side does not validate: nothing safe to vary
-    except ToolSchemaError:
-        return None, "invalid_tool"
-    return Seed(sid, v.decision, sample, correct, list(wrong), wrong_text, v.reason), ""
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def derived_seed(*parts: Any) -> int:
-    """A 63-bit integer from the canonical JSON of ``parts`` (stable across processes)."""
-    digest = hashlib.sha256(canonical_json([str(p) for p in parts]).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def derived_rng(*parts: Any) -> random.Random:
-    return random.Random(derived_seed(*parts))
-
-
-_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case, NFKC, punctuation → space, collapsed whitespace (near-duplicate key)."""
-    return " ".join(_NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
-
-
 def user_text_key(sample: Sample) -> str:
     """Dedup key over the sample's user turns; empty when it has none."""
     text = " | ".join(normalize_text(m.content) for m in sample.context if m.role == "user")
-    return hashlib.sha256(text.encode()).hexdigest()[:24] if text.strip(" |") else ""
-
-
-def call_shape(calls: list[ToolCall]) -> list[tuple[str, tuple[str, ...]]]:
-    """The structure EDDE keeps: function names and argument names, in call order."""
-    return [(c.name, tuple(sorted(c.arguments))) for c in calls]
-
-
-def _calls_key(calls: list[ToolCall]) -> list[str]:
-    return sorted(c.name + canonical_json(c.arguments) for c in calls)
-
-
-def _has_values(calls: list[ToolCall]) -> bool:
-    return any(c.arguments for c in calls)
-
-
-def _strip_bools(value: Any) -> Any:
-    """Booleans and nulls need no verbatim mention ("include reviews" grounds ``true``)."""
-    if isinstance(value, dict):
-        return {k: _strip_bools(v) for k, v in value.items() if not isinstance(v, bool) and v is not None}
-    if isinstance(value, list):
-        return [_strip_bools(v) for v in value if not isinstance(v, bool) and v is not None]
-    return value
-
-
-def ungrounded_values(calls: list[ToolCall], user_text: str) -> list[str]:
-    """Argument values (strings, numbers; not booleans) the request does not state verbatim
-    (case-insensitive), via ``scenarios.ungrounded_values``."""
-    from looptool.shared.scenarios import ungrounded_values as _ungrounded
-
-    stripped = [ToolCall(name=c.name, arguments=_strip_bools(c.arguments)) for c in calls]
-    return _ungrounded(user_text, stripped)
-
-
-# ----------------------------------------------------------------------------- generators
-
-
-@dataclass
-class Draft:
-    """A generator's proposal: a new user request and its reference calls (or an error code)."""
-
-    user: str = ""
-    calls: list[ToolCall] = field(default_factory=list)
-    style: str = ""
-    error: str = ""  # a REJECT_REASONS code when the generator produced nothing usable
-    detail: str = ""
-
-
-class DraftGenerator(Protocol):
-    """Both EDDE generators: one Draft per (slot, attempt) task, deterministic given ``base_seed``.
-
-    ``drafts_many`` drafts for several seeds at once (the llm generator sends them to the model as
-    one batch); ``drafts_for_all`` falls back to ``drafts`` per seed for generators without it."""
-
-    name: str
-
-    def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]: ...
-
-
-def drafts_for_all(gen: DraftGenerator, work: list[tuple[Seed, list[tuple[int, int]]]], base_seed: int) -> list[list[Draft]]:
-    many = getattr(gen, "drafts_many", None)
-    if many is not None:
-        return many(work, base_seed)
-    return [gen.drafts(seed, tasks, base_seed) for seed, tasks in work]
-
-
-class ProgrammaticGenerator:
-    """Schema-driven variation through ``looptool.shared.scenarios``: ``vary_call`` gives new values
-    for the same call structure, ``render_request`` a new user request in a random style that states
-    every value verbatim. CPU-only, no model."""
-
-    name = "programmatic"
-
-    def __init__(self, variation_tries: int = 4):
-        from looptool.shared import scenarios  # written by the synthesis engineer
-
-        self.scenarios = scenarios
-        self.variation_tries = variation_tries
-        self.styles = list(getattr(scenarios, "STYLES", None) or ["plain"])
-
-    def _vary(self, seed: Seed, by_name: dict[str, Tool], rng: random.Random) -> list[ToolCall] | Draft:
-        original = _calls_key(seed.correct)
-        calls: list[ToolCall] = []
-        for _ in range(self.variation_tries):
-            calls = []
-            for c in seed.correct:
-                tool = by_name.get(c.name)
-                if tool is None:
-                    return Draft(error="unknown_tool", detail=f"{c.name} is not among the seed's tools")
-                calls.append(self.scenarios.vary_call(c, tool, rng))
-            if not _has_values(seed.correct) or _calls_key(calls) != original:
-                return calls
-        return calls  # still unchanged: the check reports it as 'unchanged'
-
-    def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]:
-        by_name = {t.name: t for t in seed.tools}
-        out: list[Draft] = []
-        for slot, attempt in tasks:
-            rng = derived_rng(base_seed, seed.id, slot, attempt, self.name)
-            try:
-                varied = self._vary(seed, by_name, rng)
-                if isinstance(varied, Draft):
-                    out.append(varied)
-                    continue
-                style = rng.choice(self.styles)
-                user = self.scenarios.render_request(varied, seed.tools, rng, style)
-                out.append(Draft(user=user, calls=varied, style=str(style)))
-            except Exception as exc:  # a scenario bug must not kill the stage; it is counted
-                log.warning("programmatic draft failed", extra={"seed": seed.id, "error": repr(exc)})
-                out.append(Draft(error="generation_error", detail=repr(exc)[:300]))
-        return out
-
-
-#: Scenario variations handed to the llm generator (one per draft, chosen by the draft's rng).
-VARIATIONS = (
-    "change every entity and value (names, places, products, numbers, dates) to different realistic ones",
-    "a terse request from a busy professional, values given in passing",
-    "a casual, chatty request with a little small talk before the actual need",
-    "the request is embedded in a short story explaining why the user needs it",
-    "a very polite, formal request",
-    "state the details in a different order than the function's parameters",
-    "a non-native speaker's slightly awkward but clear phrasing",
-    "the user first describes the situation, then asks at the end",
-)
-
-LLM_SYSTEM = (
-    "You write training data for a tool-calling assistant. Given an example the assistant got wrong, you "
-    "write ONE new example that tests the same skill in a different situation. You answer with a single "
-    "JSON object and nothing else."
-)
-
-
-def _context_text(sample: Sample, limit: int = 4000) -> str:
-    lines = []
-    for m in sample.context:
-        if m.role == "system":
-            continue
-        if m.role == "assistant" and m.tool_calls:
-            lines.append("assistant calls: " + json.dumps([c.model_dump(exclude={"id"}) for c in m.tool_calls], ensure_ascii=False))
-        else:
-            lines.append(f"{m.role}: {m.content}")
-    text = "\n".join(lines)
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def _calls_json(calls: list[ToolCall]) -> str:
-    return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
-
-
-def llm_prompt(seed: Seed, variation: str) -> str:
-    """The user message of the llm generator's request."""
-    tools = "\n".join(json.dumps(t.to_openai()["function"], ensure_ascii=False) for t in seed.tools)
-    if seed.decision == Decision.LABEL_WRONG:
-        wrong_title, wrong = "Wrong label the example had", _calls_json(seed.wrong) if seed.wrong else "(no call)"
-    else:
-        wrong_title = "Wrong answer the assistant gave"
-        wrong = _calls_json(seed.wrong) if seed.wrong else (seed.wrong_text.strip()[:1500] or "(no answer)")
-    n = len(seed.correct)
-    return (
-        "The assistant failed on the example below. Write one NEW example that tests the same skill.\n\n"
-        f"## Tools\n{tools}\n\n"
-        f"## Original conversation\n{_context_text(seed.sample)}\n\n"
-        f"## Correct call{'s' if n > 1 else ''}\n{_calls_json(seed.correct)}\n\n"
-        f"## {wrong_title}\n{wrong}\n\n"
-        f"## Why it is wrong\n{seed.reason.strip() or '(no analysis given)'}\n\n"
-        f"## Scenario variation\n{variation}\n\n"
-        "## Rules\n"
-        f"- Call exactly the same function{'s' if n > 1 else ''} as the correct answer ({n} call{'s' if n > 1 else ''}, "
-        "same order), with exactly the same argument names; only the values change.\n"
-        "- Use new, realistic values (different entities, numbers, dates) that differ from the original.\n"
-        "- The user message must state every argument value verbatim, so nothing has to be guessed.\n"
-        "- Every value must satisfy the tool's JSON Schema (types, enums, formats, ranges).\n"
-        "- Keep what made the original hard, so the new example tests the same mistake.\n\n"
-        "Answer with only this JSON object, no prose and no code fences:\n"
-        '{"user": "<the user\'s message>", "calls": [{"name": "<function>", "arguments": {...}}]}'
-    )
-
-
-_FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```$", re.DOTALL)
-
-
-def parse_llm_draft(text: str) -> Draft:
-    """Strict: the whole answer (after removing ``<think>`` reasoning and one optional enclosing
-    ```json fence) must be one JSON object with exactly ``user`` (non-empty string) and ``calls``
-    (non-empty list of ``{"name": str, "arguments": object}``). Anything else is a ``parse`` error."""
-    visible, _ = strip_reasoning(text if isinstance(text, str) else "")
-    body = visible.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return Draft(error="parse", detail=f"not a JSON object: {exc}")
-    if not isinstance(obj, dict):
-        return Draft(error="parse", detail="answer is not a JSON object")
-    if set(obj) != {"user", "calls"}:
-        return Draft(error="parse", detail=f"keys must be exactly ['calls', 'user'], got {sorted(obj)}")
-    user, calls = obj["user"], obj["calls"]
-    if not isinstance(user, str) or not user.strip():
-        return Draft(error="parse", detail="'user' must be a non-empty string")
-    if not isinstance(calls, list) or not calls:
-        return Draft(error="parse", detail="'calls' must be a non-empty list")
-    out: list[ToolCall] = []
-    for i, c in enumerate(calls):
-        if not isinstance(c, dict) or set(c) - {"name", "arguments"} or not isinstance(c.get("name"), str):
-            return Draft(error="parse", detail=f"calls[{i}] must be {{'name': str, 'arguments': object}}")
-        args = c.get("arguments", {})
-        if not isinstance(args, dict):
-            return Draft(error="parse", detail=f"calls[{i}].arguments must be an object")
-        out.append(ToolCall(name=c["name"].strip(), arguments=args))
-    return Draft(user=user.strip(), calls=out)
-
-
-class LLMGenerator:
-    """Prompts a ``Generator`` (the inference client, or any backend) with the tools, the context, the
-    correct and the wrong call, the judge's analysis and a scenario variation; parses strictly."""
-
-    name = "llm"
-
-    def __init__(self, generator: Generator, temperature: float = 0.8, max_tokens: int = 512):
-        self.generator, self.temperature, self.max_tokens = generator, temperature, max_tokens
-
-    def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]:
-        return self.drafts_many([(seed, tasks)], base_seed)[0]
-
-    def drafts_many(self, work: list[tuple[Seed, list[tuple[int, int]]]], base_seed: int) -> list[list[Draft]]:
-        """One ``generate`` call for every task of every seed (the backend batches them)."""
-        requests, styles = [], []
-        for seed, tasks in work:
-            for slot, attempt in tasks:
-                rng = derived_rng(base_seed, seed.id, slot, attempt, self.name)
-                variation = rng.choice(VARIATIONS)
-                styles.append(variation)
-                requests.append(
-                    GenRequest(
-                        messages=[Message(role="system", content=LLM_SYSTEM), Message(role="user", content=llm_prompt(seed, variation))],
-                        tools=[],
-                        params=SamplingParams(
-                            temperature=self.temperature, max_tokens=self.max_tokens, seed=rng.getrandbits(31)
-                        ),
-                        request_id=f"edde-{seed.id}-{slot}-{attempt}",
-                    )
-                )
-        try:
-            results = self.generator.generate(requests) if requests else []
-        except Exception as exc:  # the backend is down: every draft of this batch failed
-            log.warning("llm generator failed", extra={"error": repr(exc)})
-            results = [GenResult(error=f"generator failed: {exc!r}"[:300]) for _ in requests]
-        flat: list[Draft] = []
-        for i in range(len(requests)):
-            res = results[i] if i < len(results) else None
-            if res is None or res.error or not res.completions:
-                flat.append(Draft(error="generation_error", detail=(res.error if res else "no result") or "no completion"))
-                continue
-            d = parse_llm_draft(res.completions[0].text)
-            d.style = styles[i]
-            flat.append(d)
-        out, pos = [], 0
-        for _seed, tasks in work:
-            out.append(flat[pos : pos + len(tasks)])
-            pos += len(tasks)
-        return out
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def check_draft(seed: Seed, draft: Draft, require_grounded: bool = True) -> tuple[str, str]:
-    """("", "") when the draft is usable, else (reason code, detail)."""
-    if draft.error:
-        return draft.error, draft.detail
-    if not draft.user.strip():
-        return "parse", "empty user request"
-    if call_shape(draft.calls) != call_shape(seed.correct):
-        return "structure", f"expected {call_shape(seed.correct)}, got {call_shape(draft.calls)}"
-    for i, c in enumerate(draft.calls):
-        try:
-            issues = validate_call(c, seed.tools)
-        except ToolSchemaError as exc:
-            return "schema", str(exc)
-        if issues:
-            return "schema", f"call {i} ({c.name}): " + "; ".join(map(str, issues[:3]))
-    if _has_values(seed.correct) and _calls_key(draft.calls) == _calls_key(seed.correct):
-        return "unchanged", "every argument value is the seed's own"
-    if require_grounded:
-        missing = ungrounded_values(draft.calls, draft.user)
-        if missing:
-            return "ungrounded", "not stated in the request: " + ", ".join(m[:60] for m in missing[:3])
-    return "", ""
+    return text_key(text, 24) if text.strip(" |") else ""
 
 
 def is_correct_answer(text: str, sample: Sample) -> bool:
     """Default mastery rule for ``filterMastered``: the reward says the greedy answer is correct
     (``looptool.shared.reward.score_sample``, the same rule the trainer and the probe use)."""
-    from looptool.shared.reward import score_sample
-
     return score_sample(text, sample).correct
+
 
 
 # ----------------------------------------------------------------------------- the stage
