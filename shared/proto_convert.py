@@ -25,7 +25,7 @@ from looptool.shared.records import (
     Verdict,
 )
 from looptool.v1 import common_pb2 as pb
-from looptool.v1 import inference_pb2
+from looptool.v1 import inference_pb2, synthesizer_pb2
 
 
 def _dumps(value: Any) -> str:
@@ -201,6 +201,18 @@ def stage_event_to_pb(ev: StageEventValue) -> pb.StageEvent:
     if isinstance(ev, ErrorInfo):
         return pb.StageEvent(error=error_to_pb(ev))
     return pb.StageEvent(result=result_to_pb(ev))
+
+
+def synthesis_event_to_pb(ev: Dialog | StageEventValue) -> synthesizer_pb2.SynthesisEvent:
+    if isinstance(ev, Dialog):
+        return synthesizer_pb2.SynthesisEvent(dialog=dialog_to_pb(ev))
+    if isinstance(ev, Progress):
+        return synthesizer_pb2.SynthesisEvent(progress=progress_to_pb(ev))
+    if isinstance(ev, ErrorInfo):
+        return synthesizer_pb2.SynthesisEvent(error=error_to_pb(ev))
+    if isinstance(ev, StageResult):
+        return synthesizer_pb2.SynthesisEvent(result=result_to_pb(ev))
+    raise TypeError(type(ev))
 
 
 def stage_event_from_pb(m: pb.StageEvent) -> StageEventValue:

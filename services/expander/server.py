@@ -20,15 +20,14 @@ from pydantic import ValidationError
 
 from looptool.services.expander.expand import ExpandConfig, Expander, LLMGenerator
 from looptool.shared.config import LoopToolConfig
-from looptool.shared.errors import UserError
+from looptool.shared.errors import ServiceError
 from looptool.shared.generation import Generator
-from looptool.shared.grpc_util import RunningServer, start_server
-from looptool.shared.logs import get_logger
+from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
 from looptool.shared.proto_convert import dataset_from_pb, stage_event_to_pb
-from looptool.shared.storage import NotFound
+from looptool.shared.schema import ToolSchemaError
+from looptool.shared.storage.base import NotFound, StorageError
 from looptool.v1 import expander_pb2, expander_pb2_grpc
 
-log = get_logger("looptool.expander.server")
 SERVICE = "looptool.v1.Expander"
 
 GeneratorFactory = Callable[[str, str], Generator]
@@ -55,51 +54,49 @@ class ExpanderServicer(expander_pb2_grpc.ExpanderServicer):
         self.cfg = cfg
         self.generator_factory = generator_factory or default_generator_factory
 
-    def _build(self, request: expander_pb2.ExpandRequest) -> tuple[Expander | None, str]:
+    def _build(self, request: expander_pb2.ExpandRequest) -> Expander:
         try:
             config = ExpandConfig.model_validate_json(request.config_json) if request.config_json.strip() else ExpandConfig()
         except ValidationError as exc:
-            return None, _config_error(exc)
+            raise ServiceError(_config_error(exc), "INVALID_ARGUMENT") from exc
         if not request.verdicts.uri:
-            return None, "verdicts.uri: empty; pass the judge stage's verdicts dataset"
+            raise ServiceError("verdicts.uri: empty; pass the judge stage's verdicts dataset", "INVALID_ARGUMENT")
         if not request.output_prefix:
-            return None, "output_prefix: empty; name the dataset URI to write"
+            raise ServiceError("output_prefix: empty; name the dataset URI to write", "INVALID_ARGUMENT")
         if request.factor < 0:
-            return None, f"factor: must be >= 0, got {request.factor}"
+            raise ServiceError(f"factor: must be >= 0, got {request.factor}", "INVALID_ARGUMENT")
         address = config.inferenceAddress or self.cfg.services.inference.address
         drafter = None
         if config.generator == "llm":
             drafter = LLMGenerator(self.generator_factory(address, config.generatorModel), config.temperature, config.maxTokens)
         prober = self.generator_factory(address, config.probeModel) if config.filterMastered else None
-        return Expander(config, drafter, prober, s3=self.cfg.storage.s3), ""
+        return Expander(config, drafter, prober, s3=self.cfg.storage.s3)
 
+    # The expander's contract (module docstring): unreadable inputs are the caller's to fix, so storage
+    # and schema errors are INVALID_ARGUMENT and a missing dataset FAILED_PRECONDITION (an earlier
+    # stage did not finish), where the shared table says FAILED_PRECONDITION / NOT_FOUND.
+    @handle_errors(
+        codes={
+            NotFound: grpc.StatusCode.FAILED_PRECONDITION,
+            StorageError: grpc.StatusCode.INVALID_ARGUMENT,
+            ToolSchemaError: grpc.StatusCode.INVALID_ARGUMENT,
+        },
+        unexpected="expansion failed",
+    )
     def Expand(self, request: expander_pb2.ExpandRequest, context: grpc.ServicerContext):
-        expander, problem = self._build(request)
-        if expander is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        expander = self._build(request)
         corpus = dataset_from_pb(request.corpus) if request.corpus.uri else None
-        failure: tuple[grpc.StatusCode, str] | None = None
-        try:
-            events = expander.events(
-                dataset_from_pb(request.verdicts),
-                request.output_prefix,
-                factor=request.factor,
-                seed=request.seed,
-                round=request.round,
-                corpus=corpus,
-                should_stop=lambda: not context.is_active(),
-            )
-            for ev in events:
-                yield stage_event_to_pb(ev)
-        except NotFound as exc:
-            failure = (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except (ValueError, *UserError) as exc:
-            failure = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # noqa: BLE001 - reported to the caller, logged here
-            log.exception("expansion failed")
-            failure = (grpc.StatusCode.INTERNAL, f"expansion failed: {exc.__class__.__name__}: {exc}")
-        if failure is not None:
-            context.abort(*failure)
+        events = expander.events(
+            dataset_from_pb(request.verdicts),
+            request.output_prefix,
+            factor=request.factor,
+            seed=request.seed,
+            round=request.round,
+            corpus=corpus,
+            should_stop=lambda: not context.is_active(),
+        )
+        for ev in events:
+            yield stage_event_to_pb(ev)
 
 
 def start(

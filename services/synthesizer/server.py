@@ -9,10 +9,12 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
-from looptool.shared.grpc_util import RunningServer, start_server
+from looptool.shared.errors import ServiceError
+from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
 from looptool.shared.logs import get_logger
-from looptool.shared.proto_convert import dataset_from_pb, dialog_to_pb, error_to_pb, progress_to_pb, result_to_pb
-from looptool.shared.records import Dialog, ErrorInfo, Progress, StageResult, text_key
+from looptool.shared.proto_convert import dataset_from_pb, synthesis_event_to_pb
+from looptool.shared.records import text_key
+from looptool.shared.toolsets import load_toolset
 from looptool.v1 import synthesizer_pb2 as pb
 from looptool.v1 import synthesizer_pb2_grpc as pb_grpc
 
@@ -22,18 +24,6 @@ from .engine import LocalToolBackend, iter_synthesis
 
 log = get_logger("looptool.synthesizer")
 SERVICE_NAME = "looptool.v1.DialogueSynthesizer"
-
-
-def event_to_pb(ev: Any) -> pb.SynthesisEvent:
-    if isinstance(ev, Dialog):
-        return pb.SynthesisEvent(dialog=dialog_to_pb(ev))
-    if isinstance(ev, Progress):
-        return pb.SynthesisEvent(progress=progress_to_pb(ev))
-    if isinstance(ev, ErrorInfo):
-        return pb.SynthesisEvent(error=error_to_pb(ev))
-    if isinstance(ev, StageResult):
-        return pb.SynthesisEvent(result=result_to_pb(ev))
-    raise TypeError(type(ev))
 
 
 def output_key(toolset_hash: str, num: int, seed: int, cfg: SynthesisConfig, round: int) -> str:
@@ -80,31 +70,30 @@ class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
             return None
         return InferenceClient(self.app_cfg.services.inference.address)
 
+    @handle_errors
     def Synthesize(self, request: pb.SynthesizeRequest, context: grpc.ServicerContext):
-        from looptool.shared.toolsets import load_toolset
-
         try:
             cfg = parse_config(request.config_json)
         except (ValidationError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"config_json: {exc}")
+            raise ServiceError(f"config_json: {exc}", "INVALID_ARGUMENT") from exc
         if request.num_dialogues < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "num_dialogues must be >= 0")
+            raise ServiceError("num_dialogues must be >= 0", "INVALID_ARGUMENT")
         try:
             ref = dataset_from_pb(request.toolset)
             tools = load_toolset(ref, self.s3)
-        except Exception as exc:  # noqa: BLE001 - bad reference / missing dataset
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"toolset: {exc}")
+        except Exception as exc:  # noqa: BLE001 - bad reference / missing dataset: the caller's to fix
+            raise ServiceError(f"toolset: {exc}", "INVALID_ARGUMENT") from exc
         if not tools:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "toolset: the dataset holds no tools")
+            raise ServiceError("toolset: the dataset holds no tools", "INVALID_ARGUMENT")
         try:
             agents = make_agents(cfg, self._generator(cfg))
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ValueError as exc:  # e.g. llm agents without an inference server
+            raise ServiceError(str(exc), "FAILED_PRECONDITION") from exc
         out = request.output_prefix
         if not out:
             base = self.storage_base or (self.app_cfg.storage.base_uri() if self.app_cfg is not None else "")
             if not base:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "output_prefix is empty and no storage is configured")
+                raise ServiceError("output_prefix is empty and no storage is configured", "INVALID_ARGUMENT")
             out = f"{base.rstrip('/')}/synthesis/{output_key(ref.content_hash, request.num_dialogues, request.seed, cfg, request.round)}"
         backend = self._backend(cfg)
         cancel = threading.Event()
@@ -115,9 +104,7 @@ class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
                                      cancel=cancel, meta={"toolset": ref.uri, "toolset_hash": ref.content_hash}):
                 if cancel.is_set():
                     break
-                yield event_to_pb(ev)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                yield synthesis_event_to_pb(ev)
         finally:
             close = getattr(backend, "close", None)
             if callable(close) and backend is not self._embedded:

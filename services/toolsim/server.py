@@ -7,53 +7,49 @@ from typing import Any
 
 import grpc
 
-from looptool.shared.grpc_util import RunningServer, start_server
+from looptool.shared.errors import ServiceError
+from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
 from looptool.shared.logs import get_logger
 from looptool.shared.proto_convert import call_from_pb, error_to_pb, tool_from_pb
 from looptool.v1 import toolsim_pb2 as pb
 from looptool.v1 import toolsim_pb2_grpc as pb_grpc
 
-from .simulator import SessionError, ToolSimulator
+from .simulator import ToolSimulator
 
 log = get_logger("looptool.toolsim")
 SERVICE_NAME = "looptool.v1.ToolSimulator"
 
 
 class ToolSimulatorServicer(pb_grpc.ToolSimulatorServicer):
+    """Converts protobuf and delegates to ``ToolSimulator``; a ``SessionError`` names its status."""
+
     def __init__(self, sim: ToolSimulator):
         self.sim = sim
 
-    def _abort(self, context: grpc.ServicerContext, exc: SessionError) -> None:
-        code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INVALID_ARGUMENT)
-        context.abort(code, str(exc))
-
+    @handle_errors
     def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.ServicerContext) -> pb.OpenSessionResponse:
         try:
             tools = [tool_from_pb(t) for t in request.tools]
         except (json.JSONDecodeError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"tools: parameters_json is not a JSON object ({exc})")
-        try:
-            s = self.sim.open_session(tools, request.mode or "auto", request.environment, request.initial_state_json, request.seed)
-        except SessionError as exc:
-            self._abort(context, exc)
+            raise ServiceError(f"tools: parameters_json is not a JSON object ({exc})", "INVALID_ARGUMENT") from exc
+        s = self.sim.open_session(tools, request.mode or "auto", request.environment, request.initial_state_json, request.seed)
         return pb.OpenSessionResponse(session_id=s.id, mode=s.mode)
 
+    @handle_errors
     def Execute(self, request: pb.ExecuteRequest, context: grpc.ServicerContext) -> pb.ExecuteResponse:
         try:
             call = call_from_pb(request.call)
         except (json.JSONDecodeError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"call.arguments_json is not JSON ({exc})")
+            raise ServiceError(f"call.arguments_json is not JSON ({exc})", "INVALID_ARGUMENT") from exc
         if not isinstance(call.arguments, dict):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "call.arguments_json must be a JSON object")
-        try:
-            res = self.sim.execute(request.session_id, call)
-        except SessionError as exc:
-            self._abort(context, exc)
+            raise ServiceError("call.arguments_json must be a JSON object", "INVALID_ARGUMENT")
+        res = self.sim.execute(request.session_id, call)
         out = pb.ExecuteResponse(content=res.content, is_error=res.is_error)
         if res.error is not None:
             out.error.CopyFrom(error_to_pb(res.error))
         return out
 
+    @handle_errors
     def CloseSession(self, request: pb.CloseSessionRequest, context: grpc.ServicerContext) -> pb.CloseSessionResponse:
         self.sim.close_session(request.session_id)
         return pb.CloseSessionResponse()

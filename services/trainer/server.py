@@ -38,8 +38,8 @@ import grpc
 
 from looptool.services.trainer.common import TrainCancelled
 from looptool.services.trainer.runner import classify, default_workdir, execute, job_from_pb
-from looptool.shared.errors import InputError
-from looptool.shared.grpc_util import RunningServer, start_server
+from looptool.shared.errors import ServiceError
+from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
 from looptool.shared.logs import get_logger
 from looptool.shared.proto_convert import stage_event_to_pb
 from looptool.shared.records import Progress, StageResult
@@ -47,7 +47,8 @@ from looptool.v1 import trainer_pb2, trainer_pb2_grpc
 
 log = get_logger("looptool.trainer.server")
 SERVICE_NAME = "looptool.v1.Trainer"
-_CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "cancelled": grpc.StatusCode.CANCELLED, "failed": grpc.StatusCode.INTERNAL}
+# a run's end state (``runner.classify``, shared with the Job runner) → the status that ends Train
+_STATUS_OF_STATE = {"invalid": "INVALID_ARGUMENT", "cancelled": "CANCELLED", "failed": "INTERNAL"}
 
 
 @dataclass
@@ -65,15 +66,13 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max_concurrent)
 
+    @handle_errors
     def Train(self, request, context):
-        try:
-            job = job_from_pb(request)
-        except InputError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        job = job_from_pb(request)  # InputError: INVALID_ARGUMENT before any compute
         run_id = job.run_id or f"run-{uuid.uuid4().hex[:12]}"
         with self._lock:
             if run_id in self._runs:
-                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"run {run_id} is already training; Cancel it or wait")
+                raise ServiceError(f"run {run_id} is already training; Cancel it or wait", "ALREADY_EXISTS")
             run = self._runs[run_id] = _Run(run_id)
         events: queue.Queue = queue.Queue()
         context.add_callback(run.cancel.set)  # the client went away → stop at the next step boundary
@@ -111,8 +110,9 @@ class TrainerService(trainer_pb2_grpc.TrainerServicer):
                 state, reason = classify(value)
                 if state == "failed":
                     log.error("training failed", exc_info=value)
-                context.abort(_CODES[state], reason)
+                raise ServiceError(reason, _STATUS_OF_STATE[state])
 
+    @handle_errors
     def Cancel(self, request, context):
         with self._lock:
             run = self._runs.get(request.run_id)
