@@ -255,7 +255,7 @@ class LLMJudge:
     def __init__(
         self,
         gen: Generator,
-        votes: int = 1,
+        votes: int = JudgeSpec.model_fields["votes"].default,
         temperature: float = 0.7,
         max_tokens: int = 256,
         retries: int = 2,
@@ -529,8 +529,8 @@ class CandidateSampler:
 
     gen: Generator
     n: int
-    temperature: float = 1.0
-    max_tokens: int = 96
+    temperature: float = JudgeSpec.model_fields["candidateTemperature"].default
+    max_tokens: int = JudgeSpec.model_fields["candidateMaxTokens"].default
     round: int = 0
 
     def sample(self, results: list[ProbeResult]) -> list[list[str]]:

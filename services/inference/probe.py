@@ -51,6 +51,8 @@ from looptool.shared.storage import dataset_exists, open_dataset, split_uri, wri
 from .backends.base import Aborted, CancelToken, raise_if_aborted, split_error
 
 KIND = "probe_results"
+# Sampled attempts at temperature 0 would all be the greedy answer: 0 means the spec's default.
+_SAMPLED_TEMPERATURE = ProbeSpec.model_fields["temperature"].default
 _OUTCOMES = metrics.counter("inference", "probe_outcomes", "Probed samples by outcome", ["outcome"])
 _PROBED = metrics.counter("inference", "probe_samples", "Samples probed (including errors)", ["status"])
 
@@ -255,7 +257,7 @@ def _probe_chunk(gen, chunk: list[Sample], spec: ProbeSpec, round: int, score_sa
         requests.append(GenRequest(msgs, s.tools, SamplingParams(temperature=0.0, max_tokens=spec.maxTokens), s.id))
         if spec.k > 0:
             params = SamplingParams(
-                temperature=spec.temperature or 0.7, max_tokens=spec.maxTokens, n=spec.k, seed=sample_seed(s.id, round)
+                temperature=spec.temperature or _SAMPLED_TEMPERATURE, max_tokens=spec.maxTokens, n=spec.k, seed=sample_seed(s.id, round)
             )
             requests.append(GenRequest(msgs, s.tools, params, s.id + "#sampled"))
     outs: list[GenResult] = gen.generate(requests)
