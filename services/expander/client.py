@@ -6,7 +6,7 @@ from typing import Callable
 
 import grpc
 
-from looptool.services.expander.expand import ExpandConfig
+from looptool.services.expander.expand import DEFAULT_FACTOR, ExpandConfig
 from looptool.shared.grpc_util import channel
 from looptool.shared.proto_convert import dataset_to_pb, stage_event_from_pb
 from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult
@@ -32,7 +32,7 @@ class ExpanderClient:
         self,
         verdicts: DatasetRef,
         output_prefix: str,
-        factor: int = 4,
+        factor: int = DEFAULT_FACTOR,
         seed: int = 0,
         corpus: DatasetRef | None = None,
         config: ExpandConfig | None = None,

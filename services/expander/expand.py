@@ -78,6 +78,9 @@ REJECTED = counter("expander", "rejected", "drafts rejected, by reason", ["reaso
 WRITTEN = counter("expander", "written", "new samples written")
 
 
+DEFAULT_FACTOR: int = ExpandSpec.model_fields["factor"].default  # new samples per seed
+
+
 class ExpandConfig(ExpandSpec):
     """``ExpandRequest.config_json``: the manifest's ``spec.expand`` plus service knobs.
 
@@ -301,7 +304,7 @@ class Expander:
         self,
         verdicts: DatasetRef | str,
         out_uri: str,
-        factor: int = 4,
+        factor: int = DEFAULT_FACTOR,
         seed: int = 0,
         round: int = 0,
         corpus: DatasetRef | str | None = None,
@@ -459,7 +462,7 @@ class Expander:
 def expand(
     verdicts: DatasetRef | str,
     out_uri: str,
-    factor: int = 4,
+    factor: int = DEFAULT_FACTOR,
     seed: int = 0,
     round: int = 0,
     corpus: DatasetRef | str | None = None,
