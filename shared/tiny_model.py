@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from looptool.shared.loop.manifest import ModelRef
+
+_SIZES = ModelRef.model_fields  # the manifest's baseModel.tiny* own the default sizes
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -25,11 +29,11 @@ MARKER_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_respo
 
 @dataclass
 class TinyModelSpec:
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
+    vocab_size: int = _SIZES["tinyVocabSize"].default
+    hidden_size: int = _SIZES["tinyHiddenSize"].default
+    intermediate_size: int = 3 * _SIZES["tinyHiddenSize"].default  # as modeling.tiny_spec derives them
+    num_layers: int = _SIZES["tinyLayers"].default
+    num_heads: int = _SIZES["tinyHiddenSize"].default // 32
     max_positions: int = 2048
     seed: int = 0
 

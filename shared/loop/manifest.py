@@ -174,9 +174,12 @@ class TrainingSpec(Spec):
     maxGradNorm: float = Field(1.0, gt=0)
     checkpointEvery: int = Field(10, ge=0, description="save a resumable checkpoint every N steps (GRPO steps; SFT optimizer steps); 0 = at phase ends only")
     rewardPartialCredit: bool = Field(False, description="reward partial credit for well-formed wrong calls (shared reward)")
-    tinyHiddenSize: int = Field(128, ge=16, description="builtin:tiny base model: hidden size")
-    tinyLayers: int = Field(4, ge=1, description="builtin:tiny base model: layers")
-    tinyVocabSize: int = Field(2048, ge=300, description="builtin:tiny base model: BPE vocabulary size")
+    # baseModel.tiny* (when baseModel.builtin is 'tiny') override these; same defaults
+    tinyHiddenSize: int = Field(ModelRef.model_fields["tinyHiddenSize"].default, ge=16, description="builtin:tiny base model: hidden size")
+    tinyLayers: int = Field(ModelRef.model_fields["tinyLayers"].default, ge=1, description="builtin:tiny base model: layers")
+    tinyVocabSize: int = Field(
+        ModelRef.model_fields["tinyVocabSize"].default, ge=300, description="builtin:tiny base model: BPE vocabulary size"
+    )
     verl: VerlSpec = Field(default_factory=VerlSpec, description="verl backend settings (GPU)")
 
     _queue_name = field_validator("queueName", mode="before")(check_label_value)
