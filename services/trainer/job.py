@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a machine shared with
+# Library settings for this process (not LoopTool settings, which the config module reads), set
+# before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a machine shared with
 # other busy processes, spinning threads wait on a descheduled peer at every parallel region (we
 # measured 2 threads 4–15× slower than 1); passive waiting removes that cliff.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
