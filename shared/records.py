@@ -194,6 +194,21 @@ class StageResult(Record):
     checkpoint_uri: str = ""
 
 
+def result_to_stage(result: dict[str, Any], cached: bool | None = None) -> StageResult:
+    """A training run's ``result.json`` (``services/trainer/runner.py``) as a StageResult: numeric
+    metrics (booleans are not numbers here), the reward curve as ``reward_step_<i>``, integer counts,
+    and ``metrics["cached"]`` (1.0 when the run was reused) when ``cached`` is given. The trainer
+    service and the operator both read results through this."""
+    metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for i, r in enumerate(result.get("reward_curve") or [], start=1):
+        if isinstance(r, (int, float)):
+            metrics[f"reward_step_{i}"] = float(r)
+    if cached is not None:
+        metrics["cached"] = 1.0 if cached else 0.0
+    counts = {k: int(v) for k, v in (result.get("counts") or {}).items() if isinstance(v, (int, float))}
+    return StageResult(checkpoint_uri=str(result.get("checkpoint_uri") or ""), metrics=metrics, counts=counts)
+
+
 class StageReport(Record):
     stage: str
     counts: dict[str, int] = Field(default_factory=dict)

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from looptool.shared.prompt import sample_chat, target_text
-from looptool.shared.records import Sample, Tool, ToolCall
+from looptool.shared.records import Sample, ToolCall
 
 DATA_SOURCE = "looptool"
 ABILITY = "tool_calling"
@@ -41,11 +41,6 @@ def sample_to_verl_row(sample: Sample, split: str = "train", index: int = 0) -> 
 def ground_truth_calls(ground_truth: str | list[Any]) -> list[ToolCall]:
     data = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
     return [ToolCall.model_validate(c) for c in data]
-
-
-def row_tools(row: dict[str, Any]) -> list[Tool]:
-    raw = (row.get("extra_info") or {}).get("tools") or "[]"
-    return [Tool.model_validate(t) for t in json.loads(raw)]
 
 
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")

@@ -40,3 +40,13 @@ def test_sample_content_id_is_unchanged():
         ensure_ascii=False,
     )
     assert s.content_id() == "s-" + hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def test_result_to_stage_reads_a_trainer_result_once_for_trainer_and_operator():
+    from looptool.shared.records import result_to_stage
+
+    result = {"checkpoint_uri": "file:///m", "metrics": {"loss": 1, "flag": True, "note": "x"}, "reward_curve": [0.5, "?"], "counts": {"steps": 3.0}}
+    op = result_to_stage(result)  # the operator: no "cached" metric
+    assert op.metrics == {"loss": 1.0, "reward_step_1": 0.5} and op.counts == {"steps": 3} and op.checkpoint_uri == "file:///m"
+    assert result_to_stage(result, cached=True).metrics == {**op.metrics, "cached": 1.0}  # the trainer says whether it reused a run
+    assert result_to_stage({}, cached=False).model_dump() == {"outputs": [], "counts": {}, "metrics": {"cached": 0.0}, "checkpoint_uri": ""}

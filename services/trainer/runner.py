@@ -43,7 +43,7 @@ from looptool.shared.config import LoopToolConfig, TrainerSettings, load_config
 from looptool.shared.errors import InputError
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import TrainingSpec
-from looptool.shared.records import DatasetRef, Progress, StageResult, content_key, utcnow
+from looptool.shared.records import DatasetRef, Progress, StageResult, content_key, result_to_stage, utcnow
 from looptool.shared.storage import open_dataset, split_uri
 from looptool.shared.storage.artifacts import artifact_exists, upload_dir
 from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
@@ -230,15 +230,6 @@ def cached_result(prep: Prepared) -> dict[str, Any] | None:
     if not artifact_exists(prep.store, f"{prep.prefix}/{MODEL}"):
         return None
     return data
-
-
-def result_to_stage(result: dict[str, Any], cached: bool = False) -> StageResult:
-    metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    for i, r in enumerate(result.get("reward_curve") or [], start=1):
-        metrics[f"reward_step_{i}"] = float(r)
-    metrics["cached"] = 1.0 if cached else 0.0
-    counts = {k: int(v) for k, v in (result.get("counts") or {}).items()}
-    return StageResult(checkpoint_uri=result.get("checkpoint_uri", ""), metrics=metrics, counts=counts)
 
 
 # ============================================================================ CPU backend
@@ -540,7 +531,7 @@ def run_training(
         }
         prep.store.put_bytes(f"{prep.prefix}/{RESULT}", json.dumps(result, indent=1).encode())
     emit(Progress(stage="train", done=1, total=1, message=f"model committed at {outcome['checkpoint_uri']}"))
-    return result_to_stage(result)
+    return result_to_stage(result, cached=False)
 
 
 def execute(job: TrainJob, **kw: Any) -> StageResult:
