@@ -10,14 +10,13 @@ raises ``DEADLINE_EXCEEDED``, any other early stop ``ABORTED`` (finished chunks 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 
 from looptool.shared.config import LoopToolConfig
 from looptool.shared.errors import ServiceError
 from looptool.shared.loop.manifest import JudgeSpec, ProbeSpec
-from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult, canonical_json
+from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult, content_key
 
 from .backends import Backend, BoundGenerator, CancelToken
 from .judge import CandidateSampler, GroundingJudge, LLMJudge, run_judge
@@ -62,7 +61,7 @@ def judge_spec(config_json: str, votes: int = 0) -> JudgeSpec:
 def output_uri(base_uri: str, stage: str, *parts: object) -> str:
     """Where a run writes when the request names no output: keyed by everything that shapes it,
     so the same request resumes the same dataset."""
-    key = hashlib.sha256(canonical_json([str(p) for p in parts]).encode()).hexdigest()[:16]
+    key = content_key([str(p) for p in parts], 16)
     return f"{base_uri}/{stage}/{stage}-{key}"
 
 
