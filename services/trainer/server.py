@@ -29,98 +29,42 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # summation order: the same training would not give bit-identical weights run to run.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
-import queue
-import threading
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from looptool.services.trainer.common import TrainCancelled
-from looptool.services.trainer.runner import classify, default_workdir, execute, job_from_pb
-from looptool.shared.errors import ServiceError
+from looptool.services.trainer.runner import default_workdir, job_from_pb
+from looptool.services.trainer.runs import TrainingRuns
 from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
-from looptool.shared.logs import get_logger
 from looptool.shared.proto_convert import stage_event_to_pb
-from looptool.shared.records import Progress, StageResult
 from looptool.v1 import trainer_pb2, trainer_pb2_grpc
 
-log = get_logger("looptool.trainer.server")
 SERVICE_NAME = "looptool.v1.Trainer"
-# a run's end state (``runner.classify``, shared with the Job runner) → the status that ends Train
-_STATUS_OF_STATE = {"invalid": "INVALID_ARGUMENT", "cancelled": "CANCELLED", "failed": "INTERNAL"}
-
-
-@dataclass
-class _Run:
-    run_id: str
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 class TrainerService(trainer_pb2_grpc.TrainerServicer):
+    """Converts protobuf and delegates to ``runs.TrainingRuns``; errors become statuses in ``handle_errors``."""
+
     def __init__(self, cfg=None, workdir: str | Path | None = None, max_concurrent: int = 1):
         self.cfg = cfg
-        self.s3 = cfg.storage.s3 if cfg is not None else None
-        self.workdir = Path(workdir) if workdir else default_workdir(cfg)
-        self._runs: dict[str, _Run] = {}
-        self._lock = threading.Lock()
-        self._slots = threading.Semaphore(max_concurrent)
+        self.runs = TrainingRuns(
+            Path(workdir) if workdir else default_workdir(cfg),
+            s3=cfg.storage.s3 if cfg is not None else None,
+            settings=cfg.trainer if cfg is not None else None,
+            max_concurrent=max_concurrent,
+        )
 
     @handle_errors
     def Train(self, request, context):
         job = job_from_pb(request)  # InputError: INVALID_ARGUMENT before any compute
-        run_id = job.run_id or f"run-{uuid.uuid4().hex[:12]}"
-        with self._lock:
-            if run_id in self._runs:
-                raise ServiceError(f"run {run_id} is already training; Cancel it or wait", "ALREADY_EXISTS")
-            run = self._runs[run_id] = _Run(run_id)
-        events: queue.Queue = queue.Queue()
+        run = self.runs.open(job)
         context.add_callback(run.cancel.set)  # the client went away → stop at the next step boundary
-
-        def work() -> None:
-            try:
-                if not self._slots.acquire(blocking=False):
-                    events.put(("event", Progress(stage="train", message="queued: another training run is using this trainer")))
-                    while not self._slots.acquire(timeout=0.5):
-                        if run.cancel.is_set():
-                            raise TrainCancelled("cancelled while queued")
-                try:
-                    result = execute(job, s3=self.s3, workdir=self.workdir, emit=lambda p: events.put(("event", p)), cancel=run.cancel,
-                                     settings=self.cfg.trainer if self.cfg is not None else None)
-                finally:
-                    self._slots.release()
-                events.put(("done", result))
-            except BaseException as exc:  # noqa: BLE001 - reported to the client
-                events.put(("error", exc))
-            finally:
-                with self._lock:
-                    self._runs.pop(run_id, None)
-
-        worker = threading.Thread(target=work, name=f"train-{run_id}", daemon=True)
-        worker.start()
-        while True:
-            kind, value = events.get()
-            if kind == "event":
-                yield stage_event_to_pb(value)
-            elif kind == "done":
-                assert isinstance(value, StageResult)
-                yield stage_event_to_pb(value)
-                return
-            else:
-                state, reason = classify(value)
-                if state == "failed":
-                    log.error("training failed", exc_info=value)
-                raise ServiceError(reason, _STATUS_OF_STATE[state])
+        for ev in self.runs.train(job, run):
+            yield stage_event_to_pb(ev)
 
     @handle_errors
     def Cancel(self, request, context):
-        with self._lock:
-            run = self._runs.get(request.run_id)
-        if run is None:
-            return trainer_pb2.CancelResponse(cancelled=False)
-        run.cancel.set()
-        return trainer_pb2.CancelResponse(cancelled=True)
+        return trainer_pb2.CancelResponse(cancelled=self.runs.cancel(request.run_id))
 
 
 def start(cfg=None, host: str = "127.0.0.1", port: int = 0, metrics_port: int = 0, workdir: str | Path | None = None) -> RunningServer:
