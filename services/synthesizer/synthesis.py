@@ -1,0 +1,88 @@
+"""Synthesis runs for the ``Synthesize`` RPC: which tool backend and generator a request uses,
+where it writes when it names no output, and closing what it opened; the simulation is ``engine``'s.
+
+A request's ``toolsim_address`` (else the server's, else ``services.toolsim``; ``embedded`` or
+none: one in-process ``LocalToolBackend`` shared by all requests) serves tool calls; ``llm``
+agents use the server's generator, else the inference server's client. Llm agents without a
+generator end the run with ``FAILED_PRECONDITION``; no output and no storage with ``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Iterator
+
+from looptool.services.inference.client import InferenceClient
+from looptool.services.toolsim.client import ToolSimClient
+from looptool.shared.errors import ServiceError
+from looptool.shared.records import DatasetRef, Tool, text_key
+
+from .agents import make_agents
+from .config import SynthesisConfig
+from .engine import Event, LocalToolBackend, ToolBackend, iter_synthesis
+
+
+def output_key(toolset_hash: str, num: int, seed: int, cfg: SynthesisConfig, round: int) -> str:
+    payload = json.dumps({"t": toolset_hash, "n": num, "s": seed, "c": cfg.model_dump(mode="json"), "r": round}, sort_keys=True)
+    return text_key(payload, 16)  # json.dumps' own separators, not canonical_json: stored keys depend on them
+
+
+class Synthesis:
+    def __init__(self, app_cfg: Any = None, generator: Any = None, toolsim_address: str = "", storage_base: str = ""):
+        self.app_cfg = app_cfg
+        self.generator = generator
+        self.toolsim_address = toolsim_address
+        self.storage_base = storage_base
+        self._embedded: LocalToolBackend | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def s3(self) -> Any:
+        return getattr(getattr(self.app_cfg, "storage", None), "s3", None)
+
+    def _backend(self, cfg: SynthesisConfig) -> ToolBackend:
+        address = cfg.toolsim_address or self.toolsim_address
+        if not address and self.app_cfg is not None:
+            address = self.app_cfg.services.toolsim.address
+        if not address or address == "embedded":
+            with self._lock:
+                if self._embedded is None:
+                    self._embedded = LocalToolBackend()
+            return self._embedded
+        return ToolSimClient(address)
+
+    def _generator(self, cfg: SynthesisConfig) -> Any:
+        if cfg.agents != "llm":
+            return None
+        if self.generator is not None:
+            return self.generator
+        if self.app_cfg is None:
+            return None
+        return InferenceClient(self.app_cfg.services.inference.address)
+
+    def run(self, tools: list[Tool], toolset: DatasetRef, cfg: SynthesisConfig, num_dialogues: int, seed: int,
+            output_prefix: str, concurrency: int, round: int, cancel: threading.Event) -> Iterator[Event]:
+        """``engine.iter_synthesis``'s events until ``cancel`` is set."""
+        try:
+            agents = make_agents(cfg, self._generator(cfg))
+        except ValueError as exc:  # e.g. llm agents without an inference server
+            raise ServiceError(str(exc), "FAILED_PRECONDITION") from exc
+        out = output_prefix
+        if not out:
+            base = self.storage_base or (self.app_cfg.storage.base_uri() if self.app_cfg is not None else "")
+            if not base:
+                raise ServiceError("output_prefix is empty and no storage is configured", "INVALID_ARGUMENT")
+            out = f"{base.rstrip('/')}/synthesis/{output_key(toolset.content_hash, num_dialogues, seed, cfg, round)}"
+        backend = self._backend(cfg)
+        try:
+            for ev in iter_synthesis(tools, num_dialogues, seed, out, cfg, agents, backend,
+                                     concurrency=max(1, concurrency or 1), round=round, s3=self.s3,
+                                     cancel=cancel, meta={"toolset": toolset.uri, "toolset_hash": toolset.content_hash}):
+                if cancel.is_set():
+                    break
+                yield ev
+        finally:
+            close = getattr(backend, "close", None)
+            if callable(close) and backend is not self._embedded:
+                close()
