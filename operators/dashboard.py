@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from looptool.shared.config import SERVICE_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 CHART_DASHBOARD = REPO / "charts" / "looptool" / "dashboards" / "looptool.json"
 UID = "looptool-overview"
@@ -186,7 +188,7 @@ def build() -> dict[str, Any]:
 
     # ------------------------------------------------------------------ services
     b.row("gRPC services")
-    services = ("inference", "toolsim", "synthesizer", "expander", "trainer")
+    services = SERVICE_NAMES
     b.panel("Requests", [(rate(f"looptool_{s}_rpc_requests_total"), s) for s in services], w=8, unit="reqps")
     b.panel("Errors", [(f'sum(rate(looptool_{s}_rpc_requests_total{{{NS}, code!="OK"}}[{RATE}]))', s) for s in services], w=8, unit="reqps")
     b.panel("Latency p95", [(quantile(0.95, f"looptool_{s}_rpc_latency_seconds"), s) for s in services], w=8, unit="s")

@@ -12,13 +12,19 @@ A failure is reported by raising an exception with ``reason`` and ``message`` at
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any, Callable, Protocol
 
-from looptool.shared.config import LoopToolConfig
+from looptool.services.inference.client import InferenceClient
+from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
+from looptool.shared.loop import stages
+from looptool.shared.loop.chain import round_base_uri
 from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.preflight import check_round_models
 from looptool.shared.loop.state import Phase, RoundStatus
-from looptool.shared.records import Progress
+from looptool.shared.records import Progress, result_to_stage
+from looptool.shared.storage import NotFound, split_uri
 
 ProgressFn = Callable[[Progress], None]
 
@@ -52,60 +58,38 @@ class ServiceExecutor:
 
     def _addresses(self) -> dict[str, str]:
         svc = self.config.services
-        out = {name: getattr(svc, name).address for name in ("inference", "toolsim", "synthesizer", "expander", "trainer")}
+        out = {name: getattr(svc, name).address for name in SERVICE_NAMES}
         if svc.judge is not None:
             out["judge"] = svc.judge.address
         return out
 
-    def _ctx(self, round: LoopRound, previous: RoundStatus | None):
-        from looptool.shared.loop.stages import StageContext
-
-        base = round.spec.storage or self.config.storage.base_uri()
-        return StageContext(round=round, config=self.config, addresses=self._addresses(), base_uri=base, previous=previous)
+    def _ctx(self, round: LoopRound, previous: RoundStatus | None) -> stages.StageContext:
+        return stages.StageContext(
+            round=round,
+            config=self.config,
+            addresses=self._addresses(),
+            base_uri=round_base_uri(round, self.config),
+            generator=InferenceClient,
+            previous=previous,
+        )
 
     def check_models(self, round: LoopRound) -> None:
-        from looptool.shared.loop.preflight import check_round_models
-
         check_round_models(round, self.config, local_paths=False)
 
     def run_data_stage(self, phase, round, status, previous, on_progress) -> None:
-        from looptool.shared.loop.stages import run_data_stage
-
-        run_data_stage(phase, self._ctx(round, previous), status, on_progress)
+        stages.run_data_stage(phase, self._ctx(round, previous), status, on_progress)
 
     def training_request(self, round, status, previous) -> dict[str, Any]:
-        from looptool.shared.loop.stages import training_request
-
-        return training_request(self._ctx(round, previous), status)
+        return stages.training_request(self._ctx(round, previous), status)
 
     def record_training_result(self, status, result) -> None:
-        from looptool.shared.loop.stages import record_training_result
-
-        record_training_result(status, result_to_stage(result))
+        stages.record_training_result(status, result_to_stage(result))
 
     def read_training_result(self, output_prefix: str) -> dict[str, Any] | None:
         return read_result_json(output_prefix, self.config)
 
 
-def result_to_stage(result: dict[str, Any]):
-    """``result.json`` (services/trainer/runner.py) as a StageResult: numeric metrics, the reward
-    curve as ``reward_step_<i>``, integer counts (same conversion as the trainer's ``result_to_stage``,
-    without importing the trainer and torch into the operator)."""
-    from looptool.shared.records import StageResult
-
-    metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for i, r in enumerate(result.get("reward_curve") or [], start=1):
-        if isinstance(r, (int, float)):
-            metrics[f"reward_step_{i}"] = float(r)
-    counts = {k: int(v) for k, v in (result.get("counts") or {}).items() if isinstance(v, (int, float))}
-    return StageResult(checkpoint_uri=str(result.get("checkpoint_uri") or ""), metrics=metrics, counts=counts)
-
-
 def read_result_json(output_prefix: str, config: LoopToolConfig | None) -> dict[str, Any] | None:
-    import json
-
-    from looptool.shared.storage import NotFound, split_uri
-
     store, key = split_uri(output_prefix.rstrip("/") + "/result.json", config.storage.s3 if config else None)
     try:
         data = json.loads(store.get_bytes(key))

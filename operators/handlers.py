@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from looptool.operators import jobs as jobs_
+from looptool.operators.plan import PLAN_PLURAL, PlanReconciler
 from looptool.operators.reconciler import InvalidSpec, RoundReconciler, Runtime, parse_status, validate
 from looptool.shared.loop.manifest import GROUP, PLURAL, VERSION
 from looptool.shared.loop.state import Phase
@@ -97,8 +98,6 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         logger.info("deleted %d owned objects of %s/%s", removed, ns, name)
 
     if rt.settings.loopPlans:
-        from looptool.operators.plan import PLAN_PLURAL, PlanReconciler
-
         @kopf.daemon(GROUP, VERSION, PLAN_PLURAL, registry=registry, id="plan", cancellation_timeout=5.0)
         async def _plan(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
             await PlanReconciler(rt, body).run(stopped)

@@ -10,6 +10,7 @@ rounds (phase, current round, accuracy per round); deleting the plan deletes its
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from typing import Any, Literal
 
@@ -136,8 +137,6 @@ class PlanReconciler:
         self._event_sent: set[str] = set()
 
     def snapshot(self) -> dict[str, Any]:
-        import copy
-
         return copy.deepcopy({k: self.body[k] for k in self.body})
 
     async def write(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +28,8 @@ from looptool.operators.executor import StageExecutor
 from looptool.operators.kube import Kube, KubeError
 from looptool.operators.metrics import OperatorMetrics
 from looptool.operators.settings import OperatorSettings
+from looptool.shared.loop.chain import GATE_REASONS, PREVIOUS_FAILED, PreviousGate, classify_failure
 from looptool.shared.loop.manifest import LoopRound, ManifestError, parse_round
-from looptool.shared.models import ModelNotFound
 from looptool.shared.loop.state import (
     STAGE_OF,
     TERMINAL,
@@ -39,6 +40,7 @@ from looptool.shared.loop.state import (
     finish_stage,
     start_stage,
 )
+from looptool.shared.models import ModelNotFound
 from looptool.shared.records import Progress
 from looptool.shared.storage.base import StorageError
 
@@ -303,21 +305,22 @@ class RoundReconciler:
         return self.rt.settings.pollSeconds
 
     async def _previous(self, prev_name: str) -> RoundStatus | None:
+        """The previous round's status once it succeeded (``shared/loop/chain``); until then None,
+        with the reason in the Ready condition."""
         prev = await self.rt.kube.get_round(self.ns, prev_name)
-        if prev is None:
-            self.status.set_condition("Ready", False, "WaitingForPreviousRound", f"LoopRound {prev_name!r} does not exist (yet)")
-            return None
-        pst = parse_status(prev.get("status"))
-        if pst.phase == Phase.SUCCEEDED:
-            if self.status.reason in ("WaitingForPreviousRound", "PreviousRoundFailed"):
+        gate = PreviousGate(prev_name, None if prev is None else parse_status(prev.get("status")))
+        if gate.open:
+            if self.status.reason in GATE_REASONS:
                 self.status.reason = self.status.message = ""
-            return pst
-        if pst.phase == Phase.FAILED:
-            msg = f"LoopRound {prev_name!r} failed ({pst.reason}); re-create it or point spec.previousRound elsewhere"
-            self.status.set_condition("Ready", False, "PreviousRoundFailed", msg)
+            return gate.status
+        if gate.status is None:
+            self.status.set_condition("Ready", False, gate.reason, f"LoopRound {prev_name!r} does not exist (yet)")
+            return None
+        if gate.reason == PREVIOUS_FAILED:
+            msg = f"LoopRound {prev_name!r} failed ({gate.status.reason}); re-create it or point spec.previousRound elsewhere"
         else:
-            msg = f"waiting for LoopRound {prev_name!r} (phase {pst.phase.value})"
-            self.status.set_condition("Ready", False, "WaitingForPreviousRound", msg)
+            msg = f"waiting for LoopRound {prev_name!r} (phase {gate.status.phase.value})"
+        self.status.set_condition("Ready", False, gate.reason, msg)
         self.status.progress = f"waiting for {prev_name}"
         return None
 
@@ -394,12 +397,12 @@ class RoundReconciler:
         await self.write()
 
     async def _stage_failed(self, stage: str, exc: Exception) -> float | None:
-        reason = getattr(exc, "reason", None) or "InternalError"
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        failure = classify_failure(exc)  # the same classification as the local runner
+        reason, message = failure.reason, failure.message
         self.rt.metrics.stage_failures.labels(stage, reason).inc()
         attempts = self._attempts.get(stage, 0) + 1
         self._attempts[stage] = attempts
-        if reason == "InternalError":
+        if failure.internal:
             self.log.exception("stage %s of %s/%s raised", stage, self.ns, self.name, exc_info=exc)
         if attempts <= self.rt.settings.stageRetries:
             self.status.stage(stage).message = f"attempt {attempts} failed: {reason}: {message}"[:500]
@@ -548,8 +551,6 @@ class RoundReconciler:
 
 
 def _age(iso: str) -> float:
-    import datetime as dt
-
     try:
         return (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(iso)).total_seconds()
     except ValueError:

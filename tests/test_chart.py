@@ -17,11 +17,11 @@ import yaml
 from k8s_tools import helm
 from looptool.operators import crd, dashboard
 from looptool.operators.settings import OperatorSettings
-from looptool.shared.config import LoopToolConfig
+from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 
 CHART = str(Path(__file__).resolve().parent.parent / "charts" / "looptool")
 K8S = "1.37.0"
-SERVICES = ("inference", "toolsim", "synthesizer", "expander", "trainer")
+SERVICES = SERVICE_NAMES
 
 
 def render(*args: str, check: bool = True):

@@ -47,12 +47,16 @@ class _UI:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `configure` stays cheap for every other sub-command (cli.py).
     from pathlib import Path
 
+    from looptool.runner import LocalServices, StatusStore, drive_round, spec_hash
+    from looptool.services.inference.client import InferenceClient
     from looptool.shared.errors import InputError
+    from looptool.shared.loop.chain import PreviousGate, round_base_uri
     from looptool.shared.loop.manifest import ManifestError, load_manifests
+    from looptool.shared.loop.preflight import check_round_models
     from looptool.shared.loop.report import write_report
-    from looptool.shared.loop.runner import LocalServices, StatusStore, drive_round
     from looptool.shared.loop.stages import StageContext
     from looptool.shared.loop.state import Phase
 
@@ -65,34 +69,30 @@ def run(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    base_uri = rounds[0].spec.storage or cfg.storage.base_uri()
+    # One store for the whole file: the first round's (its outputs and every round's saved status).
+    base_uri = round_base_uri(rounds[0], cfg)
     statuses = StatusStore(base_uri, cfg.storage.s3)
     names = {r.name for r in rounds}
-    # A previousRound outside this file must exist in storage and have succeeded.
+    # A previousRound outside this file must exist in storage and have succeeded (nothing here would
+    # run it: the operator waits, the local runner stops).
     for r in rounds:
         prev = r.spec.previousRound
         if prev and prev not in names:
-            st, _ = statuses.load(prev)
-            if st is None or st.phase != Phase.SUCCEEDED:
+            gate = PreviousGate(prev, statuses.load(prev)[0])
+            if not gate.open:
                 raise InputError(
                     f"{r.name}: spec.previousRound",
-                    f"round {prev!r} {'does not exist' if st is None else 'is ' + st.phase.value}",
+                    f"round {prev!r} {'does not exist' if gate.status is None else 'is ' + gate.status.phase.value}",
                     "run it first or fix the name",
                 )
     # The models each unfinished round loads exist (base, judge): checked before any service starts.
-    from looptool.shared.loop.preflight import check_round_models
-    from looptool.shared.loop.runner import spec_hash
-
     for r in rounds:
         st, saved_hash = (None, "") if args.fresh else statuses.load(r.name)
         if st is None or st.phase != Phase.SUCCEEDED or saved_hash != spec_hash(r):
             check_round_models(r, cfg, local_paths=True)
     if args.fresh:
-        from looptool.shared.storage import split_uri
-
         for r in rounds:
-            store, key = split_uri(f"{base_uri}/runs/{r.name}/status.json", cfg.storage.s3)
-            store.delete(key)
+            statuses.delete(r.name)
 
     root = Path(cfg.storage.root).resolve()
     started = time.monotonic()
@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
             previous = None
             if r.spec.previousRound:
                 previous, _ = statuses.load(r.spec.previousRound)
-            ctx = StageContext(round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, previous=previous)
+            ctx = StageContext(
+                round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, generator=InferenceClient, previous=previous
+            )
             status = drive_round(r, ctx, statuses, _UI(r.name, args.quiet))
             results.append((r, status))
             if ctx.item_errors:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SERVICES = {
-    "inference": "looptool.services.inference.server",
-    "toolsim": "looptool.services.toolsim.server",
-    "synthesizer": "looptool.services.synthesizer.server",
-    "expander": "looptool.services.expander.server",
-    "trainer": "looptool.services.trainer.server",
-}
+from looptool.shared.config import SERVICE_NAMES
+
+SERVICES = {name: f"looptool.services.{name}.server" for name in SERVICE_NAMES}
 
 
 def configure(p: argparse.ArgumentParser) -> None:

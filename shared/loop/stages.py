@@ -8,29 +8,63 @@ restarted round reuses finished outputs and services resume unfinished ones with
 
 from __future__ import annotations
 
-import hashlib
 import json
+import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import grpc
 
+from looptool.shared import toolsets
+from looptool.shared.compose import compose_next_round, dropped_uri
 from looptool.shared.config import LoopToolConfig
+from looptool.shared.conversion import dialogs_to_samples, split_of
+from looptool.shared.evaluation import evaluate, noise_recovery_from_verdicts
+from looptool.shared.generation import Generator
+from looptool.shared.grpc_util import channel
+from looptool.shared.loop.chain import run_uri
 from looptool.shared.loop.manifest import LoopRound, SynthesisSpec
 from looptool.shared.loop.state import STAGE_OF, Phase, RoundStatus, StageStatus
-from looptool.shared.proto_convert import dataset_to_pb, stage_event_from_pb
+from looptool.shared.noise import LOOP_COUNTS, inject_label_noise, label_noise_state, loop_noise_summary
+from looptool.shared.proto_convert import (
+    dataset_to_pb,
+    error_from_pb,
+    progress_from_pb,
+    result_from_pb,
+    stage_event_from_pb,
+)
 from looptool.shared.records import (
     DatasetRef,
+    Dialog,
     ErrorInfo,
     Progress,
     Sample,
     StageResult,
     Tool,
-    canonical_json,
+    content_key,
 )
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
+from looptool.shared.verl_format import sample_to_verl_row
+from looptool.v1 import (
+    expander_pb2,
+    expander_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    synthesizer_pb2,
+    synthesizer_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 
 ProgressFn = Callable[[Progress], None]
+
+
+class GeneratorFactory(Protocol):
+    """A ``Generator`` served by the inference service at ``address`` for ``model`` (the evaluate
+    stage's client). The local runner and the operator's executor supply the service's own client,
+    so this library never imports a service."""
+
+    def __call__(self, address: str, *, model: str, timeout_s: float) -> Generator: ...
 
 
 class StageError(RuntimeError):
@@ -47,6 +81,7 @@ class StageContext:
     config: LoopToolConfig
     addresses: dict[str, str]  # service name → host:port
     base_uri: str  # storage base, e.g. file:///abs/store or s3://bucket
+    generator: GeneratorFactory  # the inference service as a Generator (evaluate)
     previous: RoundStatus | None = None
     rpc_timeout_s: float = 6 * 3600
     item_errors: list[ErrorInfo] = field(default_factory=list)
@@ -56,11 +91,9 @@ class StageContext:
         return self.round.spec
 
     def out(self, name: str) -> str:
-        return f"{self.base_uri.rstrip('/')}/runs/{self.round.name}/{name}"
+        return run_uri(self.base_uri, self.round.name, name)
 
     def channel(self, service: str) -> grpc.Channel:
-        from looptool.shared.grpc_util import channel
-
         if service not in self.addresses:
             raise StageError("ServiceUnavailable", f"no address configured for the {service} service")
         return channel(self.addresses[service])
@@ -68,8 +101,7 @@ class StageContext:
 
 def key_of(*parts: Any) -> str:
     """Short stable hash of a stage's inputs and settings (its output key)."""
-    payload = canonical_json([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts])
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return content_key([p.model_dump(mode="json") if hasattr(p, "model_dump") else p for p in parts], 12)
 
 
 def consume(stream: Iterable[Any], stage: str, on_progress: ProgressFn, ctx: StageContext) -> StageResult:
@@ -120,8 +152,6 @@ def existing(ctx: StageContext, uri: str) -> DatasetRef | None:
 
 def resolve_toolset(ctx: StageContext) -> list[Tool]:
     """The round's valid tools from spec.toolset (BFCL category, tool file, or a committed toolset)."""
-    from looptool.shared import toolsets
-
     try:
         return toolsets.resolve_toolset(ctx.spec.toolset, ctx.config.storage.s3)
     except (OSError, ValueError) as exc:
@@ -142,8 +172,6 @@ def _samples_dataset(ctx: StageContext, name: str, samples: Iterable[Sample], ki
 
 
 def _verl_dataset(ctx: StageContext, name: str, samples: list[Sample]) -> DatasetRef:
-    from looptool.shared.verl_format import sample_to_verl_row
-
     uri = ctx.out(name)
     store, key = split_uri(uri, ctx.config.storage.s3)
     if dataset_exists(store, key):
@@ -163,11 +191,6 @@ def synthesis_config_json(spec: SynthesisSpec) -> str:
 
 
 def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.shared.conversion import dialogs_to_samples, split_of
-    from looptool.shared.noise import inject_label_noise
-    from looptool.shared.records import Dialog
-    from looptool.v1 import synthesizer_pb2, synthesizer_pb2_grpc
-
     st = status.stage("synthesize")
     spec = ctx.spec.synthesis
     tools = resolve_toolset(ctx)
@@ -224,8 +247,6 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
 
     # Label noise (JGLV demo): corrupt a known fraction of this round's fresh training labels.
     if spec.labelNoise > 0 and train:
-        import random
-
         train, corrupted = inject_label_noise(train, spec.labelNoise, random.Random(seed), ctx.spec.round)
         st.counts["labels_corrupted"] = len(corrupted)
     fresh_ref = _samples_dataset(ctx, f"fresh-{syn_key}", train)
@@ -254,8 +275,6 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
 
 
 def _consume_synthesis(stream, on_progress: ProgressFn, ctx: StageContext) -> StageResult:
-    from looptool.shared.proto_convert import error_from_pb, progress_from_pb, result_from_pb
-
     result = None
     try:
         for ev in stream:
@@ -315,14 +334,11 @@ def training_request(ctx: StageContext, status: RoundStatus) -> dict[str, Any]:
 
 def stage_train(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
     """Train through the trainer service (the local runner's path; the operator runs a Job instead)."""
-    from looptool.shared.proto_convert import dataset_to_pb as to_pb
-    from looptool.v1 import trainer_pb2, trainer_pb2_grpc
-
     st = status.stage("train")
     req = training_request(ctx, status)
     pb_req = trainer_pb2.TrainRequest(
         run_id=req["run_id"],
-        dataset=to_pb(DatasetRef.model_validate(req["dataset"])),
+        dataset=dataset_to_pb(DatasetRef.model_validate(req["dataset"])),
         base_checkpoint_uri=req["base_checkpoint_uri"],
         output_prefix=req["output_prefix"],
         config_json=json.dumps(req["config"]),
@@ -347,8 +363,6 @@ def record_training_result(status: RoundStatus, result: StageResult) -> None:
 
 
 def stage_probe(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.v1 import inference_pb2, inference_pb2_grpc
-
     st = status.stage("probe")
     train = _ref(status.stage("synthesize"), "train")
     spec = ctx.spec.probe
@@ -374,8 +388,6 @@ def stage_probe(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn)
 
 
 def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.v1 import inference_pb2, inference_pb2_grpc
-
     st = status.stage("judge")
     probe = _ref(status.stage("probe"), "probe_results")
     spec = ctx.spec.judge
@@ -400,9 +412,6 @@ def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn)
 
 
 def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.shared.compose import compose_next_round
-    from looptool.v1 import expander_pb2, expander_pb2_grpc
-
     st = status.stage("expand")
     verdicts = _ref(status.stage("judge"), "verdicts")
     probe = _ref(status.stage("probe"), "probe_results")
@@ -450,13 +459,10 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
 
 
 def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
-    from looptool.services.inference.client import InferenceClient
-    from looptool.shared.evaluation import evaluate, noise_recovery_from_verdicts
-
     st = status.stage("evaluate")
     spec = ctx.spec.eval
     heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
-    gen = InferenceClient(ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s)
+    gen = ctx.generator(ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s)
     report = evaluate(
         gen,
         heldout=heldout,
@@ -488,9 +494,6 @@ def loop_noise_metrics(ctx: StageContext, status: RoundStatus) -> dict[str, floa
     Tallies ``noise.label_noise_state`` over this round's composed dataset and its dropped samples,
     plus the dropped samples of earlier rounds (carried in the previous round's metrics). Empty
     when no label was ever corrupted."""
-    from looptool.shared.compose import dropped_uri
-    from looptool.shared.noise import LOOP_COUNTS, label_noise_state, loop_noise_summary
-
     nxt = status.stage("expand").outputs.get("next")
     if nxt is None:
         return {}

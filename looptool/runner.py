@@ -1,8 +1,9 @@
-"""The local runner: a chain of LoopRounds on one machine.
+"""The local runner: a chain of LoopRounds on one machine (``looptool run``).
 
 Starts the five gRPC services as local processes on loopback, uses local storage (or the configured
-S3), drives the shared state machine with a progress bar per stage, and persists each round's status
-after every stage so that running the same command again resumes where a killed run stopped.
+S3), drives the shared state machine (``looptool.shared.loop``) with a progress bar per stage, and
+persists each round's status after every stage so that running the same command again resumes where
+a killed run stopped. The operator drives the same stages and chain policy on Kubernetes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from looptool.shared.config import LoopToolConfig
+from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 from looptool.shared.grpc_util import wait_healthy
 from looptool.shared.logs import get_logger
+from looptool.shared.loop.chain import classify_failure, status_uri
 from looptool.shared.loop.manifest import LoopRound
 from looptool.shared.loop.stages import StageContext, StageError, run_data_stage, stage_train
 from looptool.shared.loop.state import (
@@ -34,12 +36,11 @@ from looptool.shared.loop.state import (
     finish_stage,
     start_stage,
 )
-from looptool.shared.records import Progress, canonical_json
+from looptool.shared.records import Progress, content_key
 from looptool.shared.storage import split_uri
 from looptool.shared.storage.base import NotFound
 
 log = get_logger("looptool.runner")
-SERVICES = ("inference", "toolsim", "synthesizer", "expander", "trainer")
 
 
 def _free_port() -> int:
@@ -67,7 +68,7 @@ class LocalServices:
 
     def start(self, timeout: float = 120.0) -> dict[str, str]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        ports = {name: _free_port() for name in SERVICES}
+        ports = {name: _free_port() for name in SERVICE_NAMES}
         env = dict(os.environ)
         env.update(self.env)
         for name, port in ports.items():
@@ -82,7 +83,7 @@ class LocalServices:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.setdefault("MKL_DYNAMIC", "FALSE")
         env.setdefault("LOOPTOOL_TRAINER__WORKDIR", str(Path(storage.root).resolve() / "work" / "trainer"))
-        for name in SERVICES:
+        for name in SERVICE_NAMES:
             logf = open(self.log_dir / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "looptool.cli", "serve", name],
@@ -93,7 +94,7 @@ class LocalServices:
             )
             self.addresses[name] = f"127.0.0.1:{ports[name]}"
         deadline = time.monotonic() + timeout
-        for name in SERVICES:
+        for name in SERVICE_NAMES:
             proc = self.procs[name]
             while True:
                 if proc.poll() is not None:
@@ -133,8 +134,7 @@ class StatusStore:
         self.base_uri, self.s3 = base_uri.rstrip("/"), s3
 
     def _key(self, name: str):
-        store, key = split_uri(f"{self.base_uri}/runs/{name}/status.json", self.s3)
-        return store, key
+        return split_uri(status_uri(self.base_uri, name), self.s3)
 
     def load(self, name: str) -> tuple[RoundStatus | None, str]:
         store, key = self._key(name)
@@ -148,11 +148,13 @@ class StatusStore:
         store, key = self._key(name)
         store.put_bytes(key, json.dumps({"spec_hash": spec_hash, "status": status.to_k8s()}, indent=1).encode())
 
+    def delete(self, name: str) -> None:
+        store, key = self._key(name)
+        store.delete(key)
+
 
 def spec_hash(r: LoopRound) -> str:
-    import hashlib
-
-    return hashlib.sha256(canonical_json(r.spec.model_dump(mode="json")).encode()).hexdigest()[:16]
+    return content_key(r.spec.model_dump(mode="json"), 16)
 
 
 ProgressUI = Callable[[str, Progress | None], None]
@@ -196,16 +198,13 @@ def drive_round(
                 stage_train(ctx, status, on_progress)
             else:
                 run_data_stage(phase, ctx, status, on_progress)
-        except StageError as exc:
-            fail(status, exc.reason, exc.message)
+        except Exception as exc:  # keep outputs, record why (the same classification as the operator)
+            failure = classify_failure(exc)
+            if failure.internal:  # a bug or an unexpected failure
+                log.exception("stage crashed", extra={"round": r.name, "stage": stage})
+            fail(status, failure.reason, failure.message)
             statuses.save(r.name, status, h)
-            ui(stage, Progress(stage=stage, message=f"FAILED: {exc.message}"))
-            return status
-        except Exception as exc:  # a bug or an unexpected failure: keep outputs, record why
-            log.exception("stage crashed", extra={"round": r.name, "stage": stage})
-            fail(status, f"{stage.capitalize()}Error", f"{type(exc).__name__}: {exc}")
-            statuses.save(r.name, status, h)
-            ui(stage, Progress(stage=stage, message=f"FAILED: {exc}"))
+            ui(stage, Progress(stage=stage, message=f"FAILED: {failure.message}"))
             return status
         finish_stage(status, stage)
         statuses.save(r.name, status, h)
