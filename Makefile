@@ -48,8 +48,7 @@ image:
 	$(PYTHON) images/build.py
 
 # Builds (or reuses) the CPU image and runs toolsim in it with podman (minutes; .ci/run runs it).
-image-test: $(STAMP)
-	bash images/deps.sh
+image-test: $(STAMP) image
 	$(PY) -m pytest -q -p no:cacheprovider -m image tests/test_image.py
 
 bench: $(STAMP)

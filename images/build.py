@@ -181,7 +181,7 @@ def build(ref: str, digest: str) -> None:
         conf.write_text(pip.conf)
         volumes = [f"{conf}:/etc/pip.conf:ro"] + [f"{path}:{path}:ro" for path in pip.mounts]
         cmd = [
-            "buildah", "bud", "--isolation", "chroot", "--layers", "--pull=never",
+            "buildah", "bud", "--isolation", "chroot", "--layers", "--force-rm", "--pull=never",
             "--file", str(CONTAINERFILE),
             "--build-arg", f"BASE_IMAGE={base}",
             "--build-arg", f"VERSION={version}",
