@@ -38,13 +38,20 @@ GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
 # ------------------------------------------------------------------------------------------- collection
 
 
-def _module_strings(tree: ast.Module) -> dict[str, str]:
-    out = {}
+def _module_strings(tree: ast.Module, path: Path | None = None) -> dict[str, str]:
+    """Module-level string constants, including those imported from a sibling module
+    (``from .generate import SERVICE``)."""
+    out: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             for t in node.targets:
                 if isinstance(t, ast.Name):
                     out[t.id] = node.value.value
+        elif isinstance(node, ast.ImportFrom) and node.level == 1 and node.module and path is not None:
+            sibling = path.parent / f"{node.module.replace('.', '/')}.py"
+            if sibling.is_file():
+                theirs = _module_strings(ast.parse(sibling.read_text(), str(sibling)))
+                out.update({a.asname or a.name: theirs[a.name] for a in node.names if a.name in theirs})
     return out
 
 
@@ -65,7 +72,7 @@ def exported_metrics() -> dict[str, str]:
                 tree = ast.parse(path.read_text(), str(path))
             except SyntaxError:  # a file mid-edit by someone else; it exports nothing yet
                 continue
-            consts = _module_strings(tree)
+            consts = _module_strings(tree, path)
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):
                     continue
