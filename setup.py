@@ -1,13 +1,9 @@
-"""Maps the repository's top-level folders onto one import root:
-looptool.shared ← shared/, looptool.services ← services/, looptool.operators ← operators/."""
+"""looptool/shared, looptool/services and looptool/operators are relative links to the top-level
+folders shared/, services/ and operators/: the source tree is the import tree, so type checkers,
+IDEs and import-linter resolve ``looptool.shared`` and friends from the repository as they are, and
+a wheel holds the linked files as real ones."""
 
 from setuptools import find_packages, setup
 
-ROOTS = {"looptool": "looptool", "looptool.shared": "shared", "looptool.services": "services", "looptool.operators": "operators"}
-
-packages = []
-for name, folder in ROOTS.items():
-    packages.append(name)
-    packages += [f"{name}.{sub}" for sub in find_packages(folder)]
-
-setup(packages=packages, package_dir=ROOTS, include_package_data=True)
+# Only the looptool tree: the top-level folders are packages of their own name only through the links.
+setup(packages=find_packages(include=["looptool", "looptool.*"]), include_package_data=True)

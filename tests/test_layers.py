@@ -2,9 +2,8 @@
 
 CLI commands and the local runner sit on top, the operator below them, then the services, the
 shared library, and the generated gRPC stubs at the bottom; a module imports only from its own layer
-or below, and the operator never loads a model stack. grimp (import-linter's graph) finds a package
-by walking its folder, so it cannot see ``looptool.shared`` and friends, which setup.py maps from
-top-level folders: the tests lay the import root out as links first.
+or below, and the operator never loads a model stack. grimp (import-linter's graph) walks the
+``looptool`` folder, whose links (looptool/shared → shared/ and so on) make it the whole import root.
 
 Also: shared/loop and the operator import first-party modules at module top, so what depends on
 what is visible at a glance (and to the contracts).
@@ -24,15 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 PROBE = "_layer_probe.py"
 
 
-def _package_dirs() -> dict[str, str]:
-    """setup.py's ROOTS (import name → folder), read without running setup()."""
-    tree = ast.parse((REPO / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ROOTS" for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py defines no ROOTS mapping")
-
-
 def _link_tree(dest: Path, src: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for entry in src.iterdir():
@@ -40,22 +30,15 @@ def _link_tree(dest: Path, src: Path) -> None:
             (dest / entry.name).symlink_to(entry)
 
 
-def _import_root(tmp: Path, extra: dict[str, str] | None = None) -> Path:
-    """The ``looptool`` import root as links under ``tmp``; ``extra``: package → source of an added
-    module (``looptool.shared`` → code), for the tests that prove the contracts catch a violation."""
-    extra = extra or {}
-    roots = _package_dirs()
+def _root_with_probe(tmp: Path, package: str, code: str) -> Path:
+    """The ``looptool`` import root as links under ``tmp``, with a module of ``code`` added to
+    ``package`` (a real folder of links there, so the probe is not written into the repo)."""
     top = tmp / "looptool"
-    _link_tree(top, REPO / roots["looptool"])
-    for name, folder in roots.items():
-        if name == "looptool":
-            continue
-        sub = top / name.split(".", 1)[1]
-        if name in extra:  # a real folder of links, so the probe module is not written into the repo
-            _link_tree(sub, REPO / folder)
-            (sub / PROBE).write_text(extra[name])
-        else:
-            sub.symlink_to(REPO / folder)
+    _link_tree(top, REPO / "looptool")
+    sub = package.removeprefix("looptool.")
+    (top / sub).unlink()
+    _link_tree(top / sub, REPO / "looptool" / sub)
+    (top / sub / PROBE).write_text(code)
     return tmp
 
 
@@ -68,8 +51,8 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_layer_contracts_hold(tmp_path: Path) -> None:
-    out = lint_imports(_import_root(tmp_path))
+def test_the_layer_contracts_hold() -> None:
+    out = lint_imports(REPO)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 broken" in out.stdout
 
@@ -83,7 +66,7 @@ def test_the_layer_contracts_hold(tmp_path: Path) -> None:
     ],
 )
 def test_a_violation_breaks_the_contracts(tmp_path: Path, package: str, code: str, broken: str) -> None:
-    out = lint_imports(_import_root(tmp_path, {package: code}))
+    out = lint_imports(_root_with_probe(tmp_path, package, code))
     assert out.returncode != 0 and broken in out.stdout, out.stdout + out.stderr
 
 
