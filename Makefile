@@ -29,7 +29,7 @@ crd: $(STAMP)
 	$(PY) -m looptool.operators.dashboard --write
 
 proto-check: $(STAMP)
-	$(PY) -m pytest -q tests/test_proto_sync.py
+	$(PY) -m pytest -q tests/repo/test_proto_sync.py
 
 demo: $(STAMP)
 	$(VENV)/bin/looptool run examples/demo.yaml
@@ -49,7 +49,7 @@ image:
 
 # Builds (or reuses) the CPU image and runs toolsim in it with podman (minutes; .ci/run runs it).
 image-test: $(STAMP) image
-	$(PY) -m pytest -q -p no:cacheprovider -m image tests/test_image.py
+	$(PY) -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

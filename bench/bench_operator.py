@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the fake cluster: tests/support/fake_kube.py
 
 from looptool.operators.main import operate  # noqa: E402
 from looptool.operators.settings import OperatorSettings  # noqa: E402
-from looptool.operators.testing import FakeKubeApi, FakeKubeApiProcess, TestStageExecutor, complete_training  # noqa: E402
+from support.fake_kube import FakeKubeApi, FakeKubeApiProcess, TestStageExecutor, complete_training  # noqa: E402
 
 LR = ("looptool.io/v1alpha1", "looprounds")
 

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from s3server import SeaweedServer  # noqa: E402
+from support.s3server import SeaweedServer  # noqa: E402
 
 from looptool.shared.storage import LocalStore, ObjectStore  # noqa: E402
 from looptool.shared.storage.datasets import DatasetWriter, canonical_lines, open_dataset_at  # noqa: E402

@@ -3,7 +3,7 @@
 Each set in SETS becomes ``locks/<name>.txt``: every distribution pinned ``name==version`` with
 uv's ``# via`` annotations, for the Python and platform of the official image it is installed
 into, so that image's torch is never re-resolved. The header records the command and a hash of
-the pyproject input (``input-sha256``); tests/test_locks.py recomputes it to catch a stale lock.
+the pyproject input (``input-sha256``); tests/repo/test_locks.py recomputes it to catch a stale lock.
 
 The trainer set is verl plus the vLLM it rolls out with. verl's wheel declares the exact
 vllm/torch/transformers it is tested with in its ``vllm`` extra; those pins are fetched from the

@@ -3,7 +3,7 @@
     python -m looptool.operators.dashboard --write   # regenerate charts/looptool/dashboards/looptool.json
     python -m looptool.operators.dashboard --check   # exit 1 if that file is stale
 
-Only metric names the code exports are referenced (``tests/test_dashboard.py`` collects both sides
+Only metric names the code exports are referenced (``tests/operators/test_dashboard.py`` collects both sides
 and fails on a name no code exports). Grafana variables: ``$datasource``, ``$namespace``, ``$round``;
 ``$__rate_interval`` / ``$__range`` are Grafana built-ins.
 """

@@ -3,7 +3,7 @@
 The reconciler decides *when* a stage runs and records the outcome in ``.status``; the executor does
 the stage's work. Production uses :class:`ServiceExecutor` (``looptool.shared.loop.stages``, which calls
 the gRPC services and writes to object storage). Tests and the benchmark inject
-``looptool.operators.testing.TestStageExecutor``.
+``TestStageExecutor`` from ``tests/support/fake_kube.py``.
 
 Executors are called from worker threads (data stages block for minutes to hours on gRPC streams).
 A failure is reported by raising an exception with ``reason`` and ``message`` attributes

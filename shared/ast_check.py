@@ -2,7 +2,7 @@
 
 Independent code that implements the semantics of bfcl-eval's official AST checker (see
 ``looptool.shared.bfcl.official_check``) and is tested to agree with it on every shipped entry
-and on systematic perturbations of the answers (``tests/test_bfcl_agreement.py``). Agreement is
+and on systematic perturbations of the answers (``tests/shared/test_bfcl_agreement.py``). Agreement is
 the target, so BFCL's quirks are reproduced on purpose; each is marked ``QUIRK`` below and listed
 in ``docs/reward.md``.
 

@@ -1,6 +1,6 @@
 """Dialogues → per-assistant-turn samples → GRPO Parquet (verl's row layout). One deterministic transformation.
 
-Rules (tested in ``tests/test_conversion.py``):
+Rules (tested in ``tests/shared/test_conversion.py``):
 
 - Every assistant message of a dialogue becomes one :class:`Sample`:
   ``context`` = all messages before it (the prompt builder keeps the last 8 user turns),

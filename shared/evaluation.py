@@ -1,5 +1,5 @@
 """Evaluation: held-out synthesized samples (shared reward) and BFCL AST categories (our checker,
-which agrees with bfcl-eval's official one; see tests/test_bfcl_agreement.py)."""
+which agrees with bfcl-eval's official one; see tests/shared/test_bfcl_agreement.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The tool-call reward: one implementation for the CPU GRPO trainer, verl, probing and evaluation.
 
-Rules (the same text is in ``docs/reward.md``; tests in ``tests/test_reward.py``):
+Rules (the same text is in ``docs/reward.md``; tests in ``tests/shared/test_reward.py``):
 
 1. **Reasoning is stripped first.** Everything inside ``<think>…</think>`` (or an unclosed
    ``<think>`` to the end) is removed before anything else; calls written there never count.

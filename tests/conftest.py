@@ -1,14 +1,16 @@
-from __future__ import annotations
+"""Fixtures shared by every test folder (layout: tests/README.md).
 
-import socket
+pytest's default ``prepend`` import mode puts this file's directory (``tests/``) on ``sys.path``, which
+makes the scaffolding importable as ``support.<module>``; test file names are unique across folders
+(the folders have no ``__init__.py``).
+"""
+
+from __future__ import annotations
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# S3 servers on loopback, one per test module that asks for them (module-scoped fixtures).
+from support.s3server import moto_s3, seaweed  # noqa: F401
 
 
 @pytest.fixture

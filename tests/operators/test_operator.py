@@ -1,8 +1,8 @@
 """The LoopRound operator under ``kopf.testing.KopfRunner`` against a Kubernetes API served over HTTP
-on loopback by kmock (``looptool.operators.testing.FakeKubeApi`` fills kmock's gaps: uids, resource
+on loopback by kmock (``support.fake_kube.FakeKubeApi`` fills kmock's gaps: uids, resource
 versions, generations, the status subresource, CRD schema validation, 422 on JSON-patch conflicts).
 
-The data stages run through the TEST EXECUTOR (``looptool.operators.testing.TestStageExecutor``): real,
+The data stages run through the TEST EXECUTOR (``support.fake_kube.TestStageExecutor``): real,
 small, deterministic datasets in a local store — what is under test here is the Kubernetes behaviour.
 The test plays kubelet + trainer: it writes the trainer's ``result.json`` and patches Job status.
 """
@@ -20,8 +20,10 @@ from kopf.testing import KopfRunner
 
 from looptool.operators.main import build
 from looptool.operators.settings import OperatorSettings, TrainerJobSettings
-from looptool.operators.testing import FakeApiError, FakeKubeApi, TestStageExecutor, complete_training
 from looptool.shared.loop.state import ORDER, Phase
+
+from support.fake_kube import FakeApiError, FakeKubeApi, TestStageExecutor, complete_training
+from support.waiting import wait_for
 
 LR = ("looptool.io/v1alpha1", "looprounds")
 JOBS = ("batch/v1", "jobs")
@@ -40,17 +42,6 @@ def loopround(name: str, **spec: Any) -> dict[str, Any]:
     }
     base.update(spec)
     return {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound", "metadata": {"name": name}, "spec": base}
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import importlib.metadata
 import importlib.util
 import platform
 import sys
-from pathlib import Path
 
 import pytest
 from packaging.markers import default_environment
@@ -21,7 +20,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 
 
 def _load_lock_module():

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,7 +29,9 @@ import pytest
 
 from looptool.operators import dashboard
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+from support.net import free_port
+
 SCAN = ("services", "shared", "operators")
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "${datasource}": "x"}
 
@@ -184,12 +185,6 @@ def test_dashboard_file_is_generated():
 # ------------------------------------------------------------------------------------------- Prometheus
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 EXPORTER = textwrap.dedent(
     """
     import sys, time
@@ -230,7 +225,7 @@ def prometheus_with_target(tmp_path):
     prom = shutil.which("prometheus")
     if prom is None:
         pytest.fail("the Debian 'prometheus' package is missing; run .ci/system-deps.sh (make setup)")
-    target_port, prom_port = _free_port(), _free_port()
+    target_port, prom_port = free_port(), free_port()
     exporter = subprocess.Popen([sys.executable, "-c", EXPORTER, str(target_port)], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     (tmp_path / "prometheus.yml").write_text(textwrap.dedent(f"""

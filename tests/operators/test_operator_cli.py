@@ -9,35 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
+from functools import partial
 
-from looptool.operators.testing import FakeKubeApi
+from support.fake_kube import FakeKubeApi
+from support.net import free_port
+from support.waiting import wait_for as _wait_for
+
+# The operator process takes a while to start; its endpoints refuse connections until then.
+wait_for = partial(_wait_for, timeout=60.0, interval=0.1, retry_on=(OSError,))
 
 LR = ("looptool.io/v1alpha1", "looprounds")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(fn, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
 
 
 def test_operator_command_runs_reports_and_stops(tmp_path):

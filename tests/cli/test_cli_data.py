@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from s3server import moto_s3  # noqa: F401  (fixture)
 
 from looptool.cli import main
 from looptool.shared.records import Message, Sample, ToolCall
@@ -128,7 +127,7 @@ def test_missing_dataset_names_the_uri(tmp_path, capsys):
 
 
 def test_unreachable_s3_is_one_line_error(tmp_path, capsys, monkeypatch):
-    from s3server import free_ports
+    from support.net import free_ports
 
     (port,) = free_ports(1)
     monkeypatch.setenv("LOOPTOOL_S3_ENDPOINT", f"127.0.0.1:{port}")

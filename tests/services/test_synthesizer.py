@@ -8,7 +8,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-from inference_support import one_torch_thread  # noqa: F401  (one torch thread: the inference test is faster)
+from support.inference import one_torch_thread  # noqa: F401  (one torch thread: the inference test is faster)
 
 from looptool.services.synthesizer import server as synth_server
 from looptool.services.synthesizer.agents import make_agents
@@ -274,7 +274,7 @@ def test_llm_agents_against_the_inference_server_with_a_tiny_model(tmp_path):
 
     A random tiny model writes nonsense: the planner and user fall back to the schema-driven ones,
     unparseable assistant turns are per-item errors, and the run still completes with counts."""
-    from inference_support import tiny_model_dir
+    from support.inference import tiny_model_dir
 
     from looptool.services.inference import server as inference_server
     from looptool.shared.config import InferenceSettings, LoopToolConfig

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from s3server import SeaweedServer, free_ports, moto_s3, seaweed  # noqa: F401  (fixtures)
+from support.net import free_ports
+from support.s3server import SeaweedServer
 
 from looptool.shared.records import Message, Sample, ToolCall
 from looptool.shared.storage import (

@@ -22,13 +22,10 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
-from inference_support import tiny_model_dir
-from k8s_tools import helm
-from s3server import moto_s3, seaweed  # noqa: F401  (fixtures)
 
 from looptool.cli import main
 from looptool.shared.config import InferenceSettings, LoopToolConfig, S3Settings, ServiceEndpoint, ServicesSettings, StorageSettings
@@ -38,8 +35,12 @@ from looptool.shared.models import ModelNotFound, check_model_uri, import_model,
 from looptool.shared.storage import split_uri
 from looptool.shared.storage.artifacts import ARTIFACT_MANIFEST
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "kubernetes.md"
+from support import REPO
+from support.inference import tiny_model_dir
+from support.k8s_tools import helm
+from support.waiting import wait_for
+
+DOC = REPO / "docs" / "kubernetes.md"
 MARKER = "<!-- doc-test: model-import"
 FORWARD_PORT = 9000  # the local port the doc's port-forward opens
 
@@ -119,7 +120,7 @@ else:
 
 def chart_names() -> dict[str, str]:
     """Names a `helm install looptool` with section 2's values (minio.existingSecret) creates."""
-    out = helm("template", "looptool", str(ROOT / "charts" / "looptool"), "--namespace", "looptool",
+    out = helm("template", "looptool", str(REPO / "charts" / "looptool"), "--namespace", "looptool",
                "--set", "minio.existingSecret=looptool-s3").stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     (svc,) = [d for d in docs if d["kind"] == "Service" and any(p.get("name") == "s3" for p in d["spec"]["ports"])]
@@ -393,24 +394,13 @@ def test_looptool_run_checks_models_before_starting_services(moto_s3, tmp_path, 
 # ------------------------------------------------------------------------------------------------ the operator
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def test_operator_reports_model_not_found_before_any_stage_and_starts_once_imported(moto_s3, tmp_path):  # noqa: F811
     from kopf.testing import KopfRunner
 
     from looptool.operators.executor import ServiceExecutor
     from looptool.operators.main import build
     from looptool.operators.settings import OperatorSettings
-    from looptool.operators.testing import FakeKubeApi
+    from support.fake_kube import FakeKubeApi
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,12 +5,12 @@ the side environment is ``pip install --no-deps verl==<version>`` plus those two
 vLLM, no GPU. It is built once per verl version (and lock) under ``.looptool/verl-env/<version>-<hash>/``
 (git-ignored; ``LOOPTOOL_VERL_ENV`` moves it), into a temporary directory renamed into place, so
 concurrent builds never see a half-installed one. Nothing in it is imported into the test process:
-``tests/verl_probe.py`` runs inside it and answers in JSON.
+``tests/support/verl_probe.py`` runs inside it and answers in JSON.
 
 The version is the ``verl==`` pin of ``locks/gpu-trainer.txt`` (the lock the GPU trainer image
 installs) when that file exists, else ``DEFAULT_VERL``; hydra-core/omegaconf follow that lock too.
 
-Usage: ``python tests/verl_env.py`` builds the environment and prints its python.
+Usage: ``python tests/support/verl_env.py`` builds the environment and prints its python.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # also run as a script: no ``support`` package then
 LOCK = REPO / "locks" / "gpu-trainer.txt"
 DEFAULT_VERL = "0.9.1"
 CACHE = Path(os.environ.get("LOOPTOOL_VERL_ENV", REPO / ".looptool" / "verl-env"))
@@ -63,7 +63,7 @@ class VerlEnv:
     python: Path
 
     def probe(self, command: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run ``tests/verl_probe.py <command>`` inside the side environment."""
+        """Run ``tests/support/verl_probe.py <command>`` inside the side environment."""
         proc = subprocess.run(
             [str(self.python), str(PROBE), command],
             input=json.dumps(payload or {}),

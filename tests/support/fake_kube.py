@@ -1,11 +1,14 @@
-"""TEST EXECUTOR — for the operator's tests and benchmark only; never used by ``looptool operator``.
+"""A fake cluster for the operator's tests and benchmark (``bench/bench_operator.py``): test scaffolding,
+not shipped in the package.
 
-:class:`TestStageExecutor` does real, minimal, deterministic data-stage work so the Kubernetes
+TEST EXECUTOR: :class:`TestStageExecutor` does real, minimal, deterministic data-stage work so the Kubernetes
 behaviour can be tested without GPUs or the gRPC services: each stage writes a small committed JSONL
 dataset to a local store (keyed by its inputs, reused when it already exists — the same idempotency
 contract as ``looptool.shared.loop.stages``), reports progress, and records its outputs and counts in
 ``.status``. :func:`complete_training` plays the trainer Job's part: it writes
 ``<output_prefix>/result.json``. Hooks let a test make a stage slow or fail.
+
+FAKE API SERVER: :class:`FakeKubeApi` (below) serves kmock's in-memory Kubernetes API on loopback.
 """
 
 from __future__ import annotations
@@ -318,14 +321,14 @@ class FakeKubeApi:
 
 
 class FakeKubeApiProcess(FakeKubeApi):
-    """The same fake API in a child process (``python -m looptool.operators.testing``), so that the
+    """The same fake API in a child process (``python tests/support/fake_kube.py``), so that the
     mock's CPU does not share the GIL with the code under test (benchmarks). HTTP client only."""
 
     def start(self) -> str:
         import subprocess
         import sys
 
-        args = [sys.executable, "-m", "looptool.operators.testing"] + ([] if self.validate_schema else ["--no-schema"])
+        args = [sys.executable, __file__] + ([] if self.validate_schema else ["--no-schema"])
         self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):

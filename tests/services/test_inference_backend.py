@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from inference_support import CITIES, WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
+from support.inference import CITIES, WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
 
 from looptool.services.inference.backends import BackendError, CancelToken, make_backend, split_error
 from looptool.services.inference.backends.hf import TransformersBackend, locate_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from inference_support import FLIGHT, WEATHER, ScriptedGenerator
+from support.inference import FLIGHT, WEATHER, ScriptedGenerator
 
 from looptool.services.inference.judge import (
     GroundingJudge,

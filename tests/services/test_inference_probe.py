@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from inference_support import WEATHER, ScriptedGenerator, make_samples, write_samples
+from support.inference import WEATHER, ScriptedGenerator, make_samples, write_samples
 
 from looptool.services.inference.probe import classify, perplexity, run_probe
 from looptool.shared.errors import InputError
@@ -224,7 +224,7 @@ def test_a_cancelled_chunk_is_not_written_and_the_stage_stops(tmp_path):
 def test_resumed_probe_with_the_real_backend_writes_the_same_bytes(tmp_path):
     """Kill-and-resume reproducibility on the CPU backend: chunks are flushed whole and handed to the
     backend atomically, so the resumed run cuts the same batches and the content hash is identical."""
-    from inference_support import one_torch_thread, tiny_model_dir  # noqa: F401
+    from support.inference import one_torch_thread, tiny_model_dir  # noqa: F401
 
     from looptool.services.inference.backends.hf import TransformersBackend
 

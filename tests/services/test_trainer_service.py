@@ -14,13 +14,8 @@ import pytest
 
 from looptool.services.trainer.toy import TINY_BASE, commit_toy_dataset
 
+from support.net import free_port
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 CFG = {
     "sftEpochs": 10,

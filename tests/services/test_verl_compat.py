@@ -1,9 +1,9 @@
 """What the verl backend generates, checked against verl itself (the version the GPU trainer lock pins).
 
-A side environment (tests/verl_env.py: verl's wheel + hydra-core + omegaconf, no torch, no GPU)
+A side environment (tests/support/verl_env.py: verl's wheel + hydra-core + omegaconf, no torch, no GPU)
 composes verl's own ``ppo_trainer.yaml`` with exactly the overrides ``build_overrides`` produces,
 parses our model-merger argv with verl's own parser, and reads from verl's source how its reward
-manager calls the custom reward function (tests/verl_probe.py). Built once per verl version
+manager calls the custom reward function (tests/support/verl_probe.py). Built once per verl version
 (~20 s, PyPI), then cached in .looptool/verl-env/.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from looptool.services.trainer import verl_backend as vb
 from looptool.shared.loop.manifest import ManifestError, TrainingSpec, parse_round
 
-from verl_env import VerlEnv, verl_env
+from support.verl_env import VerlEnv, verl_env
 
 PATHS = dict(
     model_path="/work/cache/models/qwen3-8b",

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from inference_support import WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
+from support.inference import WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
 
 from looptool.services.inference.backends import BackendError, make_backend, split_error
 from looptool.services.inference.backends.openai_compat import (

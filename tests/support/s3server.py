@@ -7,7 +7,7 @@
 - ``MotoServer``: moto's in-process threaded S3 server; starts in milliseconds, for fast tests.
 
 Both expose ``endpoint`` (host:port), ``access_key``, ``secret_key`` and ``store(bucket)``.
-Import the pytest fixtures ``seaweed`` / ``moto_s3`` into a test module to use them.
+The pytest fixtures ``seaweed`` / ``moto_s3`` are shared through ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from support.net import free_ports
 
 ACCESS_KEY = "looptool-test"
 SECRET_KEY = "looptool-test-secret"
@@ -54,20 +55,6 @@ def find_weed() -> str | None:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c.resolve())
     return None
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (sockets held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 import jsonschema
@@ -15,7 +14,8 @@ from looptool.operators.reconciler import InvalidSpec, validate
 from looptool.shared.loop.manifest import LoopRoundSpec
 from looptool.shared.loop.state import Phase, RoundStatus
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO
+
 EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yaml"))
 INVALID = sorted((REPO / "examples" / "invalid").glob("*.yaml"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import urllib.request
 
 import grpc
@@ -11,16 +10,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from support.net import free_port
+
 from looptool.shared.grpc_util import channel, start_server, wait_healthy
 from looptool.v1 import toolsim_pb2, toolsim_pb2_grpc
 
 SERVICE = "looptool.v1.ToolSimulator"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TinyToolSim(toolsim_pb2_grpc.ToolSimulatorServicer):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from inference_support import CITIES, WEATHER, looptool_env, make_samples, one_torch_thread, tiny_model_dir, write_samples  # noqa: F401
+from support import REPO
+from support.inference import CITIES, WEATHER, looptool_env, make_samples, one_torch_thread, tiny_model_dir, write_samples  # noqa: F401
 from prometheus_client import REGISTRY
 
 from looptool.services.inference.client import InferenceClient, InferenceError, InferenceUnavailable, drain
@@ -31,13 +31,6 @@ from looptool.shared.records import Decision, JudgedSample, Message, ProbeResult
 from looptool.shared.storage import open_dataset
 from looptool.v1 import inference_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metric(name: str, **labels) -> float:

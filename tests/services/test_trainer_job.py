@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from s3server import moto_s3  # noqa: F401  (fixture)
 
 from looptool.services.trainer.toy import TINY_BASE, commit_toy_dataset, toy_rows
 
