@@ -29,6 +29,10 @@ def _restricted_container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
+DEFAULT_ACCESS_MODES: tuple[AccessMode, ...] = ("ReadWriteOnce",)
+
+
 class WorkVolumeSettings(BaseModel):
     """The trainer's work directory (checkpoints, model cache): a PersistentVolumeClaim per round, owned by
     the LoopRound, so a retried or preempted Job resumes from its last checkpoint."""
@@ -39,8 +43,8 @@ class WorkVolumeSettings(BaseModel):
     )
     storageClassName: str = Field("", description="StorageClass of the claim (empty = the cluster default)")
     size: str = Field("200Gi", min_length=1, pattern=QUANTITY_PATTERN, description="requested size (spec.resources.workVolumeSize overrides)")
-    accessModes: list[Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]] = Field(
-        default_factory=lambda: ["ReadWriteOnce"], min_length=1
+    accessModes: list[AccessMode] = Field(
+        default_factory=lambda: list(DEFAULT_ACCESS_MODES), min_length=1
     )
     _size = field_validator("size", mode="before")(check_quantity)
 

@@ -61,7 +61,7 @@ def message_to_pb(msg: Message) -> pb.Message:
 
 def message_from_pb(m: pb.Message) -> Message:
     return Message(
-        role=m.role,  # type: ignore[arg-type]
+        role=m.role,
         content=m.content,
         tool_calls=[call_from_pb(c) for c in m.tool_calls],
         name=m.name,

@@ -37,7 +37,8 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int, min_ratio: float =
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
@@ -70,10 +71,10 @@ def cpu_quota() -> int | None:
     except (OSError, ValueError):
         pass
     try:
-        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())  # cgroup v1
-        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
-        if quota > 0 and period > 0:
-            return max(1, quota // period)
+        quota_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())  # cgroup v1
+        period_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        if quota_us > 0 and period_us > 0:
+            return max(1, quota_us // period_us)
     except (OSError, ValueError):
         pass
     return None

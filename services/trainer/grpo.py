@@ -194,7 +194,7 @@ def generate(
     # must not leak in, or the samples would not come from the policy whose log-probs we train.
     gcfg = GenerationConfig(
         do_sample=sampling,
-        temperature=float(temperature) if sampling else 1.0,
+        temperature=float(temperature) if temperature is not None else 1.0,
         top_k=0,
         top_p=1.0,
         repetition_penalty=1.0,
@@ -323,7 +323,7 @@ class GRPOTrainer:
         """Examples for ``step``: consecutive slices of concatenated per-epoch permutations."""
         n, p = len(self.examples), self.cfg.prompts_per_step
         start = step * p
-        out = []
+        out: list[int] = []
         epoch = start // n
         perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
         pos = start % n

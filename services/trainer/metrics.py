@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, TypeGuard
 
 from looptool.shared.metrics import counter, gauge, histogram
 
@@ -33,7 +34,7 @@ RUNS = counter(STAGE, "runs", "training runs by final state", ["state"])
 ACTIVE = gauge(STAGE, "runs_active", "training runs in progress")
 
 
-def _ok(v) -> bool:
+def _ok(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not math.isnan(v) and not math.isinf(v)
 
 

@@ -321,8 +321,7 @@ class CpuRun:
             t_run = time.perf_counter()
 
             # ---------------------------------------------------------------- SFT
-            in_sft = sft is not None and (latest is None or latest.phase == "sft")
-            if in_sft:
+            if sft is not None and (latest is None or latest.phase == "sft"):
                 start = latest.step if latest is not None else 0
                 opt = make_optimizer(model, spec.sftLearningRate, spec.weightDecay)
                 sched = make_scheduler(opt, spec.lrSchedule, sft_total, spec.warmupRatio)
@@ -348,7 +347,7 @@ class CpuRun:
             # ---------------------------------------------------------------- GRPO
             if grpo_total > 0:
                 resuming_grpo = latest is not None and latest.phase == "grpo"
-                start = latest.step if resuming_grpo else 0
+                start = latest.step if latest is not None and resuming_grpo else 0
                 if not resuming_grpo:
                     # the GRPO starting policy: SFT-done marker, resume point and KL reference
                     ckpt.save("grpo", 0, model, tok, None, None, self.state)
@@ -414,9 +413,9 @@ class CpuRun:
         if self.state["tps"]:
             metrics["tokens_per_second"] = sum(self.state["tps"]) / len(self.state["tps"])
         if curve:
-            k = min(5, len(curve))
-            metrics["reward_first5"] = sum(curve[:k]) / k
-            metrics["reward_last5"] = sum(curve[-k:]) / k
+            n = min(5, len(curve))
+            metrics["reward_first5"] = sum(curve[:n]) / n
+            metrics["reward_last5"] = sum(curve[-n:]) / n
         metrics["resumed_from_step"] = float(self.resumed_from["step"]) if self.resumed_from else 0.0
         metrics["seconds"] = seconds
         return {

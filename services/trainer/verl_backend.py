@@ -375,7 +375,8 @@ def write_parquet(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> P
 
 def split_rows(rows: list[dict[str, Any]], val_max: int = 256) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train rows, validation rows). Rows with another split are validation; else a slice of train."""
-    train, val = [], []
+    train: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
     for r in rows:
         split = str(((r.get("extra_info") or {}).get("split")) or "")
         (train if split in ("", "train") else val).append(r)
@@ -542,7 +543,7 @@ class VerlRun:
         meta = {"run_id": prep.job.run_id, "round": prep.job.round, "key": prep.key, "base": prep.job.base_checkpoint_uri, "verl_checkpoint": str(actor)}
         uri = upload_dir(prep.store, f"{prep.prefix}/model", target, meta=meta)
         m = self.last
-        metrics = {k: m[k] for k in ("reward_mean", "loss", "kl", "entropy", "response_length", "tokens_per_second") if k in m}
+        metrics: dict[str, float] = {k: m[k] for k in ("reward_mean", "loss", "kl", "entropy", "response_length", "tokens_per_second") if k in m}
         if self.reward_curve:
             k = min(5, len(self.reward_curve))
             metrics["reward_first5"] = sum(self.reward_curve[:k]) / k

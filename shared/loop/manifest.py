@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-API_VERSION = "looptool.io/v1alpha1"
+API_VERSION: Final = "looptool.io/v1alpha1"
 GROUP = "looptool.io"
 VERSION = "v1alpha1"
-KIND = "LoopRound"
+KIND: Final = "LoopRound"
 PLURAL = "looprounds"
 # A Kubernetes label value (what `kueue.x-k8s.io/queue-name` must be): at most 63 characters.
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -84,6 +84,11 @@ class DatasetRefs(Spec):
     heldout: str = Field("", description="held-out samples dataset URI (default: split from synthesis)")
 
 
+# The assistant turns a training sample can be made from; the reference trains on tool-call turns.
+SampleKind = Literal["call", "parallel", "clarification", "no_tool", "summary", "text"]
+DEFAULT_SAMPLE_KINDS: tuple[SampleKind, ...] = ("call", "parallel", "clarification", "no_tool")
+
+
 class SynthesisSpec(Spec):
     numDialogues: int = Field(200, ge=0)
     concurrency: int = Field(4, ge=1)
@@ -101,8 +106,8 @@ class SynthesisSpec(Spec):
         default_factory=dict,
         description="weights of planned need kinds: single, parallel, sequential, clarification, no_tool (empty = synthesizer default)",
     )
-    sampleKinds: list[Literal["call", "parallel", "clarification", "no_tool", "summary", "text"]] = Field(
-        default_factory=lambda: ["call", "parallel", "clarification", "no_tool"],
+    sampleKinds: list[SampleKind] = Field(
+        default_factory=lambda: list(DEFAULT_SAMPLE_KINDS),
         description="assistant turns that become training samples (the reference uses tool-call turns)",
     )
 
@@ -368,7 +373,7 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
                     if merged.get("default", 0) is None:
                         merged.pop("default")
                     return merged
-            out = {}
+            out: dict[str, Any] = {}
             for k, v in node.items():
                 if k in ("title",):
                     continue

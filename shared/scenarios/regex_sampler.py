@@ -11,8 +11,8 @@ try:  # Python ≥ 3.11 moved the regex parser; the old names warn
     from re import _constants as sre_constants  # type: ignore[attr-defined]
     from re import _parser as sre_parse  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover
-    import sre_constants  # type: ignore[no-redef]
-    import sre_parse  # type: ignore[no-redef]
+    import sre_constants
+    import sre_parse
 
 
 def sample_regex(pattern: str, rng: random.Random, max_repeat: int = 6) -> str | None:

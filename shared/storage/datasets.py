@@ -31,7 +31,7 @@ import logging
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator, TypeVar
+from typing import Any, BinaryIO, Iterable, Iterator, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -153,8 +153,8 @@ def _read_part(store: ObjectStore, key: str, fmt: str) -> Iterator[dict[str, Any
     with store.open_read(key) as raw:
         try:
             if fmt == "jsonl":
-                reader = io.BufferedReader(raw, 1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
-                for line in io.TextIOWrapper(reader, encoding="utf-8"):  # type: ignore[arg-type]
+                reader = io.BufferedReader(cast(io.RawIOBase, raw), 1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
+                for line in io.TextIOWrapper(reader, encoding="utf-8"):
                     if len(line) > 1 or line.strip():
                         yield _DECODE(line)
                 return
@@ -364,7 +364,7 @@ class DatasetWriter:
             "created_at": utcnow(),
             "meta": self.meta,
         }
-        ref = DatasetRef(uri=self.uri, content_hash=digest, record_count=count, format=self.fmt, kind=self.kind)  # type: ignore[arg-type]
+        ref = DatasetRef(uri=self.uri, content_hash=digest, record_count=count, format=self.fmt, kind=self.kind)
         self.store.put_bytes(self._key(MANIFEST), json.dumps(manifest, indent=1).encode())
         self._committed = ref
         return ref

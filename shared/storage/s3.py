@@ -146,7 +146,7 @@ class S3Store(ObjectStore):
 
     def open_read(self, key: str) -> BinaryIO:
         resp = self._call(key, lambda: self.client.get_object(self.bucket, key.lstrip("/")))
-        return io.BufferedReader(_ResponseReader(resp, self, key), 1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_ResponseReader(resp, self, key), 1 << 20)
 
     def get_file(self, key: str, path: str) -> None:
         self._call(key, lambda: self.client.fget_object(self.bucket, key.lstrip("/"), path))
