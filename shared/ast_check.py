@@ -135,7 +135,7 @@ def _item_type_ok(item: Any, acceptable_list: Any, item_type: type) -> bool:
     return answer_type is not None and type(item) is answer_type
 
 
-def _type_check(value: Any, acceptable: list[Any], expected: type, item_type: type | None) -> bool:
+def _type_check(value: Any, acceptable: list[Any], expected: type[Any], item_type: type | None) -> bool:
     """Return ``is_variable``; raise _Reject on a type error.
 
     ``is_variable`` means the acceptable values are of another type than the doc's: the value is

@@ -95,7 +95,7 @@ def _in_bounds(v: float, schema: dict[str, Any]) -> bool:
 
 def _other_number(v: int | float, schema: dict[str, Any], text: str, rng: random.Random) -> int | float | None:
     if isinstance(v, int):
-        cands = [v + 1, v - 1, v + 2, v - 2, v + 5, v - 5, v * 2, v + 10, v - 10]
+        cands: list[int | float] = [v + 1, v - 1, v + 2, v - 2, v + 5, v - 5, v * 2, v + 10, v - 10]
         if abs(v) > 20:
             cands += [int(v * 1.5), int(v * 0.5), v + 100]
     else:
@@ -218,8 +218,10 @@ def corrupt_sample(sample: Sample, rng: random.Random, drop_weight: float = 0.25
         schema = _prop_schema(tool, arg)
         target = old[li] if li >= 0 else old
         if li >= 0:
-            schema = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+            items = schema.get("items")
+            schema = items if isinstance(items, dict) else {}
         hint = tool.description if tool is not None else ""
+        new: str | int | float | None
         if isinstance(target, str):
             new = _other_string(arg, target, schema, text, rng, hint)
         else:

@@ -442,7 +442,7 @@ def parse_ground_truth(ground_truth: Any) -> tuple[list[ToolCall], list[dict[str
 def _tools_from_extra(extra_info: Any) -> list[dict[str, Any]] | None:
     if not isinstance(extra_info, dict):
         return None
-    tools = extra_info.get("tools")
+    tools: Any = extra_info.get("tools")  # a list, its JSON text, or an array (rows read from parquet)
     if tools is None:
         return None
     if isinstance(tools, str):

@@ -151,7 +151,8 @@ def _validator_for(tool_name: str, schema_json: str) -> Draft202012Validator:
 def _issues_for(err: jsonschema.ValidationError) -> list[CallIssue]:
     path = ".".join(str(p) for p in err.absolute_path)
     base = f"arguments.{path}" if path else "arguments"
-    if err.validator == "required" and isinstance(err.instance, dict):
+    # the schema is parsed JSON that passed check_schema, so "required" is always a list
+    if err.validator == "required" and isinstance(err.instance, dict) and isinstance(err.validator_value, list):
         # one error per missing property; name the property in the field
         missing = [r for r in err.validator_value if r not in err.instance and repr(r) in err.message]
         if missing:

@@ -165,12 +165,10 @@ def openai_candidates(obj: Any, label: str = "") -> Iterator[Candidate]:
         if _is_bfcl_entry(item):
             yield from openai_candidates(item["function"], lab)
             continue
-        fn = item
-        if item.get("type") == "function" or "function" in item:
-            fn = item.get("function")
-            if not isinstance(fn, dict):
-                yield _bad(lab, "function", "must be an object with name, description, parameters", str(item.get("name", "")))
-                continue
+        fn = item.get("function") if item.get("type") == "function" or "function" in item else item
+        if not isinstance(fn, dict):
+            yield _bad(lab, "function", "must be an object with name, description, parameters", str(item.get("name", "")))
+            continue
         params = fn.get("parameters", fn.get("inputSchema", fn.get("input_schema")))
         yield _make_tool(lab, fn.get("name"), fn.get("description"), params)
 
@@ -288,7 +286,7 @@ def bfcl_candidates(spec: str, limit: int = 0, names: Iterable[str] = (), offset
             mt = sorted(x.stem for x in (bfcl.data_dir() / "multi_turn_func_doc").glob("*.json"))
             raise ToolsetError(f"{exc}; multi-turn docs: {', '.join(mt)}") from None
         path = bfcl.data_dir() / f"BFCL_v4_{category}.json"
-        names_seen: set[str] = set()
+        names_seen: set[str | None] = set()
         for entry in _read_json_any(path):
             for fn in entry.get("function", []):
                 if isinstance(fn, dict) and fn.get("name") not in names_seen:

@@ -177,8 +177,8 @@ def render_markdown(reports: list[RoundReport], images: list[str]) -> str:
     if curves:
         lines += ["", "## Training reward", ""]
         for r in curves:
-            c = r.reward_curve
-            lines.append(f"- {r.name}: {len(c)} GRPO steps, mean reward first {c[0]:.3f} → last {c[-1]:.3f}")
+            curve = r.reward_curve
+            lines.append(f"- {r.name}: {len(curve)} GRPO steps, mean reward first {curve[0]:.3f} → last {curve[-1]:.3f}")
     if images:
         lines += ["", "## Plots", ""] + [f"![{img}]({img})" for img in images]
     return "\n".join(lines) + "\n"

@@ -161,7 +161,7 @@ def resolve_toolset(ctx: StageContext) -> list[Tool]:
 # ----------------------------------------------------------------------------- synthesis
 
 
-def _samples_dataset(ctx: StageContext, name: str, samples: Iterable[Sample], kind: str = "samples") -> DatasetRef:
+def _samples_dataset(ctx: StageContext, name: str, samples: Iterable[Sample | Tool], kind: str = "samples") -> DatasetRef:
     uri = ctx.out(name)
     store, key = split_uri(uri, ctx.config.storage.s3)
     if dataset_exists(store, key):

@@ -63,10 +63,12 @@ def make_call(tool: Tool, rng: random.Random, include_optional: float = 0.5, att
 def _vary_value(name: str, old: Any, schema: Mapping[str, Any], rng: random.Random, hint: str) -> Any:
     schema = normalize_schema(dict(schema or {}))
     if isinstance(old, dict):
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        found = schema.get("properties")
+        props = found if isinstance(found, dict) else {}
         return {k: _vary_value(k, v, props.get(k, {}) if isinstance(props.get(k), dict) else {}, rng, hint) for k, v in old.items()}
     if isinstance(old, list):
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        found = schema.get("items")
+        items = found if isinstance(found, dict) else {}
         item_name = name[:-1] if name.endswith("s") and len(name) > 3 else name
         return [_vary_value(item_name, v, items, rng, hint) for v in old]
     if isinstance(old, bool):

@@ -264,7 +264,9 @@ def _string_value(name: str, schema: Mapping[str, Any], rng: random.Random, hint
 
 
 def _bounds(schema: Mapping[str, Any], default_lo: float, default_hi: float, integer: bool) -> tuple[float, float]:
-    lo, hi = schema.get("minimum"), schema.get("maximum")
+    # the schema's values as written (any JSON): each use checks its type
+    lo: Any = schema.get("minimum")
+    hi: Any = schema.get("maximum")
     xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
     step = 1 if integer else 0.01
     if isinstance(xlo, bool):  # draft-4 boolean form
@@ -345,16 +347,15 @@ def _named_float_range(tokens: list[str]) -> tuple[float, float]:
 def _number_value(name: str, schema: Mapping[str, Any], rng: random.Random, integer: bool) -> int | float:
     words = tokens(name)
     if integer:
-        dlo, dhi = _named_int_range(words)
-        lo, hi = _bounds(schema, dlo, dhi, True)
+        lo, hi = _bounds(schema, *_named_int_range(words), True)
         lo_i, hi_i = math.ceil(lo), math.floor(hi)
         if lo_i > hi_i:
             return int(lo_i)
-        value = rng.randint(lo_i, hi_i)
+        n = rng.randint(lo_i, hi_i)
         mult = schema.get("multipleOf")
         if isinstance(mult, int) and mult > 0:
-            value = max(lo_i, (value // mult) * mult)
-        return value
+            n = max(lo_i, (n // mult) * mult)
+        return n
     dlo, dhi = _named_float_range(words)
     lo, hi = _bounds(schema, dlo, dhi, False)
     for _ in range(8):
@@ -396,7 +397,8 @@ def sample_value(name: str, schema: Mapping[str, Any] | None, rng: random.Random
         if _pick_type(schema, rng) == "array" and not any(isinstance(e, list) for e in enum):
             # enum written on the array instead of its items (seen in BFCL live data)
             inner = {k: v for k, v in schema.items() if k != "enum"}
-            inner["items"] = {**(inner.get("items") if isinstance(inner.get("items"), dict) else {}), "enum": enum}
+            items = inner.get("items")
+            inner["items"] = {**(items if isinstance(items, dict) else {}), "enum": enum}
             return sample_value(name, inner, rng, context_hint, _depth)
         return rng.choice(enum)
     for key in ("anyOf", "oneOf"):
