@@ -8,7 +8,7 @@ exactly the in-process ``Generator`` contract: one ``GenResult`` per request, pe
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator
 
 import grpc
 
@@ -99,7 +99,7 @@ class InferenceClient:
             raise self._unavailable(exc) from None
         return gen_result_from_pb(resp)
 
-    def stream(self, request: GenRequest, timeout_s: float | None = None) -> Iterator[str]:
+    def stream(self, request: GenRequest, timeout_s: float | None = None) -> Generator[str, None, GenResult | None]:
         """Yield text deltas; the generator's return value (StopIteration.value) is the GenResult."""
         try:
             for chunk in self._stub.GenerateStream(gen_request_to_pb(request, self.model), timeout=timeout_s or self.timeout_s):

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from looptool.shared import metrics
 from looptool.shared.config import S3Settings
@@ -260,7 +261,7 @@ class TransformersBackend(QueuedBackend):
             input_ids = torch.full((len(live), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(live), width), dtype=torch.long)
             for b, r in enumerate(live):
-                ids = r.job.payload
+                ids = cast(list[int], r.job.payload)  # _prepare's prompt token ids
                 input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 mask[b, width - len(ids) :] = 1
             config = GenerationConfig(
@@ -314,7 +315,7 @@ class TransformersBackend(QueuedBackend):
                 return cache
             prefix = torch.tensor([prompts[0][:n]], dtype=torch.long, device=self.device)
             out = self.hf_model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-            pkv = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
+            pkv: Any = getattr(out, "cache", None) if self._cache_kw == "cache" else out.past_key_values
             pads = [width - len(p) for p in prompts]
             for idx, layer in enumerate(pkv.layers):
                 k, v = layer.keys, layer.values  # [1, heads, n, dim]

@@ -93,7 +93,7 @@ def _calls_from_openai(raw_calls: list[dict[str, Any]]) -> tuple[list[ToolCall],
 
 def _mean_logprob(choice: dict[str, Any]) -> float:
     content = ((choice.get("logprobs") or {}).get("content")) or []
-    vals = [t.get("logprob") for t in content if isinstance(t, dict) and isinstance(t.get("logprob"), (int, float))]
+    vals = [lp for t in content if isinstance(t, dict) and isinstance(lp := t.get("logprob"), (int, float))]
     return float(sum(vals) / len(vals)) if vals else 0.0
 
 

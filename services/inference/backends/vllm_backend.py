@@ -74,7 +74,7 @@ def _mean_logprob(out: Any) -> float:
     lps = getattr(out, "logprobs", None) or []
     vals = []
     for tok, step in zip(getattr(out, "token_ids", None) or [], lps):
-        lp = step.get(tok) if isinstance(step, dict) else None
+        lp: Any = step.get(tok) if isinstance(step, dict) else None  # a vLLM Logprob, or a bare float
         if lp is not None:
             vals.append(float(getattr(lp, "logprob", lp)))
     return sum(vals) / len(vals) if vals else 0.0

@@ -152,7 +152,7 @@ class LLMJudge:
                 total_votes=self.votes,
                 raw=raw,
             )
-        tally = Counter(p.decision for p in valid)
+        tally = Counter(p.decision for p in valid if p.decision is not None)  # every valid vote has one
         ranked = tally.most_common()
         if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
             return Verdict(

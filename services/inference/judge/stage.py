@@ -87,8 +87,8 @@ def run_judge(
     seen, counts = recount(writer.existing_records())
     counts.update(errors=0, resumed=len(seen), not_failed=0)
     total_failed = 0
-    for r in src.iter_dicts():  # a cheap first pass for the progress total
-        total_failed += r.get("outcome") == ProbeOutcome.FAILED.value
+    for row in src.iter_dicts():  # a cheap first pass for the progress total
+        total_failed += row.get("outcome") == ProbeOutcome.FAILED.value
     done = len(seen)
     if not total_failed:
         yield Progress(stage="judge", done=0, total=0, message="no failed probe results; nothing to judge")
