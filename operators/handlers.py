@@ -57,10 +57,10 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         return kopf.login_via_client(**kwargs)
 
     @kopf.daemon(*ROUNDS, registry=registry, id="reconcile", cancellation_timeout=5.0)
-    async def _reconcile(body: kopf.Body, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+    async def _reconcile(body: kopf.Body, stopped: kopf.DaemonStopped, logger: kopf.Logger, **_: Any) -> None:
         await RoundReconciler(rt, body, logger).run(stopped)
 
-    def _hint(body: kopf.Body, logger: logging.Logger, what: str) -> None:
+    def _hint(body: kopf.Body, logger: kopf.Logger, what: str) -> None:
         meta = body["metadata"]
         try:
             validate({k: body[k] for k in body})
@@ -71,22 +71,22 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
     # Handlers that wake daemons are async: they run in kopf's event loop, where asyncio.Event.set()
     # is safe (sync handlers would run in a thread pool).
     @kopf.on.create(*ROUNDS, registry=registry, id="created")
-    async def _created(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _created(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         _hint(body, logger, "created")
 
     @kopf.on.resume(*ROUNDS, registry=registry, id="resumed")
-    async def _resumed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _resumed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         _hint(body, logger, "resumed")
 
     @kopf.on.update(*ROUNDS, registry=registry, id="spec-changed", field="spec")
-    async def _updated(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _updated(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         phase = parse_status(body.get("status")).phase
         if phase not in (Phase.PENDING, Phase.SUCCEEDED, Phase.FAILED):
             logger.info("spec changed during %s: finished stages keep their results; the next stages use the new spec", phase.value)
         _hint(body, logger, "updated")
 
     @kopf.on.delete(*ROUNDS, registry=registry, id="cleanup")
-    async def _deleted(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    async def _deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         meta = body["metadata"]
         ns, name = meta.get("namespace") or "default", meta["name"]
         sel = jobs_.selector(name)

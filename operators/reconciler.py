@@ -142,7 +142,7 @@ def _summary(counts: dict[str, int], limit: int = 6) -> str:
 
 
 class RoundReconciler:
-    def __init__(self, rt: Runtime, body: Any, logger: logging.Logger | None = None):
+    def __init__(self, rt: Runtime, body: Any, logger: logging.Logger | logging.LoggerAdapter[Any] | None = None):
         self.rt = rt
         self.body = body  # kopf's live body: spec/metadata updates arrive here
         self.log = logger or log

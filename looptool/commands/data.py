@@ -78,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
 
         from looptool.shared.errors import InputError
 
-        src = Path(args.file)
-        if not src.is_file():
+        path = Path(args.file)
+        if not path.is_file():
             raise InputError("file", f"{args.file} does not exist or is not a file", "pass a JSONL file")
         w = writer_for_uri(args.dst, s3, kind=args.kind, fmt=args.format)
         try:
-            with open(src, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8") as fh:
                 for lineno, line in enumerate(fh, 1):
                     if not line.strip():
                         continue

@@ -19,6 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from looptool.shared.errors import InputError
     from looptool.shared.evaluation import evaluate
+    from looptool.shared.generation import Generator
 
     cats = [c.strip() for c in args.bfcl.split(",") if c.strip()]
     if not cats and not args.heldout:
@@ -31,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
                 bfcl.resolve_category(c)
             except ValueError as exc:
                 raise InputError("--bfcl", str(exc)) from None
+    gen: Generator
     if args.server:
         from looptool.services.inference.client import InferenceClient
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -20,7 +24,7 @@ class _UI:
 
     def __init__(self, round_name: str, quiet: bool):
         self.round_name, self.quiet = round_name, quiet
-        self.bar = None
+        self.bar: tqdm[Any] | None = None
         self.started = 0.0
 
     def __call__(self, stage: str, progress) -> None:

@@ -232,7 +232,7 @@ def iter_synthesis(
     store, key = split_uri(out_uri, s3)
     if dataset_exists(store, key):
         ds = open_dataset(out_uri, s3)
-        counts = dict(ds.manifest.get("meta", {}).get("counts", {}))
+        counts: dict[str, int] = dict(ds.manifest.get("meta", {}).get("counts", {}))
         counts["kept"] = len(ds)
         yield StageResult(outputs=[ds.ref], counts=counts, metrics={"reused": 1.0})
         return
@@ -245,7 +245,7 @@ def iter_synthesis(
         deduper.add(first_query(d))
         resumed += 1
         start_index = max(start_index, int(d.meta.get("index", "-1")) + 1)
-    counts: dict[str, int] = {"requested": num_dialogues, "resumed": resumed, "kept": resumed, "errors": 0, "processed": 0}
+    counts = {"requested": num_dialogues, "resumed": resumed, "kept": resumed, "errors": 0, "processed": 0}
     counts.update({f"rejected.{f}": 0 for f in FILTERS})
     todo = list(range(start_index, num_dialogues))
     if stop_after is not None:
