@@ -200,7 +200,8 @@ def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             try:
-                resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+                # types-grpcio-health-checking declares HealthStub without its methods
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)  # type: ignore[attr-defined]
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError as exc:

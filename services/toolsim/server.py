@@ -58,7 +58,7 @@ class ToolSimulatorServicer(pb_grpc.ToolSimulatorServicer):
 def _generator_from_config(cfg: Any):
     """The inference server's client, when the inference service is part of this build."""
     try:
-        from looptool.services.inference.client import InferenceClient  # type: ignore
+        from looptool.services.inference.client import InferenceClient
     except ImportError:
         return None
     return InferenceClient(cfg.services.inference.address)
