@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 LINKED = ("shared", "services", "operators")
 # Top-level folders that hold no first-party Python, or none of ours.
 NOT_SOURCE = {"build", "charts", "docs", "examples", "protos", "runs"}
