@@ -14,11 +14,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from support import REPO
-from support.k8s_tools import helm
 from looptool.operators import crd, dashboard
 from looptool.operators.settings import OperatorSettings
 from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
+
+from support import REPO
+from support.k8s_tools import helm
 
 CHART = str(REPO / "charts" / "looptool")
 K8S = "1.37.0"

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-from support.inference import CITIES, WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
 
 from looptool.services.inference.backends import BackendError, CancelToken, make_backend, split_error
 from looptool.services.inference.backends.hf import TransformersBackend, locate_model
@@ -17,6 +16,8 @@ from looptool.shared.config import InferenceSettings
 from looptool.shared.generation import GenRequest, SamplingParams
 from looptool.shared.prompt import build_chat
 from looptool.shared.records import Message
+
+from support.inference import CITIES, WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.inference import FLIGHT, WEATHER, ScriptedGenerator
 
 from looptool.services.inference.judge import (
     GroundingJudge,
@@ -31,6 +30,8 @@ from looptool.shared.records import (
 )
 from looptool.shared.storage import open_dataset, writer_for_uri
 from looptool.shared.toolcall_format import render_tool_calls
+
+from support.inference import FLIGHT, WEATHER, ScriptedGenerator
 
 # ------------------------------------------------------------------------------ parser
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from support.inference import WEATHER, ScriptedGenerator, make_samples, write_samples
 
 from looptool.services.inference.probe import classify, perplexity, run_probe
 from looptool.shared.errors import InputError
@@ -25,6 +24,8 @@ from looptool.shared.records import (
 )
 from looptool.shared.storage import open_dataset
 from looptool.shared.toolcall_format import render_tool_calls
+
+from support.inference import WEATHER, ScriptedGenerator, make_samples, write_samples
 
 
 def answer(sample: Sample) -> str:

@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from support.inference import WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
 
 from looptool.services.inference.backends import BackendError, make_backend, split_error
 from looptool.services.inference.backends.openai_compat import (
@@ -27,6 +26,8 @@ from looptool.shared.generation import GenRequest, SamplingParams
 from looptool.shared.prompt import build_chat
 from looptool.shared.records import Message, ToolCall
 from looptool.shared.toolcall_format import parse_tool_calls
+
+from support.inference import WEATHER, one_torch_thread, tiny_model_dir  # noqa: F401
 
 
 def req(text="What is the weather in Paris?", **params) -> GenRequest:

@@ -16,8 +16,6 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import REPO
-from support.inference import CITIES, WEATHER, looptool_env, make_samples, one_torch_thread, tiny_model_dir, write_samples  # noqa: F401
 from prometheus_client import REGISTRY
 
 from looptool.services.inference.client import InferenceClient, InferenceError, InferenceUnavailable, drain
@@ -30,6 +28,10 @@ from looptool.shared.proto_convert import gen_request_to_pb
 from looptool.shared.records import Decision, JudgedSample, Message, ProbeResult
 from looptool.shared.storage import open_dataset
 from looptool.v1 import inference_pb2_grpc
+
+from support import REPO
+from support.inference import CITIES, WEATHER, looptool_env, make_samples, one_torch_thread, tiny_model_dir, write_samples  # noqa: F401
+from support.net import free_port
 
 
 

@@ -8,7 +8,6 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-from support.inference import one_torch_thread  # noqa: F401  (one torch thread: the inference test is faster)
 
 from looptool.services.synthesizer import server as synth_server
 from looptool.services.synthesizer.agents import make_agents
@@ -25,6 +24,8 @@ from looptool.shared.schema import validate_call
 from looptool.shared.storage import open_dataset
 from looptool.shared.toolsets import import_source, store_toolset
 from looptool.shared.verl_format import VERL_COLUMNS
+
+from support.inference import one_torch_thread  # noqa: F401  (one torch thread: the inference test is faster)
 
 
 @pytest.fixture(scope="module")

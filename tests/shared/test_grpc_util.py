@@ -10,10 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from support.net import free_port
 
 from looptool.shared.grpc_util import channel, start_server, wait_healthy
 from looptool.v1 import toolsim_pb2, toolsim_pb2_grpc
+
+from support.net import free_port
 
 SERVICE = "looptool.v1.ToolSimulator"
 

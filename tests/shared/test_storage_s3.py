@@ -6,8 +6,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from support.net import free_ports
-from support.s3server import SeaweedServer
 
 from looptool.shared.records import Message, Sample, ToolCall
 from looptool.shared.storage import (
@@ -20,6 +18,9 @@ from looptool.shared.storage import (
     writer_for_uri,
 )
 from looptool.shared.storage.s3 import S3Store
+
+from support.net import free_ports
+from support.s3server import SeaweedServer
 
 
 def object_store_contract(store: S3Store) -> None:
