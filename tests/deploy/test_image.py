@@ -12,6 +12,7 @@ SIGTERM; and that nothing of the build host's pip setup is left in the image.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -176,6 +177,17 @@ def test_cpu_image_has_no_build_host_settings(cpu_image):
     script = f'{exists.removesuffix("; true")}; touch "$HOME/w" /var/lib/looptool/work/w; id -u'
     out = _podman("run", "--rm", "--entrypoint", "/bin/sh", cpu_image, "-c", script, "sh", *left)
     assert out.stdout.split() == ["1000"], f"left in the image (or not writable): {out.stdout} {out.stderr}"
+
+
+@pytest.mark.image
+@pytest.mark.timeout(IMAGE_TIMEOUT)
+def test_cpu_image_holds_this_tree(cpu_image):
+    # A reused image (or a cached build layer) must not be stale: its modules are the tree's files.
+    modules = {"looptool.cli": "looptool/cli.py", "looptool.shared.config": "shared/config.py",
+               "looptool.services.toolsim.simulator": "services/toolsim/simulator.py"}  # fmt: skip
+    code = "import hashlib, importlib, sys\nfor m in sys.argv[1:]:\n    f = importlib.import_module(m).__file__\n    print(hashlib.sha256(open(f, 'rb').read()).hexdigest())"
+    out = _podman("run", "--rm", "--entrypoint", "python", cpu_image, "-c", code, *modules).stdout.split()
+    assert out == [hashlib.sha256((REPO / path).read_bytes()).hexdigest() for path in modules.values()]
 
 
 @pytest.mark.image
