@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 ENV_PREFIX = "LOOPTOOL_"
 
@@ -90,6 +91,35 @@ class ServicesSettings(Section):
     judge: ServiceEndpoint | None = None  # separate judge server; None = the inference server judges
 
 
+_BYTE_UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+               "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}  # fmt: skip
+
+
+def _byte_count(value: Any) -> Any:
+    """A byte count as an int or a Kubernetes quantity ("80Gi", "500M"), written as the chart's
+    emptyDir sizeLimit is; anything else is left for pydantic to reject."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?|k)?\s*", value)
+        if m:
+            return int(float(m.group(1)) * _BYTE_UNITS[m.group(2) or ""])
+    return value
+
+
+ByteCount = Annotated[int, BeforeValidator(_byte_count), Field(ge=1)]
+
+
+def _default_model_cache() -> str:
+    """The user's cache directory (XDG), not the working directory: a server started from another
+    directory finds (and bounds) the same cache."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory (an arbitrary container uid)
+            base = "/var/tmp"
+    return str(Path(base, "looptool", "models"))
+
+
 class InferenceSettings(Section):
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     model: str = ""  # local model directory or GGUF file (transformers / in-process vllm); model name (openai)
@@ -98,6 +128,11 @@ class InferenceSettings(Section):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0)
     max_context: int = Field(4096, ge=16)
+    # Where s3:// checkpoints are downloaded (transformers / in-process vllm), and the bound on that
+    # cache: the least recently used checkpoints that no loaded model uses are deleted to stay under
+    # it (services/inference/model_cache.py). An int or a quantity ("80Gi").
+    model_cache_dir: str = Field(default_factory=_default_model_cache)
+    model_cache_max_bytes: ByteCount = 100 * 2**30
     # vllm
     vllm_mode: Literal["in_process", "remote"] = "in_process"
     tensor_parallel_size: int = Field(1, ge=1)
