@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from looptool.v1 import common_pb2 as looptool_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlooptool/v1/synthesizer.proto\x12\x0blooptool.v1\x1a\x18looptool/v1/common.proto\"\xb2\x01\n\x11SynthesizeRequest\x12(\n\x07toolset\x18\x01 \x01(\x0b\x32\x17.looptool.v1.DatasetRef\x12\x15\n\rnum_dialogues\x18\x02 \x01(\x05\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x05\"\xbc\x01\n\x0eSynthesisEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.looptool.v1.ProgressH\x00\x12%\n\x06\x64ialog\x18\x02 \x01(\x0b\x32\x13.looptool.v1.DialogH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.looptool.v1.ErrorH\x00\x12*\n\x06result\x18\x04 \x01(\x0b\x32\x18.looptool.v1.StageResultH\x00\x42\x07\n\x05\x65vent2b\n\x13\x44ialogueSynthesizer\x12K\n\nSynthesize\x12\x1e.looptool.v1.SynthesizeRequest\x1a\x1b.looptool.v1.SynthesisEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlooptool/v1/synthesizer.proto\x12\x0blooptool.v1\x1a\x18looptool/v1/common.proto\"\xc7\x01\n\x11SynthesizeRequest\x12(\n\x07toolset\x18\x01 \x01(\x0b\x32\x17.looptool.v1.DatasetRef\x12\x15\n\rnum_dialogues\x18\x02 \x01(\x05\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x15\n\routput_prefix\x18\x05 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x05\x12\x13\n\x0b\x66irst_index\x18\x08 \x01(\x03\"\xbc\x01\n\x0eSynthesisEvent\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x15.looptool.v1.ProgressH\x00\x12%\n\x06\x64ialog\x18\x02 \x01(\x0b\x32\x13.looptool.v1.DialogH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.looptool.v1.ErrorH\x00\x12*\n\x06result\x18\x04 \x01(\x0b\x32\x18.looptool.v1.StageResultH\x00\x42\x07\n\x05\x65vent2b\n\x13\x44ialogueSynthesizer\x12K\n\nSynthesize\x12\x1e.looptool.v1.SynthesizeRequest\x1a\x1b.looptool.v1.SynthesisEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'looptool.v1.synthesizer_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SYNTHESIZEREQUEST']._serialized_start=73
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=251
-  _globals['_SYNTHESISEVENT']._serialized_start=254
-  _globals['_SYNTHESISEVENT']._serialized_end=442
-  _globals['_DIALOGUESYNTHESIZER']._serialized_start=444
-  _globals['_DIALOGUESYNTHESIZER']._serialized_end=542
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=272
+  _globals['_SYNTHESISEVENT']._serialized_start=275
+  _globals['_SYNTHESISEVENT']._serialized_end=463
+  _globals['_DIALOGUESYNTHESIZER']._serialized_start=465
+  _globals['_DIALOGUESYNTHESIZER']._serialized_end=563
 # @@protoc_insertion_point(module_scope)

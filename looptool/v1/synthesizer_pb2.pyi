@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("toolset", "num_dialogues", "concurrency", "seed", "output_prefix", "config_json", "round")
+    __slots__ = ("toolset", "num_dialogues", "concurrency", "seed", "output_prefix", "config_json", "round", "first_index")
     TOOLSET_FIELD_NUMBER: _ClassVar[int]
     NUM_DIALOGUES_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class SynthesizeRequest(_message.Message):
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     toolset: _common_pb2.DatasetRef
     num_dialogues: int
     concurrency: int
@@ -22,7 +23,8 @@ class SynthesizeRequest(_message.Message):
     output_prefix: str
     config_json: str
     round: int
-    def __init__(self, toolset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., num_dialogues: _Optional[int] = ..., concurrency: _Optional[int] = ..., seed: _Optional[int] = ..., output_prefix: _Optional[str] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    first_index: int
+    def __init__(self, toolset: _Optional[_Union[_common_pb2.DatasetRef, _Mapping]] = ..., num_dialogues: _Optional[int] = ..., concurrency: _Optional[int] = ..., seed: _Optional[int] = ..., output_prefix: _Optional[str] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ..., first_index: _Optional[int] = ...) -> None: ...
 
 class SynthesisEvent(_message.Message):
     __slots__ = ("progress", "dialog", "error", "result")

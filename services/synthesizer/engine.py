@@ -218,12 +218,15 @@ def iter_synthesis(
     cancel: threading.Event | None = None,
     meta: dict[str, Any] | None = None,
     stop_after: int | None = None,
+    first_index: int = 0,
 ) -> Iterator[Event]:
     """Synthesize ``num_dialogues`` dialogues into the dataset at ``out_uri``; yields progress,
     each kept dialogue (in index order), per-item errors, and finally the StageResult.
 
     ``stop_after`` (tests: simulate a crash) stops after that many indices without flushing or
-    committing. A committed dataset at ``out_uri`` is returned as is (the stage is idempotent).
+    committing. ``first_index``: a shard of a larger run, dialogues ``first_index ..
+    first_index + num_dialogues - 1`` (dedup within the shard; the stage merges shards).
+    A committed dataset at ``out_uri`` is returned as is (the stage is idempotent).
     """
     from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 
@@ -237,9 +240,11 @@ def iter_synthesis(
         yield StageResult(outputs=[ds.ref], counts=counts, metrics={"reused": 1.0})
         return
     run_meta = {"seed": seed, "num_dialogues": num_dialogues, "config": cfg.model_dump(mode="json"), "round": round, **(meta or {})}
+    if first_index:
+        run_meta["first_index"] = first_index
     writer = writer_for_uri(out_uri, s3, kind="dialogs", fmt="jsonl", part_size=cfg.part_size, resume=True, meta=run_meta)
     deduper = Deduper(cfg.dedup_jaccard)
-    resumed, start_index = 0, 0
+    resumed, start_index = 0, first_index
     for rec in writer.existing_records():
         d = Dialog.model_validate(rec)
         deduper.add(first_query(d))
@@ -247,11 +252,11 @@ def iter_synthesis(
         start_index = max(start_index, int(d.meta.get("index", "-1")) + 1)
     counts = {"requested": num_dialogues, "resumed": resumed, "kept": resumed, "errors": 0, "processed": 0}
     counts.update({f"rejected.{f}": 0 for f in FILTERS})
-    todo = list(range(start_index, num_dialogues))
+    todo = list(range(start_index, first_index + num_dialogues))
     if stop_after is not None:
         todo = todo[:stop_after]
     t0 = time.perf_counter()
-    yield Progress(stage="synthesize", done=start_index, total=num_dialogues, message=f"resuming at {start_index}" if resumed else "started")
+    yield Progress(stage="synthesize", done=start_index - first_index, total=num_dialogues, message=f"resuming at {start_index}" if resumed else "started")
     consecutive_errors = 0
     abort_after = max(10, 2 * concurrency)
     turns_total = 0
@@ -304,7 +309,7 @@ def iter_synthesis(
                 DIALOGS.labels("kept").inc()
                 yield out.dialog
             elapsed = time.perf_counter() - t0
-            yield Progress(stage="synthesize", done=i + 1, total=num_dialogues,
+            yield Progress(stage="synthesize", done=i + 1 - first_index, total=num_dialogues,
                            metrics={"kept": counts["kept"], "dialogs_per_minute": 60 * counts["processed"] / elapsed if elapsed else 0.0})
         if cancel is not None and cancel.is_set():
             for f in pending.values():
@@ -313,7 +318,7 @@ def iter_synthesis(
             _settle(writer)
             yield ErrorInfo(code="CANCELLED", message="synthesis cancelled; finished dialogues are kept for a resumed run")
             return
-    if stop_after is not None and start_index + len(todo) < num_dialogues:
+    if stop_after is not None and start_index + len(todo) < first_index + num_dialogues:
         # a simulated crash: the parts already handed to storage land, the buffer is lost
         _settle(writer)
         return
