@@ -101,7 +101,9 @@ class LocalServices:
                     tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise StageError("ServiceFailed", f"the {name} service exited with code {proc.returncode}:\n{tail}")
                 try:
-                    wait_healthy(self.addresses[name], timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                    wait_healthy(
+                        self.addresses[name], timeout=min(5.0, max(0.1, deadline - time.monotonic())), security=self.config.security
+                    )
                     break
                 except TimeoutError:
                     if time.monotonic() > deadline:

@@ -58,7 +58,7 @@ async def operate(
 
 def run(settings: OperatorSettings, config: LoopToolConfig, liveness: str | None = None) -> int:
     if settings.metricsPort:
-        serve_metrics(settings.metricsPort)
+        serve_metrics(settings.metricsPort, addr=config.security.metrics_host)
     scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
     log.info("looptool operator watching %s; metrics on :%s", scope, settings.metricsPort or "-")
     asyncio.run(operate(settings, ServiceExecutor(config), liveness=liveness))

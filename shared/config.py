@@ -149,6 +149,26 @@ class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = Field(False, alias="json")
 
+    # Local directories a request may name a model in (GenerateRequest.model, ProbeRequest.model_uri,
+    # JudgeSpec.model), besides this section's own `model` and the storage (the local store's root,
+    # or s3:// URIs in storage.s3.bucket). Anything else is PERMISSION_DENIED: a client must not make
+    # the server read an arbitrary path.
+    model_roots: list[str] = Field(default_factory=list)
+
+
+class SecuritySettings(Section):
+    """Transport security of every gRPC server and client channel (shared/grpc_util.py), and where
+    /metrics listens. Files, not values: the chart mounts them from Secrets."""
+
+    tls_cert_file: str = ""  # PEM server certificate (chain); set with tls_key_file to serve TLS
+    tls_key_file: str = ""
+    # PEM CA bundle: clients verify the server against it; with require_client_cert, the server
+    # verifies client certificates against it (mutual TLS, clients present tls_cert/key_file).
+    tls_ca_file: str = ""
+    require_client_cert: bool = False
+    tls_server_name: str = ""  # override the name clients check in the server certificate
+    token_file: str = ""  # bearer token every RPC must carry (health checks excepted); empty = none
+    metrics_host: str = "127.0.0.1"  # /metrics bind address; 0.0.0.0 where Prometheus scrapes
 
 class TrainerSettings(Section):
     # What a training run keeps across a restart: the base-model and checkpoint caches, builtin
@@ -191,6 +211,7 @@ def _env_items(environ: dict[str, str] | None) -> list[tuple[str, list[str], str
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         if path[0] not in sections or any(not p for p in path):
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
             continue
         out.append((key, path, raw))
     return out

@@ -40,8 +40,9 @@ def histogram(stage: str, name: str, doc: str, labels: Iterable[str] = (), bucke
     return _get(Histogram, stage, name, doc, labels, buckets=buckets)
 
 
-def serve_metrics(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> int:
-    """Expose /metrics on ``port`` once per process (0 = disabled). Returns the port."""
+def serve_metrics(port: int, addr: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> int:
+    """Expose /metrics on ``addr:port`` once per process (0 = disabled). Returns the port. Loopback
+    by default; callers pass ``security.metrics_host`` (the chart sets 0.0.0.0 for Prometheus)."""
     if port <= 0:
         return 0
     with _lock:

@@ -7,6 +7,7 @@ from typing import Callable
 import grpc
 
 from looptool.services.expander.expand import DEFAULT_FACTOR, ExpandConfig
+from looptool.shared.config import SecuritySettings
 from looptool.shared.grpc_util import channel
 from looptool.shared.proto_convert import dataset_to_pb, stage_event_from_pb
 from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult
@@ -22,9 +23,9 @@ class ExpandFailed(RuntimeError):
 
 
 class ExpanderClient:
-    def __init__(self, address: str, timeout_s: float = 6 * 3600):
+    def __init__(self, address: str, timeout_s: float = 6 * 3600, security: SecuritySettings | None = None):
         self.address, self.timeout_s = address, timeout_s
-        self._channel = channel(address)
+        self._channel = channel(address, security)
         self._stub = expander_pb2_grpc.ExpanderStub(self._channel)
         self.errors: list[ErrorInfo] = []  # per-item errors of the last call
 

@@ -13,13 +13,14 @@ The llm generator and the ``filterMastered`` probe talk to the inference server
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import grpc
 from pydantic import ValidationError
 
 from looptool.services.expander.expand import ExpandConfig, Expander, LLMGenerator
-from looptool.shared.config import LoopToolConfig
+from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.errors import ServiceError
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
@@ -33,11 +34,11 @@ SERVICE = "looptool.v1.Expander"
 GeneratorFactory = Callable[[str, str], Generator]
 
 
-def default_generator_factory(address: str, model: str) -> Generator:
+def default_generator_factory(address: str, model: str, security: SecuritySettings | None = None) -> Generator:
     """The inference server's client (``looptool.services.inference.client``), pinned to ``model``."""
     from looptool.services.inference.client import InferenceClient
 
-    return InferenceClient(address, model=model)
+    return InferenceClient(address, model=model, security=security)
 
 
 def _config_error(exc: ValidationError) -> str:
@@ -52,7 +53,7 @@ def _config_error(exc: ValidationError) -> str:
 class ExpanderServicer(expander_pb2_grpc.ExpanderServicer):
     def __init__(self, cfg: LoopToolConfig, generator_factory: GeneratorFactory | None = None):
         self.cfg = cfg
-        self.generator_factory = generator_factory or default_generator_factory
+        self.generator_factory = generator_factory or functools.partial(default_generator_factory, security=cfg.security)
 
     def _build(self, request: expander_pb2.ExpandRequest) -> Expander:
         try:
@@ -112,4 +113,7 @@ def start(
         expander_pb2_grpc.add_ExpanderServicer_to_server(servicer, server)
         return [SERVICE]
 
-    return start_server("expander", register, host=host, port=port, metrics_port=metrics_port, workers=cfg.services.expander.workers)
+    return start_server(
+        "expander", register, host=host, port=port, metrics_port=metrics_port, workers=cfg.services.expander.workers,
+        security=cfg.security,
+    )

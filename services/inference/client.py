@@ -12,6 +12,7 @@ from typing import Generator, Iterable, Iterator
 
 import grpc
 
+from looptool.shared.config import SecuritySettings
 from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.manifest import JudgeSpec, ProbeSpec
@@ -45,9 +46,9 @@ class InferenceClient:
     the deadline of each generation call (Probe/Judge take their own).
     """
 
-    def __init__(self, address: str, model: str = "", timeout_s: float = 600.0):
+    def __init__(self, address: str, model: str = "", timeout_s: float = 600.0, security: SecuritySettings | None = None):
         self.address, self.model, self.timeout_s = address, model, timeout_s
-        self._channel = channel(address)
+        self._channel = channel(address, security)
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
 
     def _unavailable(self, exc: grpc.RpcError) -> Exception:

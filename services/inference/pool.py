@@ -16,12 +16,14 @@ from looptool.shared.config import InferenceSettings, S3Settings
 
 from .backends import Backend, make_backend
 from .backends.base import log
+from .roots import ModelRoots
 
 
 class ModelPool:
-    def __init__(self, settings: InferenceSettings, size: int = 2, s3: S3Settings | None = None):
+    def __init__(self, settings: InferenceSettings, size: int = 2, s3: S3Settings | None = None, roots: ModelRoots | None = None):
         self.settings = settings
         self.s3 = s3  # storage settings for s3:// model URIs
+        self.roots = roots  # which model URIs a request may load (None = any: in-process users, benchmarks)
         self.size = max(1, size)
         self._models: collections.OrderedDict[str, Backend] = collections.OrderedDict()
         self._leases: dict[int, int] = {}  # id(backend) -> active leases
@@ -55,6 +57,8 @@ class ModelPool:
 
     def get(self, model_uri: str = "", _lease: bool = False) -> Backend:
         """The backend for ``model_uri`` (empty = the configured model), loading it when needed."""
+        if self.roots is not None:
+            self.roots.check(model_uri)  # before the cache: a denied URI stays denied
         key = self.key(model_uri)
         with self._lock:
             hit = self._hit(key, _lease)

@@ -42,6 +42,7 @@ from looptool.v1 import inference_pb2, inference_pb2_grpc
 from .backends import CancelToken
 from .generate import SERVICE, Generation
 from .pool import ModelPool
+from .roots import ModelRoots
 from .stages import Call, StageRuns, judge_spec, probe_spec
 
 log = get_logger("looptool.inference.server")
@@ -92,8 +93,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self, cfg: LoopToolConfig, pool: ModelPool | None = None, judge_pool: ModelPool | None = None):
         self.cfg = cfg
-        self.pool = pool or ModelPool(cfg.inference, size=2, s3=cfg.storage.s3)
-        self.judge_pool = judge_pool or (ModelPool(cfg.judge, size=1, s3=cfg.storage.s3) if cfg.judge is not None else None)
+        roots = ModelRoots.from_settings(cfg.inference, cfg.storage)
+        self.pool = pool or ModelPool(cfg.inference, size=2, s3=cfg.storage.s3, roots=roots)
+        self.judge_pool = judge_pool or (
+            ModelPool(cfg.judge, size=1, s3=cfg.storage.s3, roots=ModelRoots.from_settings(cfg.judge, cfg.storage))
+            if cfg.judge is not None
+            else None
+        )
         self.generation = Generation(self.pool)
         self.stages = StageRuns(cfg, self.pool, self.judge_pool)
 
@@ -188,7 +194,8 @@ def start(
         return [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name]
 
     running = start_server(
-        SERVICE, register, host=host, port=port, metrics_port=metrics_port, workers=cfg.services.inference.workers
+        SERVICE, register, host=host, port=port, metrics_port=metrics_port, workers=cfg.services.inference.workers,
+        security=cfg.security,
     )
     running.servicer = servicer  # type: ignore[attr-defined]
     original_stop = running.stop

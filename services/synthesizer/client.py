@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
+from looptool.shared.config import SecuritySettings
 from looptool.shared.grpc_util import channel
 from looptool.shared.proto_convert import dataset_to_pb, dialog_from_pb, error_from_pb, progress_from_pb, result_from_pb
 from looptool.shared.records import DatasetRef, Dialog, ErrorInfo, Progress, StageResult
@@ -13,10 +14,10 @@ from looptool.v1 import synthesizer_pb2_grpc as pb_grpc
 
 
 class SynthesizerClient:
-    def __init__(self, address: str, timeout: float | None = None):
+    def __init__(self, address: str, timeout: float | None = None, security: SecuritySettings | None = None):
         self.address = address
         self.timeout = timeout
-        self._channel = channel(address)
+        self._channel = channel(address, security)
         self._stub = pb_grpc.DialogueSynthesizerStub(self._channel)
 
     def stream(self, toolset: DatasetRef, num_dialogues: int, seed: int = 0, concurrency: int = 1, output_prefix: str = "",

@@ -59,4 +59,5 @@ def start(cfg: Any = None, host: str = "127.0.0.1", port: int = 0, metrics_port:
         pb_grpc.add_DialogueSynthesizerServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    return start_server("synthesizer", register, host=host, port=port, metrics_port=metrics_port, workers=workers)
+    return start_server("synthesizer", register, host=host, port=port, metrics_port=metrics_port, workers=workers,
+                        security=getattr(cfg, "security", None))

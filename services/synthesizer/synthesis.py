@@ -50,7 +50,7 @@ class Synthesis:
                 if self._embedded is None:
                     self._embedded = LocalToolBackend()
             return self._embedded
-        return ToolSimClient(address)
+        return ToolSimClient(address, security=self.app_cfg.security if self.app_cfg is not None else None)
 
     def _generator(self, cfg: SynthesisConfig) -> Any:
         if cfg.agents != "llm":
@@ -59,7 +59,7 @@ class Synthesis:
             return self.generator
         if self.app_cfg is None:
             return None
-        return InferenceClient(self.app_cfg.services.inference.address)
+        return InferenceClient(self.app_cfg.services.inference.address, security=self.app_cfg.security)
 
     def run(self, tools: list[Tool], toolset: DatasetRef, cfg: SynthesisConfig, num_dialogues: int, seed: int,
             output_prefix: str, concurrency: int, round: int, cancel: threading.Event) -> Iterator[Event]:

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import grpc
 
+from looptool.shared.config import SecuritySettings
 from looptool.shared.grpc_util import channel
 from looptool.shared.proto_convert import call_to_pb, error_from_pb, tool_to_pb
 from looptool.shared.records import Tool, ToolCall
@@ -18,10 +19,10 @@ from .simulator import ExecResult
 
 
 class ToolSimClient:
-    def __init__(self, address: str, timeout: float = 60.0):
+    def __init__(self, address: str, timeout: float = 60.0, security: SecuritySettings | None = None):
         self.address = address
         self.timeout = timeout
-        self._channel = channel(address)
+        self._channel = channel(address, security)
         self._stub = pb_grpc.ToolSimulatorStub(self._channel)
 
     def open_session(self, tools: list[Tool], mode: str = "auto", environment: str = "", initial_state: Any = None,

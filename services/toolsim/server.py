@@ -61,7 +61,7 @@ def _generator_from_config(cfg: Any):
         from looptool.services.inference.client import InferenceClient
     except ImportError:
         return None
-    return InferenceClient(cfg.services.inference.address)
+    return InferenceClient(cfg.services.inference.address, security=getattr(cfg, "security", None))
 
 
 def start(cfg: Any = None, host: str = "127.0.0.1", port: int = 0, metrics_port: int = 0, generator: Any = None,
@@ -80,6 +80,7 @@ def start(cfg: Any = None, host: str = "127.0.0.1", port: int = 0, metrics_port:
         pb_grpc.add_ToolSimulatorServicer_to_server(ToolSimulatorServicer(sim), server)
         return [SERVICE_NAME]
 
-    running = start_server("toolsim", register, host=host, port=port, metrics_port=metrics_port, workers=max(workers, 8))
+    running = start_server("toolsim", register, host=host, port=port, metrics_port=metrics_port, workers=max(workers, 8),
+                           security=getattr(cfg, "security", None))
     running.simulator = sim  # type: ignore[attr-defined]
     return running

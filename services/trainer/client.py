@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import grpc
 
 from looptool.services.trainer.runner import TrainJob, job_to_pb, parse_job
+from looptool.shared.config import SecuritySettings
 from looptool.shared.grpc_util import channel
 from looptool.shared.proto_convert import stage_event_from_pb
 from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult
@@ -23,9 +24,9 @@ class TrainerError(RuntimeError):
 
 
 class TrainerClient:
-    def __init__(self, address: str):
+    def __init__(self, address: str, security: SecuritySettings | None = None):
         self.address = address
-        self._channel = channel(address)
+        self._channel = channel(address, security)
         self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
 
     def close(self) -> None:

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         from looptool.shared.metrics import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, addr=cfg.security.metrics_host)
 
     def emit(p) -> None:
         total = f"/{p.total}" if p.total else ""

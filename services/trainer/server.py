@@ -75,6 +75,7 @@ def start(cfg=None, host: str = "127.0.0.1", port: int = 0, metrics_port: int = 
         return [SERVICE_NAME]
 
     workers = cfg.services.trainer.workers if cfg is not None else 8
-    running = start_server("trainer", register, host=host, port=port, metrics_port=metrics_port, workers=workers)
+    security = cfg.security if cfg is not None else None
+    running = start_server("trainer", register, host=host, port=port, metrics_port=metrics_port, workers=workers, security=security)
     running.service = service  # type: ignore[attr-defined]
     return running

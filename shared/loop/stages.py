@@ -17,7 +17,7 @@ import grpc
 
 from looptool.shared import toolsets
 from looptool.shared.compose import compose_next_round, dropped_uri
-from looptool.shared.config import LoopToolConfig
+from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.conversion import dialogs_to_samples, split_of
 from looptool.shared.evaluation import evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
@@ -64,7 +64,7 @@ class GeneratorFactory(Protocol):
     stage's client). The local runner and the operator's executor supply the service's own client,
     so this library never imports a service."""
 
-    def __call__(self, address: str, *, model: str, timeout_s: float) -> Generator: ...
+    def __call__(self, address: str, *, model: str, timeout_s: float, security: SecuritySettings | None = None) -> Generator: ...
 
 
 class StageError(RuntimeError):
@@ -96,7 +96,7 @@ class StageContext:
     def channel(self, service: str) -> grpc.Channel:
         if service not in self.addresses:
             raise StageError("ServiceUnavailable", f"no address configured for the {service} service")
-        return channel(self.addresses[service])
+        return channel(self.addresses[service], self.config.security)
 
 
 def key_of(*parts: Any) -> str:
@@ -462,7 +462,9 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     st = status.stage("evaluate")
     spec = ctx.spec.eval
     heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
-    gen = ctx.generator(ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s)
+    gen = ctx.generator(
+        ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security
+    )
     report = evaluate(
         gen,
         heldout=heldout,

@@ -97,7 +97,8 @@ def test_generate_batch_and_single_agree_and_count_metrics(server, client):
 
 
 def test_generate_with_unknown_model_is_not_found(server):
-    c = InferenceClient(server.address, model="/nonexistent/model")
+    # inside the allowed roots (the local store), so the lookup runs and finds nothing
+    c = InferenceClient(server.address, model=str(server.root / "store" / "nonexistent-model"))
     try:
         [r] = c.generate([req("hi")])
         assert r.error.startswith("NOT_FOUND") and "does not exist" in r.error
