@@ -1,7 +1,7 @@
 """Models in storage: import a model directory, list models, check and resolve a model URI.
 
 A model lives where the trainer (``services/trainer/modeling.resolve_base``) and the inference server
-(``services/inference/backends/hf.resolve_model_path``, used by the transformers and vLLM backends)
+(``services/inference/model_cache.py``, used by the transformers and vLLM backends)
 read it: a committed directory artifact (``shared/storage/artifacts.py``) — the files under
 ``<uri>/files/`` and ``<uri>/_artifact.json`` written last, listing each file's size and sha256 and
 one content hash. A plain copy of a model directory (``mc cp``, ``aws s3 sync``) has no

@@ -23,7 +23,10 @@ from .base import (
 
 
 def make_backend(settings: InferenceSettings, model_uri: str | None = None, s3: S3Settings | None = None) -> Backend:
-    """``s3``: storage settings for s3:// model URIs (the server passes ``storage.s3``)."""
+    """``s3``: storage settings for s3:// model URIs (the server passes ``storage.s3``). s3:// models
+    are downloaded into ``settings.model_cache_dir`` (bounded, least recently used evicted)."""
+    from ..model_cache import ModelCache
+
     model = model_uri or settings.model
     if settings.backend == "transformers":
         from .hf import TransformersBackend
@@ -36,6 +39,7 @@ def make_backend(settings: InferenceSettings, model_uri: str | None = None, s3: 
             batch_wait_ms=settings.batch_wait_ms,
             max_context=settings.max_context,
             s3=s3,
+            cache=ModelCache.from_settings(settings, s3),
         )
     if settings.backend == "vllm" and settings.vllm_mode == "in_process":
         from .vllm_backend import VLLMBackend
@@ -49,6 +53,7 @@ def make_backend(settings: InferenceSettings, model_uri: str | None = None, s3: 
             max_batch_size=max(settings.max_batch_size, 64),
             batch_wait_ms=settings.batch_wait_ms,
             s3=s3,
+            cache=ModelCache.from_settings(settings, s3),
         )
     if settings.backend in ("openai", "vllm"):
         from .openai_compat import OpenAICompatBackend

@@ -197,6 +197,9 @@ class QueuedBackend(Backend):
 
     def close(self) -> None:
         self.queue.close()
+        pin = getattr(self, "model_pin", None)
+        if pin is not None:
+            pin.release()  # the checkpoint may now be evicted from the model cache
 
 
 class BoundGenerator:

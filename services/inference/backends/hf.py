@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from looptool.shared import metrics
-from looptool.shared.config import S3Settings
+from looptool.shared.config import InferenceSettings, S3Settings
 from looptool.shared.generation import GenRequest, GenResult
 from looptool.shared.prompt import build_chat
 
+from ..model_cache import CacheFull, ModelCache, ModelPin
 from .base import (
     QueuedBackend,
     completion_from_text,
@@ -74,19 +75,22 @@ def locate_model(path: str) -> tuple[str, str | None]:
     return str(p), None
 
 
-def resolve_model_path(uri: str, s3: S3Settings | None = None) -> str:
-    """Model URI (path, GGUF file, file:// or s3:// committed model) → local path, via shared.models
-    (``s3``: the storage settings an s3:// model is read with; default: the environment's)."""
+def acquire_model(uri: str, s3: S3Settings | None = None, cache: ModelCache | None = None) -> ModelPin:
+    """Model URI (path, GGUF file, file:// or s3:// committed model) → a local path, pinned in the
+    model cache until the backend closes (``s3``: the storage settings an s3:// model is read with,
+    default the environment's; ``cache``: default the default ``inference.model_cache_*``)."""
     if not uri:
         raise BackendError("no model configured: set inference.model (a local model directory or GGUF file)")
     p = Path(uri)
     if p.is_file():
-        return str(p)
-    from looptool.shared.models import resolve_model_dir
+        return ModelPin(p)
     from looptool.shared.storage.base import StorageError
 
+    cache = cache or ModelCache.from_settings(InferenceSettings(), s3)
     try:
-        return str(resolve_model_dir(uri, s3=s3))
+        return cache.acquire(uri)
+    except CacheFull as exc:
+        raise BackendError(str(exc), code="RESOURCE_EXHAUSTED") from None
     except StorageError as exc:
         raise BackendError(str(exc), code="NOT_FOUND") from None
 
@@ -126,12 +130,22 @@ class TransformersBackend(QueuedBackend):
         name: str | None = None,
         prefix_caching: bool = True,
         s3: S3Settings | None = None,
+        cache: ModelCache | None = None,
     ):
+        self.model = model
+        self.model_pin = acquire_model(model, s3, cache)  # released by close(): then evictable
+        try:
+            self._load(model, device, dtype, max_batch_size, batch_wait_ms, max_context, name, prefix_caching)
+        except BaseException:
+            self.model_pin.release()
+            raise
+
+    def _load(self, model: str, device: str, dtype: str, max_batch_size: int, batch_wait_ms: float,
+              max_context: int, name: str | None, prefix_caching: bool) -> None:  # fmt: skip
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model = model
-        path = resolve_model_path(model, s3)
+        path = str(self.model_pin.path)
         directory, gguf = locate_model(path)
         kwargs: dict = {"local_files_only": True}
         if gguf:

@@ -29,6 +29,7 @@ from looptool.shared.config import S3Settings
 from looptool.shared.generation import Completion, GenRequest, GenResult, SamplingParams
 from looptool.shared.prompt import build_chat
 
+from ..model_cache import ModelCache
 from .base import (
     QueuedBackend,
     BackendError,
@@ -41,7 +42,7 @@ from .base import (
     log,
     request_rows,
 )
-from .hf import locate_model, resolve_model_path
+from .hf import acquire_model, locate_model
 
 _TOKENS = metrics.counter("inference", "tokens", "Tokens processed", ["backend", "kind"])
 
@@ -64,6 +65,24 @@ def sampling_kwargs(params: SamplingParams, max_tokens_cap: int | None = None) -
     if params.stop:
         kw["stop"] = list(params.stop)
     return kw
+
+
+def check_tensor_parallel(tensor_parallel_size: int, gpus: int) -> None:
+    """vLLM shards the model over exactly ``tensor_parallel_size`` GPUs: more than this process sees
+    cannot start, fewer leaves GPUs idle (on Kubernetes: requested and paid for). BackendError naming
+    both values otherwise. No GPU at all (vLLM's CPU build) takes 1."""
+    if tensor_parallel_size != max(1, gpus):
+        raise BackendError(
+            f"inference.tensor_parallel_size is {tensor_parallel_size} but this process sees {gpus} GPU(s); "
+            f"set it to {max(1, gpus)}, or make {tensor_parallel_size} GPU(s) visible "
+            "(CUDA_VISIBLE_DEVICES; on Kubernetes services.inference.resources nvidia.com/gpu)"
+        )
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
 
 
 def _mean_logprob(out: Any) -> float:
@@ -116,6 +135,7 @@ class VLLMBackend(QueuedBackend):
         batch_wait_ms: float = 5.0,
         llm: Any = None,  # an already-built engine (tests, sharing)
         s3: S3Settings | None = None,
+        cache: ModelCache | None = None,
     ):
         self.model = model
         self.max_context = max_context
@@ -127,23 +147,33 @@ class VLLMBackend(QueuedBackend):
                     "inference.backend=vllm with vllm_mode=in_process needs the 'vllm' package on a GPU machine "
                     "(pip install 'looptool[gpu]'), or use vllm_mode=remote with base_url"
                 ) from None
-            directory, gguf = locate_model(resolve_model_path(model, s3))
-            path = str(Path(directory) / gguf) if gguf else directory  # a GGUF model: the file itself
-            kw: dict[str, Any] = {
-                "model": path,
-                "tensor_parallel_size": tensor_parallel_size,
-                "gpu_memory_utilization": gpu_memory_utilization,
-                "max_model_len": max_context,
-                "dtype": "auto" if dtype == "float32" else dtype,
-                "seed": 0,
-            }
-            if gguf:
-                kw["tokenizer"] = directory
-            llm = vllm.LLM(**kw)
-            log.info("vllm engine ready", extra={"model": model, "path": path})
+            check_tensor_parallel(tensor_parallel_size, visible_gpus())  # before any download
+            self.model_pin = acquire_model(model, s3, cache)  # released by close(): then evictable
+            try:
+                llm = self._engine(vllm, model, tensor_parallel_size, gpu_memory_utilization, dtype)
+            except BaseException:
+                self.model_pin.release()
+                raise
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
         self.queue = BatchingQueue("vllm", self._run_batch, max_batch_size, batch_wait_ms)
+
+    def _engine(self, vllm: Any, model: str, tensor_parallel_size: int, gpu_memory_utilization: float, dtype: str) -> Any:
+        directory, gguf = locate_model(str(self.model_pin.path))
+        path = str(Path(directory) / gguf) if gguf else directory  # a GGUF model: the file itself
+        kw: dict[str, Any] = {
+            "model": path,
+            "tensor_parallel_size": tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": self.max_context,
+            "dtype": "auto" if dtype == "float32" else dtype,
+            "seed": 0,
+        }
+        if gguf:
+            kw["tokenizer"] = directory
+        llm = vllm.LLM(**kw)
+        log.info("vllm engine ready", extra={"model": model, "path": path})
+        return llm
 
     def encode(self, request: GenRequest) -> list[int]:
         chat = build_chat(request.messages, request.tools)
