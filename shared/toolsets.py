@@ -231,8 +231,13 @@ def toolbench_candidates(obj: dict[str, Any], label: str = "") -> Iterator[Candi
         yield _make_tool(lab, name, desc, params)
 
 
-def _read_json_any(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+def _read_json_any(path: Path, max_bytes: int | None = None) -> list[Any]:
+    from looptool.shared.config import LimitsSettings
+    from looptool.shared.limits import read_text_bounded
+
+    # bounded and decoded before JSON sees it: a 50 MB or non-UTF-8 file is one line, not a hang or a traceback
+    cap = LimitsSettings().toolset_bytes if max_bytes is None else max_bytes
+    text = read_text_bounded(path, cap, str(path), "toolset_bytes", "toolset file")
     try:
         return [json.loads(text)]
     except json.JSONDecodeError:
@@ -247,18 +252,18 @@ def _read_json_any(path: Path) -> list[Any]:
     return out
 
 
-def file_candidates(path: str | Path, fmt: str = "auto") -> Iterator[Candidate]:
+def file_candidates(path: str | Path, fmt: str = "auto", max_bytes: int | None = None) -> Iterator[Candidate]:
     p = Path(path)
     if p.is_dir():
         files = sorted(x for x in p.rglob("*") if x.suffix in (".json", ".jsonl"))
         if not files:
             raise ToolsetError(f"{p}: directory holds no .json/.jsonl tool files")
         for f in files:
-            yield from file_candidates(f, fmt)
+            yield from file_candidates(f, fmt, max_bytes)
         return
     if not p.exists():
         raise ToolsetError(f"{p}: file not found")
-    for j, obj in enumerate(_read_json_any(p)):
+    for j, obj in enumerate(_read_json_any(p, max_bytes)):
         label = f"{p.name}" + (f":{j + 1}" if j else "")
         if fmt == "toolbench" or (fmt == "auto" and (_is_toolbench(obj) or (isinstance(obj, list) and obj and all(_is_toolbench(o) for o in obj)))):
             for k, o in enumerate(obj if isinstance(obj, list) else [obj]):
@@ -511,11 +516,19 @@ def _looks_bfcl(src: str) -> bool:
 
 
 def import_source(
-    src: str, fmt: str = "auto", limit: int = 0, names: Iterable[str] = (), offset: int = 0, timeout: float = 20.0
+    src: str, fmt: str = "auto", limit: int = 0, names: Iterable[str] = (), offset: int = 0, timeout: float = 20.0,
+    max_bytes: int | None = None,
 ) -> ImportReport:
-    """Import tools from ``src`` (see the module doc for the accepted forms), validated."""
+    """Import tools from ``src`` (see the module doc for the accepted forms), validated. ``max_bytes``:
+    the most one file may hold (default ``limits.toolset_bytes``)."""
+    from looptool.shared.limits import check_float, check_int
+
     if fmt not in FORMATS:
         raise ToolsetError(f"unknown toolset format {fmt!r}; use one of {', '.join(FORMATS)}")
+    # negative numbers would slice from the end (limit -1 = all but the last): refused, not guessed
+    check_int("limit", limit, 0, fix="use 0 (all) or a positive count")
+    check_int("offset", offset, 0)
+    check_float("timeout", timeout, 0.0, 24 * 3600.0, low_open=True)
     names = list(names)
     if fmt == "mcp-stdio" or src.startswith("mcp+stdio:"):
         cands: Iterable[Candidate] = mcp_stdio_candidates(src.split(":", 1)[1] if src.startswith("mcp+stdio:") else src, timeout)
@@ -527,7 +540,7 @@ def import_source(
         names = []
         offset = 0
     else:
-        cands = file_candidates(src, "toolbench" if fmt == "toolbench" else "auto")
+        cands = file_candidates(src, "toolbench" if fmt == "toolbench" else "auto", max_bytes)
     cands = list(cands)
     if names:
         cands = [c for c in cands if c.tool is None or c.tool.name in set(names)]
@@ -603,15 +616,21 @@ def load_toolset(ref: DatasetRef | str, s3: Any = None) -> list[Tool]:
     return list(open_dataset(ref, s3).iter(Tool))
 
 
-def resolve_toolset(spec: Any, s3: Any = None) -> list[Tool]:
-    """A manifest ``ToolsetRef`` (uri | file | bfcl {category, limit, names, offset}) → valid tools."""
+def resolve_toolset(spec: Any, s3: Any = None, max_bytes: int | None = None) -> list[Tool]:
+    """A manifest ``ToolsetRef`` (uri | file | bfcl {category, limit, names, offset}) → valid tools.
+    A file that defines one tool name twice is refused: which definition a round trains on must not
+    depend on order."""
     if getattr(spec, "uri", ""):
         refs = list_versions(spec.uri, s3)
         if not refs:
             raise ToolsetError(f"{spec.uri}: no committed toolset")
         return load_toolset(refs[-1], s3)
     if getattr(spec, "file", ""):
-        report = import_source(spec.file)
+        report = import_source(spec.file, max_bytes=max_bytes)
+        dup = next((e for e in report.errors if e.code == "DUPLICATE_TOOL"), None)
+        if dup is not None:
+            raise InputError("spec.toolset.file", f"{spec.file}: {dup.message.replace('; the first definition is kept', '')}",
+                             "rename or remove one of them")
     else:
         b = spec.bfcl
         report = import_source(f"bfcl:{b.category}", limit=b.limit, names=b.names, offset=b.offset)

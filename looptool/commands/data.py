@@ -7,12 +7,14 @@ import itertools
 import json
 import sys
 
+from looptool.commands.argtypes import count, number
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="print a dataset's manifest and its first records")
     show.add_argument("uri", help="dataset URI (file:///..., s3://bucket/prefix or an absolute path)")
-    show.add_argument("-n", "--head", type=int, default=3, help="records to print (default 3)")
+    show.add_argument("-n", "--head", type=count(), default=3, help="records to print (default 3)")
     verify = sub.add_parser("verify", help="stream a dataset and check its content hash against the manifest")
     verify.add_argument("uri")
     copy = sub.add_parser("copy", help="copy a committed dataset to another URI (e.g. local → s3)")
@@ -27,13 +29,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     conv = sub.add_parser("convert", help="dialogues dataset → per-assistant-turn samples + verl GRPO Parquet (train/heldout)")
     conv.add_argument("src", help="a committed dialogs dataset URI")
     conv.add_argument("dst", help="output prefix: writes <dst>/samples (JSONL), <dst>/train and <dst>/heldout (Parquet)")
-    conv.add_argument("--heldout-fraction", type=float, default=0.02, help="share held out, by a hash of the sample id (default 0.02)")
-    conv.add_argument("--round", type=int, default=0, help="round number recorded in the samples' lineage")
+    conv.add_argument("--heldout-fraction", type=number(0, 1, high_open=True, what="a fraction"), default=0.02, help="share held out, by a hash of the sample id (default 0.02)")
+    conv.add_argument("--round", type=count(0, 10**6, "a round number"), default=0, help="round number recorded in the samples' lineage")
     conv.add_argument("--kinds", default="", help="only these turn kinds, comma-separated (call,parallel,clarification,no_tool,summary,text)")
     diff = sub.add_parser("diff", help="compare two sample datasets (e.g. two rounds): added/removed/relabelled")
     diff.add_argument("a", help="the earlier dataset URI")
     diff.add_argument("b", help="the later dataset URI")
-    diff.add_argument("--show", type=int, default=5, metavar="N", help="examples to print per kind (default 5)")
+    diff.add_argument("--show", type=count(), default=5, metavar="N", help="examples to print per kind (default 5)")
     diff.add_argument("--json", action="store_true", help="print the diff as JSON")
 
 
@@ -113,9 +115,23 @@ def run(args: argparse.Namespace) -> int:
         from looptool.shared.conversion import convert_dataset
         from looptool.shared.errors import InputError
 
+        from typing import get_args
+
+        from looptool.shared.loop.manifest import SampleKind
+        from looptool.shared.storage import open_dataset
+
         if not 0 <= args.heldout_fraction < 1:
             raise InputError("--heldout-fraction", f"{args.heldout_fraction} is outside [0, 1)")
-        kinds = [k for k in args.kinds.split(",") if k] or None
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] or None
+        unknown = sorted(set(kinds or ()) - set(get_args(SampleKind)))
+        if unknown:
+            raise InputError("--kinds", f"unknown turn kind(s) {', '.join(unknown)}", f"use some of {','.join(get_args(SampleKind))}")
+        # checked before any writer opens: a wrong source would otherwise fail on its first record
+        src_kind = open_dataset(args.src, s3).manifest.get("kind")
+        if src_kind != "dialogs":
+            raise InputError("src", f"{args.src} holds {src_kind!r} records, not dialogs", "pass a synthesized dialogs dataset")
+        if args.dst.rstrip("/") == args.src.rstrip("/") or args.dst.rstrip("/").startswith(args.src.rstrip("/") + "/"):
+            raise InputError("dst", f"{args.dst} is inside the source dataset {args.src}", "write to another prefix")
         res = convert_dataset(args.src, args.dst, heldout_fraction=args.heldout_fraction, round=args.round, s3=s3, include_kinds=kinds)
         print(json.dumps({"counts": res.counts, "outputs": [o.model_dump() for o in res.outputs()]}))
         return 0

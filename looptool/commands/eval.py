@@ -5,15 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 
+from looptool.commands.argtypes import address, count
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory / checkpoint URI (or model name for openai backends)")
-    p.add_argument("--server", default="", help="use a running inference server at HOST:PORT instead of loading in-process")
+    p.add_argument("--server", type=address, default="", help="use a running inference server at HOST:PORT instead of loading in-process")
     p.add_argument("--bfcl", default="", help="comma-separated BFCL categories, e.g. simple_python,multiple,parallel,irrelevance")
-    p.add_argument("--limit", type=int, default=0, help="entries per BFCL category (0 = all)")
+    p.add_argument("--limit", type=count(), default=0, help="entries per BFCL category (0 = all)")
     p.add_argument("--heldout", default="", help="held-out samples dataset URI")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=count(1), default=256, help="most new tokens per answer (at most limits.max_tokens)")
     p.add_argument("--json", dest="json_out", default="", help="also write the report as JSON to this file")
+
+
+def _check_server(address: str) -> None:
+    """A dead --server is one line now, not a gRPC traceback after the BFCL data has loaded."""
+    import socket
+
+    from looptool.shared.errors import InputError
+    from looptool.shared.grpc_util import wait_healthy
+
+    host, _, port = address.rpartition(":")
+    fix = "start one (looptool serve inference) or fix --server"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        wait_healthy(address, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise InputError("--server", f"no inference server answers at {address} ({getattr(exc, 'strerror', None) or 'not serving'})", fix) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,11 +50,16 @@ def run(args: argparse.Namespace) -> int:
                 bfcl.resolve_category(c)
             except ValueError as exc:
                 raise InputError("--bfcl", str(exc)) from None
+    from looptool.shared.limits import check_int
+
+    check_int("--max-tokens", args.max_tokens, 1, args.cfg.limits.max_tokens, "max_tokens")
     gen: Generator
     if args.server:
         from looptool.services.inference.client import InferenceClient
 
-        gen = InferenceClient(args.server, model=args.model)
+        _check_server(args.server)
+
+        gen = InferenceClient(args.server, model=args.model, security=args.cfg.security)
     else:
         from looptool.services.inference.backends import make_backend
 

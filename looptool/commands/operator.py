@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from looptool.commands.argtypes import port
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settings", default=None, help="operator settings YAML (the chart mounts /etc/looptool/operator/operator.yaml)")
     p.add_argument("-n", "--namespace", action="append", dest="namespaces", default=None,
                    help="watch this namespace (repeatable); default: settings.namespaces, else all namespaces")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = off; default 9100)")
+    p.add_argument("--metrics-port", type=port(), default=None, help="Prometheus /metrics port (0 = off; default 9100)")
     p.add_argument("--api-url", default=None, help="Kubernetes API URL (default: in-cluster config, then kubeconfig)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                    help="kopf liveness endpoint URL for the kubelet probe ('' = off)")

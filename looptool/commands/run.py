@@ -17,6 +17,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", default=None, help="where the report goes (default: <storage-root>/report)")
     p.add_argument("--fresh", action="store_true", help="ignore saved status and start every round from Pending")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--wait", action="store_true",
+        help="when another runner holds a round (its lease), wait for it instead of exiting with code 3",
+    )
 
 
 class _UI:
@@ -54,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `configure` stays cheap for every other sub-command (cli.py).
     from pathlib import Path
 
-    from looptool.runner import LocalServices, StatusStore, drive_round, spec_hash
+    from looptool.runner import LocalServices, StatusStore, drive_round, hold_rounds, preflight_rounds
     from looptool.services.inference.client import InferenceClient
-    from looptool.shared.errors import InputError
-    from looptool.shared.loop.chain import PreviousGate, round_base_uri
+    from looptool.shared.limits import check_round_numbers
+    from looptool.shared.loop.chain import round_base_uri
+    from looptool.shared.loop.lease import LeaseHeld
     from looptool.shared.loop.manifest import ManifestError, load_manifests
-    from looptool.shared.loop.preflight import check_round_models
     from looptool.shared.loop.report import write_report
     from looptool.shared.loop.stages import StageContext
     from looptool.shared.loop.state import Phase
@@ -69,31 +73,29 @@ def run(args: argparse.Namespace) -> int:
         cfg.storage.root = args.storage_root
         cfg.storage.backend = "local"
     try:
-        rounds = load_manifests(args.manifest)
+        rounds = load_manifests(args.manifest, cfg.limits.manifest_bytes)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for i, r in enumerate(rounds):  # numbers over the services' caps: refused here, before anything starts
+        check_round_numbers(r, cfg.limits, f"{args.manifest}[{i}]")
     # One store for the whole file: the first round's (its outputs and every round's saved status).
     base_uri = round_base_uri(rounds[0], cfg)
     statuses = StatusStore(base_uri, cfg.storage.s3)
-    names = {r.name for r in rounds}
-    # A previousRound outside this file must exist in storage and have succeeded (nothing here would
-    # run it: the operator waits, the local runner stops).
-    for r in rounds:
-        prev = r.spec.previousRound
-        if prev and prev not in names:
-            gate = PreviousGate(prev, statuses.load(prev)[0])
-            if not gate.open:
-                raise InputError(
-                    f"{r.name}: spec.previousRound",
-                    f"round {prev!r} {'does not exist' if gate.status is None else 'is ' + gate.status.phase.value}",
-                    "run it first or fix the name",
-                )
-    # The models each unfinished round loads exist (base, judge): checked before any service starts.
-    for r in rounds:
-        st, saved_hash = (None, "") if args.fresh else statuses.load(r.name)
-        if st is None or st.phase != Phase.SUCCEEDED or saved_hash != spec_hash(r):
-            check_round_models(r, cfg, local_paths=True)
+    # Every reference of every round that will run (toolset, datasets, models, previousRound here or
+    # in storage, the store itself, numbers), all problems at once, before anything starts or is written.
+    problems = preflight_rounds(rounds, cfg, statuses, fresh=args.fresh)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {len(problems)} problem(s) in {args.manifest}; nothing was started or written", file=sys.stderr)
+        return 2
+    # One runner per round: a second `looptool run` of these rounds stops here, naming the holder.
+    try:
+        leases = hold_rounds(rounds, statuses, cfg.storage.s3, wait=args.wait)
+    except LeaseHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     if args.fresh:
         for r in rounds:
             statuses.delete(r.name)
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     root = Path(cfg.storage.root).resolve()
     started = time.monotonic()
     results = []
-    with LocalServices(cfg, root / "logs") as services:
+    with leases, LocalServices(cfg, root / "logs") as services:
         print(f"services up: {', '.join(f'{k}@{v}' for k, v in services.addresses.items())}", flush=True)
         for r in rounds:
             previous = None

@@ -12,14 +12,16 @@ import argparse
 import json
 import sys
 
+from looptool.commands.argtypes import count, number
+
 
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="bfcl:<category|doc>, a .json/.jsonl file or directory, mcp+stdio:<command>, or an MCP http(s):// URL")
     p.add_argument("--format", default="auto", choices=["auto", "openai", "bfcl", "toolbench", "mcp-stdio", "mcp-http"])
-    p.add_argument("--limit", type=int, default=0, help="keep at most N tools (0 = all)")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N tools")
+    p.add_argument("--limit", type=count(), default=0, help="keep at most N tools (0 = all)")
+    p.add_argument("--offset", type=count(), default=0, help="skip the first N tools")
     p.add_argument("--names", default="", help="comma-separated tool names to keep")
-    p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for an MCP server")
+    p.add_argument("--timeout", type=number(0, 86400, low_open=True, what="seconds"), default=20.0, help="seconds to wait for an MCP server")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -75,7 +77,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {t.name}({params}): {t.description[:90]}")
         return 0
     names = [n for n in args.names.split(",") if n]
-    report = import_source(args.source, fmt=args.format, limit=args.limit, names=names, offset=args.offset, timeout=args.timeout)
+    report = import_source(args.source, fmt=args.format, limit=args.limit, names=names, offset=args.offset, timeout=args.timeout,
+                           max_bytes=args.cfg.limits.toolset_bytes)
+    dups = [e for e in report.errors if e.code == "DUPLICATE_TOOL"]
+    if args.action == "import" and dups:
+        # which definition a stored toolset holds must not depend on order: refuse, name each one
+        for e in dups:
+            print(f"error: {args.source}: {e.message.replace('; the first definition is kept', '')}; rename or remove one (nothing stored)",
+                  file=sys.stderr)
+        return 1
     _report(report, args.json)
     if args.action == "validate":
         return 1 if report.errors else 0

@@ -311,13 +311,23 @@ def parse_round(obj: Any, source: str = "manifest") -> LoopRound:
         raise ManifestError(_fmt(exc, source)) from None
 
 
-def load_manifests(path: str | Path) -> list[LoopRound]:
-    """Load one LoopRound, a YAML stream of them, or a ``kind: List`` — in chain order."""
-    p = Path(path)
+def load_manifests(path: str | Path, max_bytes: int | None = None) -> list[LoopRound]:
+    """Load one LoopRound, a YAML stream of them, or a ``kind: List`` — in chain order. At most
+    ``max_bytes`` are read (``limits.manifest_bytes``): a huge file is refused before YAML parses it."""
+    from looptool.shared.config import LimitsSettings
+    from looptool.shared.errors import InputError
+    from looptool.shared.limits import read_text_bounded
+
+    cap = LimitsSettings().manifest_bytes if max_bytes is None else max_bytes
     try:
-        docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+        text = read_text_bounded(path, cap, str(path), "manifest_bytes", "manifest")
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except InputError as exc:
+        raise ManifestError(str(exc)) from None
     except FileNotFoundError:
         raise ManifestError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: is a directory; pass a LoopRound YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML") from None
@@ -332,10 +342,16 @@ def load_manifests(path: str | Path) -> list[LoopRound]:
     rounds = [parse_round(obj, f"{path}[{i}]") for i, obj in enumerate(items)]
     names = [r.name for r in rounds]
     for i, r in enumerate(rounds):
-        prev = r.spec.previousRound
-        if prev and prev not in names[:i]:
+        if r.name in names[:i]:  # a second round of one name would overwrite the first one's status
             raise ManifestError(
-                f"{path}[{i}]: field 'spec.previousRound': {prev!r} is not an earlier round in this file"
+                f"{path}[{i}]: field 'metadata.name': {r.name!r} repeats round [{names.index(r.name)}]; give each round its own name"
+            )
+        prev = r.spec.previousRound
+        # A round not in this file may be in storage: ``shared/loop/preflight`` looks there.
+        if prev and prev in names[i:]:
+            raise ManifestError(
+                f"{path}[{i}]: field 'spec.previousRound': {prev!r} is not an earlier round in this file; "
+                "put it before this round"
             )
     return rounds
 
