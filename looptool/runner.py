@@ -9,13 +9,13 @@ a killed run stopped. The operator drives the same stages and chain policy on Ku
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,8 +23,10 @@ from typing import Callable
 from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 from looptool.shared.grpc_util import wait_healthy
 from looptool.shared.logs import get_logger
-from looptool.shared.loop.chain import classify_failure, status_uri
+from looptool.shared.loop.chain import classify_failure
+from looptool.shared.loop.lease import DEFAULT_TTL_S, RoundLease, StatusStore
 from looptool.shared.loop.manifest import LoopRound
+from looptool.shared.loop.preflight import Problem, preflight
 from looptool.shared.loop.stages import StageContext, StageError, run_data_stage, stage_train
 from looptool.shared.loop.state import (
     STAGE_OF,
@@ -37,8 +39,6 @@ from looptool.shared.loop.state import (
     start_stage,
 )
 from looptool.shared.records import Progress, content_key
-from looptool.shared.storage import split_uri
-from looptool.shared.storage.base import NotFound
 
 log = get_logger("looptool.runner")
 
@@ -129,34 +129,40 @@ class LocalServices:
         self.stop()
 
 
-class StatusStore:
-    """Round status persisted (atomically) beside the round's outputs."""
-
-    def __init__(self, base_uri: str, s3=None):
-        self.base_uri, self.s3 = base_uri.rstrip("/"), s3
-
-    def _key(self, name: str):
-        return split_uri(status_uri(self.base_uri, name), self.s3)
-
-    def load(self, name: str) -> tuple[RoundStatus | None, str]:
-        store, key = self._key(name)
-        try:
-            raw = json.loads(store.get_bytes(key))
-        except NotFound:
-            return None, ""
-        return RoundStatus.model_validate(raw["status"]), raw.get("spec_hash", "")
-
-    def save(self, name: str, status: RoundStatus, spec_hash: str) -> None:
-        store, key = self._key(name)
-        store.put_bytes(key, json.dumps({"spec_hash": spec_hash, "status": status.to_k8s()}, indent=1).encode())
-
-    def delete(self, name: str) -> None:
-        store, key = self._key(name)
-        store.delete(key)
-
-
 def spec_hash(r: LoopRound) -> str:
     return content_key(r.spec.model_dump(mode="json"), 16)
+
+
+def preflight_rounds(rounds: list[LoopRound], config: LoopToolConfig, statuses: StatusStore, fresh: bool = False) -> list[Problem]:
+    """Every problem of the rounds that will run (``shared/loop/preflight``), before anything starts
+    or is written; a round already Succeeded with this spec is skipped (unless ``fresh``)."""
+
+    def finished(r: LoopRound) -> bool:
+        if fresh:
+            return False
+        st, saved_hash = statuses.load(r.name)
+        return st is not None and st.phase == Phase.SUCCEEDED and saved_hash == spec_hash(r)
+
+    return preflight(rounds, config, statuses=lambda name: statuses.load(name)[0], skip=finished)
+
+
+def hold_rounds(
+    rounds: list[LoopRound], statuses: StatusStore, s3=None, *, wait: bool = False, ttl_s: float = DEFAULT_TTL_S
+) -> ExitStack:
+    """Take the lease of every round (``shared/loop/lease``): ``LeaseHeld`` names a live holder unless
+    ``wait``. Closing the returned stack releases them. Leases are taken in name order, one order for
+    every runner, so two waiting runners of overlapping files cannot deadlock."""
+    stack = ExitStack()
+    try:
+        for r in sorted(rounds, key=lambda r: r.name):
+            lease = RoundLease.for_round(statuses.base_uri, r.name, s3, ttl_s=ttl_s).acquire(wait=wait)
+            stack.callback(statuses.leases.pop, r.name, None)
+            stack.callback(lease.release)
+            statuses.leases[r.name] = lease
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 ProgressUI = Callable[[str, Progress | None], None]
@@ -169,7 +175,9 @@ def drive_round(
     ui: ProgressUI,
     stop_after: Phase | None = None,
 ) -> RoundStatus:
-    """Drive one round through the state machine, saving status after every stage."""
+    """Drive one round through the state machine, saving status after every stage. Saves are
+    compare-and-swap and renew the round's lease (``statuses.leases``): a runner that lost the lease
+    stops with ``LeaseLost`` / ``StatusConflict`` instead of overwriting the holder's status."""
     status, saved_hash = statuses.load(r.name)
     h = spec_hash(r)
     if status is None or saved_hash != h:

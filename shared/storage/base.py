@@ -14,6 +14,10 @@ class NotFound(StorageError):
     pass
 
 
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object changed (or appeared) since the writer read it."""
+
+
 class ObjectStore(abc.ABC):
     """A flat key → bytes store. Keys use '/' separators. Every put is atomic."""
 
@@ -48,6 +52,17 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, key: str) -> None: ...
+
+    # Compare-and-swap, for the few objects several writers may race on (a round's lease and
+    # status): the tag is an opaque version of the object's content (an S3 ETag, a content hash).
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its tag; NotFound when absent."""
+        raise StorageError(f"{self.uri(key)}: this store does not support conditional writes")
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Write only if the object still has ``tag`` (``None``: only if it does not exist);
+        returns the new tag, or raises PreconditionFailed."""
+        raise StorageError(f"{self.uri(key)}: this store does not support conditional writes")
 
     def delete_prefix(self, prefix: str) -> int:
         n = 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
+from looptool.shared.storage.base import NotFound, ObjectStore, PreconditionFailed, StorageError
 
 
 class LocalStore(ObjectStore):
@@ -68,6 +70,36 @@ class LocalStore(ObjectStore):
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as fh:
             return fh.read()
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """Compare and write under an exclusive ``flock`` of the object's directory: every
+        conditional writer of that directory on this machine (or a shared filesystem with working
+        flock) is serialized; readers need no lock (the write is a rename)."""
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StorageError(f"cannot write {dest.as_uri()} ({exc.strerror or exc}); check the storage root is writable") from exc
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX)
+            try:
+                current: str | None = self.get_tagged(key)[1]
+            except NotFound:
+                current = None
+            if current != tag:
+                raise PreconditionFailed(
+                    f"{dest.as_uri()} " + ("already exists" if tag is None else "changed" if current else "was deleted")
+                    + " since it was read; re-read it"
+                )
+            self.put_bytes(key, data)
+            return hashlib.sha256(data).hexdigest()
+        finally:
+            os.close(dfd)  # releases the flock
 
     def open_read(self, key: str) -> BinaryIO:
         p = self._path(key)

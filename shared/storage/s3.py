@@ -19,7 +19,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 
-from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
+from looptool.shared.storage.base import NotFound, ObjectStore, PreconditionFailed, StorageError
 
 _PART_SIZE = 16 * 1024 * 1024
 _MISSING = ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound", "NoSuchBucket")
@@ -133,6 +133,36 @@ class S3Store(ObjectStore):
         self._call(
             key, lambda: self.client.put_object(self.bucket, key.lstrip("/"), io.BytesIO(data), len(data), part_size=_PART_SIZE)
         )
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        resp = self._call(key, lambda: self.client.get_object(self.bucket, key.lstrip("/")))
+        try:
+            data = resp.read()
+            return data, (resp.headers.get("etag") or "").strip('"')
+        except _NET_ERRORS as exc:
+            raise self._wrap(key, exc) from exc
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
+        """A conditional PUT (``If-None-Match: *`` / ``If-Match: <etag>``; AWS S3, MinIO and
+        SeaweedFS honour them). The SDK's public put_object turns extra headers into user metadata,
+        hence its lower-level ``_put_object``. A store that ignored the header would make this a plain
+        put: the lease then degrades to best effort (heartbeat and expiry still apply)."""
+        self._ensure_bucket()
+        headers = {"If-None-Match": "*"} if tag is None else {"If-Match": f'"{tag}"'}
+        try:
+            result = self.client._put_object(self.bucket, key.lstrip("/"), data, headers=headers)
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise PreconditionFailed(
+                    f"{self.uri(key)} " + ("already exists" if tag is None else "changed") + " since it was read; re-read it"
+                ) from None
+            raise self._wrap(key, exc) from exc
+        except (MinioException, ValueError, *_NET_ERRORS) as exc:
+            raise self._wrap(key, exc) from exc
+        return result.etag
 
     def put_file(self, key: str, path: str) -> None:
         if not os.path.isfile(path):
