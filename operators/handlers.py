@@ -63,7 +63,7 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
     def _hint(body: kopf.Body, logger: kopf.Logger, what: str) -> None:
         meta = body["metadata"]
         try:
-            validate({k: body[k] for k in body})
+            validate({k: body[k] for k in body}, rt.settings.trainer)
         except InvalidSpec as exc:  # the daemon reports it in .status and an Event
             logger.warning("%s: invalid spec: %s", what, exc)
         rt.wake(meta.get("namespace") or "default", meta["name"])

@@ -178,7 +178,7 @@ def training_job(
         "containers": [
             {
                 "name": CONTAINER,
-                "image": res.trainerImage or cfg.image,
+                "image": cfg.trainer_image(res.trainerImage),
                 "imagePullPolicy": cfg.imagePullPolicy,
                 "command": command,
                 "env": env,

@@ -27,7 +27,7 @@ from looptool.operators import jobs as jobs_
 from looptool.operators.executor import StageExecutor
 from looptool.operators.kube import Kube, KubeError
 from looptool.operators.metrics import OperatorMetrics
-from looptool.operators.settings import OperatorSettings
+from looptool.operators.settings import OperatorSettings, TrainerJobSettings
 from looptool.shared.loop.chain import GATE_REASONS, PREVIOUS_FAILED, PreviousGate, classify_failure
 from looptool.shared.loop.manifest import LoopRound, ManifestError, parse_round
 from looptool.shared.loop.state import (
@@ -108,8 +108,9 @@ def parse_status(raw: Any) -> RoundStatus:
             return RoundStatus()
 
 
-def validate(obj: dict[str, Any]) -> LoopRound:
-    """Schema + semantic checks through the pydantic models, plus what only the operator cares about."""
+def validate(obj: dict[str, Any], trainer: TrainerJobSettings | None = None) -> LoopRound:
+    """Schema + semantic checks through the pydantic models, plus what only the operator cares about
+    (``trainer``: the operator's Job settings, whose image allow-list spec.resources.trainerImage must meet)."""
     meta = obj.get("metadata") or {}
     manifest = {
         "apiVersion": obj.get("apiVersion"),
@@ -132,6 +133,8 @@ def validate(obj: dict[str, Any]) -> LoopRound:
             "field 'spec.toolset.file': a relative path means nothing inside the cluster; "
             "use an absolute path in the service image, a file:// or s3:// URI, or toolset.uri / toolset.bfcl"
         )
+    if trainer is not None and (image := trainer.image_problem(spec.resources.trainerImage)):
+        problems.append(image)
     if problems:
         raise InvalidSpec("\n".join(problems))
     return lr
@@ -236,7 +239,7 @@ class RoundReconciler:
             self.rt.metrics.set_accuracy(self.ns, self.name, self.status.accuracy)
             return None
         try:
-            lr = validate(obj)
+            lr = validate(obj, self.rt.settings.trainer)
         except InvalidSpec as exc:
             return await self._invalid(str(exc))
         if self._last_invalid:

@@ -53,7 +53,10 @@ class TrainerJobSettings(BaseModel):
     """How training Jobs are built (cluster-wide defaults; a LoopRound's spec.resources overrides some)."""
 
     model_config = ConfigDict(extra="forbid")
-    image: str = Field("ghcr.io/looptool/looptool:0.1.0", description="trainer image (spec.resources.trainerImage overrides)")
+    image: str = Field("ghcr.io/looptool/looptool:0.1.0", description="trainer image (the default; spec.resources.trainerImage may pick one of allowedImages)")
+    # The Job holds the S3 credentials: letting a LoopRound name any image would hand them to code of
+    # its author's choice. So a round may only pick `image` or one of these exact references.
+    allowedImages: list[str] = Field(default_factory=list, description="other trainer images a LoopRound's spec.resources.trainerImage may name")
     imagePullPolicy: str = "IfNotPresent"
     imagePullSecrets: list[str] = Field(default_factory=list)
     command: list[str] = Field(
@@ -99,6 +102,23 @@ class TrainerJobSettings(BaseModel):
         600, ge=0, description="time between SIGTERM and SIGKILL: the trainer stops at a step boundary and saves a checkpoint"
     )
     workVolume: WorkVolumeSettings = Field(default_factory=WorkVolumeSettings)
+
+    def image_problem(self, requested: str) -> str:
+        """Empty when a round may run ``requested`` (empty = the default image), else one line naming the field."""
+        if not requested or requested == self.image or requested in self.allowedImages:
+            return ""
+        allowed = ", ".join([self.image, *self.allowedImages])
+        return (
+            f"field 'spec.resources.trainerImage': {requested!r} is not an allowed trainer image; "
+            f"use one of: {allowed} (or leave it empty), or ask the cluster admin to add it to training.allowedImages"
+        )
+
+    def trainer_image(self, requested: str) -> str:
+        """The image a round's Job runs; never one outside the allow-list (checked again here, not only in validation)."""
+        problem = self.image_problem(requested)
+        if problem:
+            raise ValueError(problem)
+        return requested or self.image
 
 
 class OperatorSettings(BaseModel):

@@ -27,6 +27,8 @@ from support.waiting import wait_for
 
 LR = ("looptool.io/v1alpha1", "looprounds")
 JOBS = ("batch/v1", "jobs")
+# A trainer image the rounds below pick: the operators they run under allow it (training.allowedImages).
+TRAINER_IMAGE = "registry.example.com/looptool-trainer:1.2"
 
 
 def loopround(name: str, **spec: Any) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def loopround(name: str, **spec: Any) -> dict[str, Any]:
         "resources": {
             "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}],
-            "trainerImage": "registry.example.com/looptool-trainer:1.2",
+            "trainerImage": TRAINER_IMAGE,
         },
     }
     base.update(spec)
@@ -57,6 +59,8 @@ def executor(tmp_path) -> TestStageExecutor:
 
 @contextlib.contextmanager
 def operator(api: FakeKubeApi, executor: TestStageExecutor, **overrides: Any) -> Iterator[KopfRunner]:
+    trainer = overrides.pop("trainer", None) or TrainerJobSettings()
+    overrides["trainer"] = trainer.model_copy(update={"allowedImages": [*trainer.allowedImages, TRAINER_IMAGE]})
     settings = OperatorSettings(
         namespaces=["default"], apiUrl=api.url, metricsPort=0, pollSeconds=1.0, progressSeconds=0.2,
         retryBackoffSeconds=0.05, **overrides,
