@@ -71,6 +71,12 @@ class ServiceEndpoint(Section):
     port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port (local runner)
     metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no metrics endpoint
     workers: int = Field(8, ge=1)
+    # The replicas a data stage spreads its shards over: `host:port` each, or one balanced target
+    # (`dns:///name:port`, e.g. a headless Service) served with round_robin. Empty = `address` only.
+    endpoints: list[str] = Field(default_factory=list)
+    # Records (synthesis: dialogues) per shard. Fixed, never derived from the replica count, so one
+    # replica and N replicas cut the same shards and commit the same merged dataset.
+    shard_size: int = Field(128, ge=1)
 
     @property
     def address(self) -> str:

@@ -43,10 +43,12 @@ class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
             raise ServiceError(f"toolset: {exc}", "INVALID_ARGUMENT") from exc
         if not tools:
             raise ServiceError("toolset: the dataset holds no tools", "INVALID_ARGUMENT")
+        if request.first_index < 0:
+            raise ServiceError("first_index must be >= 0", "INVALID_ARGUMENT")
         cancel = threading.Event()
         context.add_callback(cancel.set)
         for ev in self.synthesis.run(tools, ref, cfg, request.num_dialogues, request.seed, request.output_prefix,
-                                     request.concurrency, request.round, cancel):
+                                     request.concurrency, request.round, cancel, first_index=request.first_index):
             yield synthesis_event_to_pb(ev)
 
 

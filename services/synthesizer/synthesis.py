@@ -62,7 +62,7 @@ class Synthesis:
         return InferenceClient(self.app_cfg.services.inference.address, security=self.app_cfg.security)
 
     def run(self, tools: list[Tool], toolset: DatasetRef, cfg: SynthesisConfig, num_dialogues: int, seed: int,
-            output_prefix: str, concurrency: int, round: int, cancel: threading.Event) -> Iterator[Event]:
+            output_prefix: str, concurrency: int, round: int, cancel: threading.Event, first_index: int = 0) -> Iterator[Event]:
         """``engine.iter_synthesis``'s events until ``cancel`` is set."""
         try:
             agents = make_agents(cfg, self._generator(cfg))
@@ -74,11 +74,13 @@ class Synthesis:
             if not base:
                 raise ServiceError("output_prefix is empty and no storage is configured", "INVALID_ARGUMENT")
             out = f"{base.rstrip('/')}/synthesis/{output_key(toolset.content_hash, num_dialogues, seed, cfg, round)}"
+            out += f"-from-{first_index}" if first_index else ""
         backend = self._backend(cfg)
         try:
             for ev in iter_synthesis(tools, num_dialogues, seed, out, cfg, agents, backend,
                                      concurrency=max(1, concurrency or 1), round=round, s3=self.s3,
-                                     cancel=cancel, meta={"toolset": toolset.uri, "toolset_hash": toolset.content_hash}):
+                                     cancel=cancel, meta={"toolset": toolset.uri, "toolset_hash": toolset.content_hash},
+                                     first_index=first_index):
                 if cancel.is_set():
                     break
                 yield ev

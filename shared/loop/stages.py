@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
@@ -23,7 +24,22 @@ from looptool.shared.evaluation import evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.chain import run_uri
+from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import LoopRound, SynthesisSpec
+from looptool.shared.loop.sharding import (
+    Shard,
+    ShardedGenerator,
+    ShardingError,
+    dispatch,
+    merge_datasets,
+    open_channel,
+    plan_shards,
+    shard_uri,
+    split_dataset,
+    sum_counts,
+    user_text_key,
+    weighted_metrics,
+)
 from looptool.shared.loop.state import STAGE_OF, Phase, RoundStatus, StageStatus
 from looptool.shared.noise import LOOP_COUNTS, inject_label_noise, label_noise_state, loop_noise_summary
 from looptool.shared.proto_convert import (
@@ -57,6 +73,9 @@ from looptool.v1 import (
 )
 
 ProgressFn = Callable[[Progress], None]
+log = get_logger("looptool.stages")
+# Requests per shard of one evaluation batch (``evaluation.BATCH`` = 16): spread over up to 4 replicas.
+EVAL_SHARD = 4
 
 
 class GeneratorFactory(Protocol):
@@ -85,10 +104,30 @@ class StageContext:
     previous: RoundStatus | None = None
     rpc_timeout_s: float = 6 * 3600
     item_errors: list[ErrorInfo] = field(default_factory=list)
+    # service name → the replicas its data stage shards over (``services.<name>.endpoints``);
+    # a service not named here: its one address above
+    endpoints: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def spec(self):
         return self.round.spec
+
+    def targets(self, service: str) -> list[str]:
+        """Where ``service``'s shards run: its endpoint list, else its one address."""
+        eps = [e.strip() for e in self.endpoints.get(service, []) if e.strip()]
+        for e in eps:
+            if e.split(":", 1)[0] not in ("dns", "ipv4", "ipv6") and not e.rpartition(":")[2].isdigit():
+                raise StageError("InvalidConfig", f"services.{service}.endpoints: {e!r} is not host:port or "
+                                 "dns:///name:port; fix that entry")
+        if eps:
+            return eps
+        if service not in self.addresses:
+            raise StageError("ServiceUnavailable", f"no address configured for the {service} service")
+        return [self.addresses[service]]
+
+    def shard_size(self, service: str) -> int:
+        ep = getattr(self.config.services, service, None)
+        return ep.shard_size if ep is not None else type(self.config.services.inference).model_fields["shard_size"].default
 
     def out(self, name: str) -> str:
         return run_uri(self.base_uri, self.round.name, name)
@@ -147,6 +186,89 @@ def existing(ctx: StageContext, uri: str) -> DatasetRef | None:
     return None
 
 
+# ----------------------------------------------------------------------------- sharding
+
+
+def _drain(stream: Iterable[Any], stage: str, report: Callable[[int], None], ctx: StageContext) -> StageResult:
+    """One shard's event stream (StageEvent or SynthesisEvent): progress to ``report``, per-item
+    errors to ``ctx``, the result returned. RPC errors propagate: the dispatcher classifies them."""
+    result: StageResult | None = None
+    for ev in stream:
+        which = ev.WhichOneof("event")
+        if which == "progress":
+            report(progress_from_pb(ev.progress).done)
+        elif which == "error":
+            ctx.item_errors.append(error_from_pb(ev.error))
+        elif which == "result":
+            result = result_from_pb(ev.result)
+    if result is None or not result.outputs:
+        raise StageError(f"{stage.capitalize()}Failed", f"{stage} service ended a shard without a result")
+    return result
+
+
+def run_shards(
+    ctx: StageContext,
+    st: StageStatus,
+    stage: str,
+    service: str,
+    shards: list[Shard],
+    call: Callable[[grpc.Channel, Shard], Iterable[Any]],
+    on_progress: ProgressFn,
+) -> list[StageResult]:
+    """``call(channel, shard)`` (the shard's server-streaming RPC) for every shard, spread over the
+    service's replicas (``sharding.dispatch``); the per-shard results in shard order. Records the
+    replicas, shards, retries and dead replicas in the stage's status."""
+    targets = ctx.targets(service)
+    channels: dict[str, grpc.Channel] = {}
+    lock = threading.Lock()
+
+    def run(target: str, shard: Shard, report: Callable[[int], None]) -> StageResult:
+        with lock:
+            if target not in channels:
+                channels[target] = open_channel(target, ctx.config.security)
+            ch = channels[target]
+        return _drain(call(ch, shard), stage, report, ctx)
+
+    try:
+        rep = dispatch(stage, shards, targets, run, on_progress=on_progress)
+    except ShardingError as exc:
+        raise StageError(exc.reason, exc.message) from None
+    finally:
+        for ch in channels.values():
+            ch.close()
+    st.counts.update(replicas=len(targets), replicas_dead=len(rep.dead), shards=len(shards), shard_retries=rep.retries)
+    log.info("shards done", extra={"stage": stage, "served": rep.served, "retries": rep.retries})
+    if rep.dead:
+        st.message = "dead replicas: " + "; ".join(f"{t} ({why})" for t, why in rep.dead.items())
+        log.warning("stage finished without some replicas", extra={"stage": stage, "dead": rep.dead})
+    return rep.results
+
+
+def _merged(ctx: StageContext, st: StageStatus, results: list[StageResult], out: str, kind: str,
+            key: Callable[[dict[str, Any]], Iterable[str]], meta: dict[str, Any]) -> DatasetRef:
+    """The shard outputs as the stage's dataset at ``out``; counts summed, metrics weighted."""
+    parts = [r.outputs[0] for r in results]
+    counts = sum_counts(r.counts for r in results)
+    ref, dropped = merge_datasets(parts, out, key=key, kind=kind, meta={**meta, "counts": counts}, s3=ctx.config.storage.s3)
+    st.counts.update(counts)
+    st.counts["merge_duplicates"] = dropped
+    st.metrics.update(weighted_metrics([r.metrics for r in results], [p.record_count for p in parts]))
+    return ref
+
+
+def _split(ctx: StageContext, source: DatasetRef, out: str, service: str) -> tuple[list[Shard], list[DatasetRef]]:
+    """``source`` in shards of ``services.<service>.shard_size`` records, each its own dataset under
+    ``out`` (an empty source: one empty shard, so the service reports on it as before)."""
+    total = len(open_dataset(source, ctx.config.storage.s3))
+    shards = plan_shards(total, ctx.shard_size(service)) or [Shard(0, 0, 0)]
+    try:
+        refs = split_dataset(source, shards, lambda s: shard_uri(out, "in", s, key_of(source.content_hash, s.start, s.stop)),
+                             ctx.config.storage.s3)
+    except ShardingError as exc:
+        raise StageError(exc.reason, exc.message) from None
+    return shards, refs
+
+
 # ----------------------------------------------------------------------------- toolset
 
 
@@ -201,25 +323,34 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
 
     # Fresh dialogues: the seed depends on the round so chained rounds get new data.
     seed = spec.seed * 1000 + ctx.spec.round
-    syn_key = key_of(tool_key, spec, seed)
+    # Dialogue i is a function of (seed, i); shards are index ranges, deduplicated within themselves
+    # and by dialogue id at merge, so the shard size (not the replica count) shapes the output.
+    size = ctx.shard_size("synthesizer")
+    syn_key = key_of(tool_key, spec, seed, {"shard_size": size})
     if spec.numDialogues > 0:
-        done = existing(ctx, ctx.out(f"dialogs-{syn_key}"))
+        out = ctx.out(f"dialogs-{syn_key}")
+        done = existing(ctx, out)
         if done is not None:
             st.outputs["dialogs"] = done
         else:
-            req = synthesizer_pb2.SynthesizeRequest(
-                toolset=dataset_to_pb(toolset_ref),
-                num_dialogues=spec.numDialogues,
-                concurrency=spec.concurrency,
-                seed=seed,
-                output_prefix=ctx.out(f"dialogs-{syn_key}"),
-                config_json=synthesis_config_json(spec),
-                round=ctx.spec.round,
-            )
-            with ctx.channel("synthesizer") as ch:
-                stub = synthesizer_pb2_grpc.DialogueSynthesizerStub(ch)
-                result = _consume_synthesis(stub.Synthesize(req, timeout=ctx.rpc_timeout_s), on_progress, ctx)
-            _record(st, result, ["dialogs"])
+            def synthesize(ch: grpc.Channel, shard: Shard) -> Iterable[Any]:
+                req = synthesizer_pb2.SynthesizeRequest(
+                    toolset=dataset_to_pb(toolset_ref),
+                    num_dialogues=shard.size,
+                    first_index=shard.start,
+                    concurrency=spec.concurrency,
+                    seed=seed,
+                    output_prefix=shard_uri(out, "out", shard, key_of(syn_key, shard.start, shard.stop)),
+                    config_json=synthesis_config_json(spec),
+                    round=ctx.spec.round,
+                )
+                return synthesizer_pb2_grpc.DialogueSynthesizerStub(ch).Synthesize(req, timeout=ctx.rpc_timeout_s)
+
+            shards = plan_shards(spec.numDialogues, size)
+            results = run_shards(ctx, st, "synthesize", "synthesizer", shards, synthesize, on_progress)
+            meta = {"stage": "synthesize", "seed": seed, "num_dialogues": spec.numDialogues, "shard_size": size,
+                    "toolset": toolset_ref.uri, "round": ctx.spec.round}
+            st.outputs["dialogs"] = _merged(ctx, st, results, out, "dialogs", lambda r: [r.get("id", "")], meta)
         dialogs = list(open_dataset(_ref(st, "dialogs"), ctx.config.storage.s3).iter(Dialog))
         # at="": no wall-clock stamp, so re-runs produce byte-identical samples.
         samples = list(dialogs_to_samples(dialogs, round=ctx.spec.round, at="", include_kinds=spec.sampleKinds))
@@ -272,24 +403,6 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
     st.counts["train_samples"] = len(parts)
     st.counts["heldout_samples"] = heldout_ref.record_count
     st.done = st.total = len(parts)
-
-
-def _consume_synthesis(stream, on_progress: ProgressFn, ctx: StageContext) -> StageResult:
-    result = None
-    try:
-        for ev in stream:
-            which = ev.WhichOneof("event")
-            if which == "progress":
-                on_progress(progress_from_pb(ev.progress))
-            elif which == "error":
-                ctx.item_errors.append(error_from_pb(ev.error))
-            elif which == "result":
-                result = result_from_pb(ev.result)
-    except grpc.RpcError as exc:
-        raise StageError("SynthesisFailed", f"synthesizer service: {exc.code().name}: {exc.details()}") from None
-    if result is None:
-        raise StageError("SynthesisFailed", "synthesizer ended without a result")
-    return result
 
 
 # ----------------------------------------------------------------------------- training
@@ -366,49 +479,63 @@ def stage_probe(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn)
     st = status.stage("probe")
     train = _ref(status.stage("synthesize"), "train")
     spec = ctx.spec.probe
-    key = key_of(train.content_hash, status.checkpointUri, spec)
-    done = existing(ctx, ctx.out(f"probe-{key}"))
+    key = key_of(train.content_hash, status.checkpointUri, spec, {"shard_size": ctx.shard_size("inference")})
+    out = ctx.out(f"probe-{key}")
+    done = existing(ctx, out)
     if done is not None:
         st.outputs["probe_results"] = done
         return
-    req = inference_pb2.ProbeRequest(
-        dataset=dataset_to_pb(train),
-        output_prefix=ctx.out(f"probe-{key}"),
-        k=spec.k,
-        temperature=spec.temperature,
-        max_tokens=spec.maxTokens,
-        config_json=spec.model_dump_json(),
-        round=ctx.spec.round,
-        model_uri=status.checkpointUri,
-    )
-    with ctx.channel("inference") as ch:
-        stub = inference_pb2_grpc.InferenceServiceStub(ch)
-        result = consume(stub.Probe(req, timeout=ctx.rpc_timeout_s), "probe", on_progress, ctx)
-    _record(st, result, ["probe_results"])
+    shards, inputs = _split(ctx, train, out, "inference")
+
+    def probe(ch: grpc.Channel, shard: Shard) -> Iterable[Any]:
+        part = inputs[shard.index]
+        req = inference_pb2.ProbeRequest(
+            dataset=dataset_to_pb(part),
+            output_prefix=shard_uri(out, "out", shard, key_of(part.content_hash)),
+            k=spec.k,
+            temperature=spec.temperature,
+            max_tokens=spec.maxTokens,
+            config_json=spec.model_dump_json(),
+            round=ctx.spec.round,
+            model_uri=status.checkpointUri,
+        )
+        return inference_pb2_grpc.InferenceServiceStub(ch).Probe(req, timeout=ctx.rpc_timeout_s)
+
+    results = run_shards(ctx, st, "probe", "inference", shards, probe, on_progress)
+    meta = {"stage": "probe", "round": ctx.spec.round, "source": train.uri, "shards": len(shards)}
+    st.outputs["probe_results"] = _merged(ctx, st, results, out, "probe_results",
+                                          lambda r: [r.get("sample", {}).get("id", "")], meta)
 
 
 def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
     st = status.stage("judge")
     probe = _ref(status.stage("probe"), "probe_results")
     spec = ctx.spec.judge
-    key = key_of(probe.content_hash, spec)
-    done = existing(ctx, ctx.out(f"judge-{key}"))
+    service = "judge" if ("judge" in ctx.addresses or ctx.endpoints.get("judge")) else "inference"
+    key = key_of(probe.content_hash, spec, {"shard_size": ctx.shard_size(service)})
+    out = ctx.out(f"judge-{key}")
+    done = existing(ctx, out)
     if done is not None:
         st.outputs["verdicts"] = done
         return
-    req = inference_pb2.JudgeRequest(
-        probe_results=dataset_to_pb(probe),
-        output_prefix=ctx.out(f"judge-{key}"),
-        votes=spec.votes,
-        config_json=spec.model_dump_json(),
-        round=ctx.spec.round,
-        policy_model=status.checkpointUri,  # the probed checkpoint draws the sampled candidates
-    )
-    address = "judge" if "judge" in ctx.addresses else "inference"
-    with ctx.channel(address) as ch:
-        stub = inference_pb2_grpc.InferenceServiceStub(ch)
-        result = consume(stub.Judge(req, timeout=ctx.rpc_timeout_s), "judge", on_progress, ctx)
-    _record(st, result, ["verdicts"])
+    shards, inputs = _split(ctx, probe, out, service)
+
+    def judge(ch: grpc.Channel, shard: Shard) -> Iterable[Any]:
+        part = inputs[shard.index]
+        req = inference_pb2.JudgeRequest(
+            probe_results=dataset_to_pb(part),
+            output_prefix=shard_uri(out, "out", shard, key_of(part.content_hash)),
+            votes=spec.votes,
+            config_json=spec.model_dump_json(),
+            round=ctx.spec.round,
+            policy_model=status.checkpointUri,  # the probed checkpoint draws the sampled candidates
+        )
+        return inference_pb2_grpc.InferenceServiceStub(ch).Judge(req, timeout=ctx.rpc_timeout_s)
+
+    results = run_shards(ctx, st, "judge", service, shards, judge, on_progress)
+    meta = {"stage": "judge", "round": ctx.spec.round, "source": probe.uri, "shards": len(shards)}
+    st.outputs["verdicts"] = _merged(ctx, st, results, out, "verdicts",
+                                     lambda r: [r.get("probe", {}).get("sample", {}).get("id", "")], meta)
 
 
 def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
@@ -417,25 +544,35 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
     probe = _ref(status.stage("probe"), "probe_results")
     train = _ref(status.stage("synthesize"), "train")
     spec = ctx.spec.expand
-    key = key_of(verdicts.content_hash, train.content_hash, spec)
-    done = existing(ctx, ctx.out(f"expand-{key}"))
+    key = key_of(verdicts.content_hash, train.content_hash, spec, {"shard_size": ctx.shard_size("expander")})
+    out = ctx.out(f"expand-{key}")
+    done = existing(ctx, out)
     if done is not None:
         st.outputs["expansions"] = done
     else:
-        req = expander_pb2.ExpandRequest(
-            verdicts=dataset_to_pb(verdicts),
-            corpus=dataset_to_pb(train),
-            output_prefix=ctx.out(f"expand-{key}"),
-            factor=spec.factor,
-            seed=spec.seed * 1000 + ctx.spec.round,
-            # The mastered filter probes the checkpoint trained this round.
-            config_json=json.dumps({**spec.model_dump(mode="json"), "probeModel": status.checkpointUri}),
-            round=ctx.spec.round,
-        )
-        with ctx.channel("expander") as ch:
-            stub = expander_pb2_grpc.ExpanderStub(ch)
-            result = consume(stub.Expand(req, timeout=ctx.rpc_timeout_s), "expand", on_progress, ctx)
-        _record(st, result, ["expansions"])
+        # Verdicts are sharded, the corpus (the dedup base) is not; a new sample two shards both
+        # wrote (same id or same user request) is kept once, from the earlier shard, at merge.
+        shards, inputs = _split(ctx, verdicts, out, "expander")
+
+        def expand(ch: grpc.Channel, shard: Shard) -> Iterable[Any]:
+            part = inputs[shard.index]
+            req = expander_pb2.ExpandRequest(
+                verdicts=dataset_to_pb(part),
+                corpus=dataset_to_pb(train),
+                output_prefix=shard_uri(out, "out", shard, key_of(part.content_hash)),
+                factor=spec.factor,
+                seed=spec.seed * 1000 + ctx.spec.round,
+                # The mastered filter probes the checkpoint trained this round.
+                config_json=json.dumps({**spec.model_dump(mode="json"), "probeModel": status.checkpointUri}),
+                round=ctx.spec.round,
+            )
+            return expander_pb2_grpc.ExpanderStub(ch).Expand(req, timeout=ctx.rpc_timeout_s)
+
+        results = run_shards(ctx, st, "expand", "expander", shards, expand, on_progress)
+        meta = {"stage": "expand", "round": ctx.spec.round, "factor": spec.factor, "source": verdicts.uri,
+                "shards": len(shards)}
+        st.outputs["expansions"] = _merged(ctx, st, results, out, "samples",
+                                           lambda r: [r.get("id", ""), user_text_key(r)], meta)
     expansions = _ref(st, "expansions")
     next_key = key_of(probe.content_hash, verdicts.content_hash, expansions.content_hash, ctx.spec.compose)
     next_ref = existing(ctx, ctx.out(f"next-{next_key}"))
@@ -462,10 +599,27 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     st = status.stage("evaluate")
     spec = ctx.spec.eval
     heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
-    gen = ctx.generator(
-        ctx.addresses["inference"], model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security
+    targets = ctx.targets("inference")
+    gen = ShardedGenerator(
+        "evaluate", targets,
+        lambda t: ctx.generator(t, model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
     )
-    report = evaluate(
+    try:
+        report = _evaluate(ctx, gen, heldout, on_progress)
+    except ShardingError as exc:
+        raise StageError(exc.reason, exc.message) from None
+    finally:
+        gen.close()
+    st.counts.update(replicas=len(targets), replicas_dead=len(gen.dead))
+    if gen.dead:
+        st.message = "dead replicas: " + "; ".join(f"{t} ({why})" for t, why in gen.dead.items())
+    status.accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
+    _evaluate_tail(ctx, status, st, report)
+
+
+def _evaluate(ctx: StageContext, gen: ShardedGenerator, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
+    spec = ctx.spec.eval
+    return evaluate(
         gen,
         heldout=heldout,
         bfcl_categories=spec.bfclCategories,
@@ -475,7 +629,9 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
         on_progress=on_progress,
         bfcl_functions=[t.name for t in resolve_toolset(ctx)] if ctx.spec.toolset.bfcl else None,
     )
-    status.accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
+
+
+def _evaluate_tail(ctx: StageContext, status: RoundStatus, st: StageStatus, report: Any) -> None:
     st.metrics.update({f"accuracy_{k}": v for k, v in report.accuracy.items()})
     st.counts.update({f"n_{k}": v for k, v in report.counts.items()})
     verdicts = status.stage("judge").outputs.get("verdicts")
