@@ -32,8 +32,9 @@ import grpc
 
 from looptool.shared.grpc_util import CHANNEL_OPTIONS, channel
 from looptool.shared.logs import get_logger
-from looptool.shared.records import DatasetRef, Progress
+from looptool.shared.records import DatasetRef, Progress, text_key
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
+from looptool.shared.textnorm import normalize_text
 
 log = get_logger("looptool.sharding")
 
@@ -104,12 +105,15 @@ def target_slots(target: str) -> int:
     return max(1, len({info[4][0] for info in infos}))
 
 
-def open_channel(target: str) -> grpc.Channel:
+def open_channel(target: str, security: Any = None) -> grpc.Channel:
     """A client channel: ``round_robin`` over a balanced target's addresses (the default policy,
-    pick_first, would pin every RPC to one pod), else the services' usual channel."""
-    if is_balanced(target):
+    pick_first, would pin every RPC to one pod), else the services' usual channel. With TLS or a
+    token configured a balanced target gets the usual channel (its options are not ours to add)."""
+    secured = security is not None and any(
+        getattr(security, f, "") for f in ("tls_ca_file", "tls_cert_file", "token_file"))
+    if is_balanced(target) and not secured:
         return grpc.insecure_channel(target, options=[*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")])
-    return channel(target)
+    return channel(target, security) if security is not None else channel(target)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -298,6 +302,10 @@ def split_dataset(source: DatasetRef, shards: Sequence[Shard], uri_of: Callable[
             writer.write(rec)
         if writer is not None and cur is not None:
             refs[cur.index] = writer.commit()
+        for s in todo:  # an empty input's one shard: an empty dataset, so the service still runs
+            if s.size == 0 and s.index not in refs:
+                refs[s.index] = writer_for_uri(uri_of(s), s3, kind=kind, fmt=fmt,
+                                               meta={"source": source.uri, "shard": [s.start, s.stop]}).commit()
     missing = [s.index for s in shards if s.index not in refs]
     if missing:
         raise ShardingError("MissingInput", f"{source.uri} has fewer records than planned (shards {missing} empty); "
@@ -353,3 +361,50 @@ def weighted_metrics(metrics: Sequence[dict[str, float]], weights: Sequence[int]
         total = sum(w for _, w in pairs)
         out[k] = sum(v * w for v, w in pairs) / total if total else (sum(v for v, _ in pairs) / len(pairs) if pairs else 0.0)
     return out
+
+
+def user_text_key(record: dict[str, Any]) -> str:
+    """A sample record's user turns, normalised (the expander's dedup key, ``expand.user_text_key``,
+    on a stored record): near-identical requests from two shards merge as one."""
+    users = [normalize_text(m.get("content", "")) for m in record.get("context", []) if m.get("role") == "user"]
+    text = " | ".join(users)
+    return text_key(text, 24) if text.strip(" |") else ""
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class ShardedGenerator:
+    """A ``Generator`` over every replica: each ``generate`` call's requests in shards of
+    ``shard_size``, run concurrently by ``dispatch``, results in request order. A replica found dead
+    is left out of later calls (``dead`` says which and why)."""
+
+    def __init__(self, stage: str, targets: Sequence[str], make: Callable[[str], Any], shard_size: int):
+        self.stage, self.targets, self.make, self.shard_size = stage, list(targets), make, shard_size
+        self.dead: dict[str, str] = {}
+        self.served = {t: 0 for t in self.targets}
+        self._gens: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _gen(self, target: str) -> Any:
+        with self._lock:
+            if target not in self._gens:
+                self._gens[target] = self.make(target)
+            return self._gens[target]
+
+    def generate(self, requests: list[Any]) -> list[Any]:
+        if not requests:
+            return []
+        live = [t for t in self.targets if t not in self.dead] or self.targets  # all dead: say so once more
+        shards = plan_shards(len(requests), self.shard_size)
+        report = dispatch(self.stage, shards, live, lambda t, s, _report: self._gen(t).generate(requests[s.start:s.stop]))
+        self.dead.update(report.dead)
+        for t, n in report.served.items():
+            self.served[t] = self.served.get(t, 0) + n
+        return [r for part in report.results for r in part]
+
+    def close(self) -> None:
+        for g in self._gens.values():
+            close = getattr(g, "close", None)
+            if callable(close):
+                close()
