@@ -63,11 +63,20 @@ class ServiceExecutor:
             out["judge"] = svc.judge.address
         return out
 
+    def _endpoints(self) -> dict[str, list[str]]:
+        """Each service's replicas as configured (``services.<name>.endpoints``): stages shard over them."""
+        svc = self.config.services
+        eps = {name: list(getattr(svc, name).endpoints) for name in SERVICE_NAMES if getattr(svc, name).endpoints}
+        if svc.judge is not None and svc.judge.endpoints:
+            eps["judge"] = list(svc.judge.endpoints)
+        return eps
+
     def _ctx(self, round: LoopRound, previous: RoundStatus | None) -> stages.StageContext:
         return stages.StageContext(
             round=round,
             config=self.config,
             addresses=self._addresses(),
+            endpoints=self._endpoints(),
             base_uri=round_base_uri(round, self.config),
             generator=InferenceClient,
             previous=previous,
