@@ -15,6 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", help="print a dataset's manifest and its first records")
     show.add_argument("uri", help="dataset URI (file:///..., s3://bucket/prefix or an absolute path)")
     show.add_argument("-n", "--head", type=count(), default=3, help="records to print (default 3)")
+    show.add_argument("--no-verify", action="store_true", help="skip checking every part's hash (reads the whole dataset)")
     verify = sub.add_parser("verify", help="stream a dataset and check its content hash against the manifest")
     verify.add_argument("uri")
     copy = sub.add_parser("copy", help="copy a committed dataset to another URI (e.g. local → s3)")
@@ -51,10 +52,21 @@ def run(args: argparse.Namespace) -> int:
 
     s3 = args.cfg.storage.s3
     if args.action == "show":
-        ds = open_dataset(args.uri, s3)
+        from looptool.shared.storage import DatasetCorrupt
+
+        try:
+            ds = open_dataset(args.uri, s3)
+        except DatasetCorrupt as exc:  # an inconsistent manifest: nothing trustworthy to show
+            print(f"warning: {exc}", file=sys.stderr)
+            return 1
         print(json.dumps({k: v for k, v in ds.manifest.items() if k != "parts"} | {"parts": len(ds.manifest["parts"])}, indent=1))
-        for rec in itertools.islice(ds.iter_dicts(), args.head):
-            print(json.dumps(rec, ensure_ascii=False)[:2000])
+        try:
+            for rec in itertools.islice(ds.iter_dicts(), args.head):  # verified part by part
+                print(json.dumps(rec, ensure_ascii=False)[:2000])
+            if not args.no_verify:
+                ds.verify()  # the parts the head did not reach, and the content hash
+        except DatasetCorrupt as exc:
+            print(f"warning: {exc}", file=sys.stderr)
         return 0
     if args.action == "verify":
         ds = open_dataset(args.uri, s3)
@@ -66,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         fmt = args.format or src.manifest["format"]
         w = writer_for_uri(args.dst, s3, kind=src.manifest["kind"], fmt=fmt, meta=src.manifest.get("meta", {}))
         try:
+            # iter_dicts verifies each source part before yielding it, and the source's content
+            # hash after its last part: a damaged source raises here, before the commit.
             w.write_many(src.iter_dicts())
             ref = w.commit()
         except BaseException:

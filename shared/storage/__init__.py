@@ -9,6 +9,7 @@ from looptool.shared.records import DatasetRef
 from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
 from looptool.shared.storage.datasets import (
     Dataset,
+    DatasetCorrupt,
     DatasetWriter,
     RecordHasher,
     dataset_exists,
@@ -81,6 +82,7 @@ if False:  # pragma: no cover - typing only
 
 __all__ = [
     "Dataset",
+    "DatasetCorrupt",
     "DatasetWriter",
     "LocalStore",
     "NotFound",

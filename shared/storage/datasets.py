@@ -31,12 +31,13 @@ import logging
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator, TypeVar, cast
+from typing import Any, Iterable, Iterator, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from looptool.shared import jsoncodec
 from looptool.shared.records import DatasetRef, utcnow
 from looptool.shared.storage.base import NotFound, ObjectStore, StorageError
 
@@ -58,26 +59,31 @@ def _to_dict(record: BaseModel | dict[str, Any]) -> dict[str, Any]:
     raise StorageError(f"dataset records must be pydantic models or dicts, got {type(record).__name__}")
 
 
-# Same settings as records.canonical_json (sorted keys, no whitespace, UTF-8 kept); one prebuilt
-# encoder/decoder avoids rebuilding them per record on the hot path.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_DECODE = json.JSONDecoder().decode
-
-
 def canonical_line(record: dict[str, Any]) -> bytes:
     """The record as one canonical JSON line (the unit of the content hash)."""
     try:
-        return (_ENCODER.encode(record) + "\n").encode("utf-8")
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        return jsoncodec.dumps(record) + b"\n"
+    except jsoncodec.EncodeErrors as exc:
         raise StorageError(f"record is not JSON data ({exc}); store JSON-compatible values with string keys") from None
 
 
 def canonical_lines(records: list[dict[str, Any]]) -> bytes:
     """Canonical lines of many records, concatenated (what a JSONL part holds and the hash reads)."""
     try:
-        return ("\n".join(map(_ENCODER.encode, records)) + "\n").encode("utf-8") if records else b""
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        return jsoncodec.dumps_lines(records)
+    except jsoncodec.EncodeErrors as exc:
         raise StorageError(f"record is not JSON data ({exc}); store JSON-compatible values with string keys") from None
+
+
+class DatasetCorrupt(StorageError):
+    """A committed dataset's bytes do not match its manifest (a part altered, lost or replaced, or
+    the manifest edited). ``uri`` names the dataset, ``part`` the part (or the manifest)."""
+
+    def __init__(self, uri: str, part: str, problem: str):
+        self.uri, self.part, self.problem = uri, part, problem
+        super().__init__(
+            f"dataset {uri} is corrupt: {part} {problem}; re-run the stage that wrote it: delete {uri} and run it again"
+        )
 
 
 @dataclass
@@ -111,18 +117,18 @@ class RecordHasher:
 
 
 def _encode_parquet(rows: list[dict[str, Any]], lines: bytes) -> bytes:
-    texts = lines.decode("utf-8").split("\n")[:-1]
     try:
         table = pa.Table.from_pylist(rows)
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
         back = pq.read_table(pa.BufferReader(data)).to_pylist()
-        if len(back) == len(texts) and all(_ENCODER.encode(b) == t for b, t in zip(back, texts)):
+        if len(back) == len(rows) and jsoncodec.dumps_lines(back) == lines:
             return data
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         pass
     # Irregular records: one canonical JSON string per row (still Parquet, still exact).
+    texts = lines.decode("utf-8").split("\n")[:-1]
     column = pa.array(texts, type=pa.large_string())
     table = pa.table({PARQUET_JSON_COLUMN: column}).replace_schema_metadata({PARQUET_ENCODING_KEY: b"json"})
     buf = io.BytesIO()
@@ -147,28 +153,51 @@ def _format_of(key: str, default: str) -> str:
     return default
 
 
-def _read_part(store: ObjectStore, key: str, fmt: str) -> Iterator[dict[str, Any]]:
-    """Stream one part's records (a JSONL part line by line, a Parquet part batch by batch)."""
-    fmt = _format_of(key, fmt)
+def _fetch_part(store: ObjectStore, key: str, fmt: str) -> tuple[bytes, list[dict[str, Any]] | None]:
+    """One part's canonical lines (what its hash covers), and its records when getting the lines
+    meant decoding them (native Parquet columns). A part is fetched whole, one part at a time, so
+    that its bytes are checked before any of its records is used."""
     with store.open_read(key) as raw:
-        try:
-            if fmt == "jsonl":
-                reader = io.BufferedReader(cast(io.RawIOBase, raw), 1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
-                for line in io.TextIOWrapper(reader, encoding="utf-8"):
-                    if len(line) > 1 or line.strip():
-                        yield _DECODE(line)
-                return
-            source: BinaryIO | pa.BufferReader = raw if raw.seekable() else pa.BufferReader(raw.read())
-            pf = pq.ParquetFile(source)
-            as_json = (pf.schema_arrow.metadata or {}).get(PARQUET_ENCODING_KEY) == b"json"
-            for batch in pf.iter_batches(batch_size=4096):
-                if as_json:
-                    for text in batch.column(0).to_pylist():
-                        yield _DECODE(text)
-                else:
-                    yield from batch.to_pylist()
-        except (json.JSONDecodeError, UnicodeDecodeError, pa.ArrowException) as exc:
-            raise StorageError(f"{store.uri(key)} is corrupt ({exc.__class__.__name__}: {exc}); rewrite the dataset") from None
+        data = raw.read()
+    if _format_of(key, fmt) == "jsonl":
+        return data, None
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    table = pf.read()
+    if (pf.schema_arrow.metadata or {}).get(PARQUET_ENCODING_KEY) == b"json":
+        texts = table.column(0).to_pylist()
+        return ("\n".join(texts) + "\n").encode("utf-8") if texts else b"", None
+    rows = table.to_pylist()
+    return canonical_lines(rows), rows
+
+
+def _decode(lines: bytes) -> Iterator[dict[str, Any]]:
+    return jsoncodec.iter_lines(lines)
+
+
+def _checked_part(
+    store: ObjectStore, key: str, fmt: str, sha256: str, records: int | None
+) -> tuple[bytes, list[dict[str, Any]] | None] | str:
+    """Fetch a part and check it: its canonical lines hash to ``sha256`` (or start with it: the
+    short hash in a part's name) and hold ``records`` records. Returns the lines and decoded rows
+    (``None``: decode the lines), or what is wrong, as a phrase."""
+    try:
+        lines, rows = _fetch_part(store, key, fmt)
+        digest = hashlib.sha256(lines).hexdigest()
+        if not digest.startswith(sha256) and rows is None:
+            # The same records written as other (non-canonical) JSON lines still verify.
+            rows = list(_decode(lines))
+            lines = canonical_lines(rows)
+            digest = hashlib.sha256(lines).hexdigest()
+    except (pa.ArrowException, StorageError, *jsoncodec.DecodeErrors) as exc:
+        if isinstance(exc, NotFound):
+            return "is missing"
+        return f"is unreadable ({exc.__class__.__name__}: {exc})"
+    if not digest.startswith(sha256):
+        return f"has content hash {digest[:12]}…, the manifest says {sha256[:12]}…"
+    count = len(rows) if rows is not None else lines.count(b"\n")
+    if records is not None and count != records:
+        return f"holds {count} records, the manifest says {records}"
+    return lines, rows
 
 
 def _check_prefix(store: ObjectStore, prefix: str) -> str:
@@ -246,19 +275,16 @@ class DatasetWriter:
                 "delete it and rerun the stage"
             )
         for index, short_hash, rel in sorted(found):
-            part_hash = RecordHasher()
-            lines = []
-            for record in _read_part(self.store, self._key(rel), self.fmt):
-                lines.append(canonical_line(record))
-            blob = b"".join(lines)
-            part_hash.update_lines(blob, len(lines))
-            if not part_hash.hexdigest().startswith(short_hash):
+            checked = _checked_part(self.store, self._key(rel), self.fmt, short_hash, None)
+            if isinstance(checked, str):
                 raise StorageError(
-                    f"{self.store.uri(self._key(rel))} does not match the hash in its name; "
+                    f"{self.store.uri(self._key(rel))} does not match the hash in its name ({checked}); "
                     f"delete {self.uri} and rerun the stage"
                 )
-            self._hasher.update_lines(blob, len(lines))
-            self.parts.append(PartInfo(key=rel, records=len(lines), sha256=part_hash.hexdigest()))
+            blob, rows = checked
+            count = len(rows) if rows is not None else blob.count(b"\n")
+            self._hasher.update_lines(blob, count)
+            self.parts.append(PartInfo(key=rel, records=count, sha256=hashlib.sha256(blob).hexdigest()))
             self._next_index = index + 1
 
     def _key(self, rel: str) -> str:
@@ -273,9 +299,17 @@ class DatasetWriter:
         return sum(p.records for p in self.parts)
 
     def existing_records(self) -> Iterator[dict[str, Any]]:
-        """Records of the parts flushed so far (after ``resume``: the earlier writer's)."""
+        """Records of the parts flushed so far (after ``resume``: the earlier writer's), each part
+        checked against its hash first."""
         for part in list(self.parts):
-            yield from _read_part(self.store, self._key(part.key), self.fmt)
+            checked = _checked_part(self.store, self._key(part.key), self.fmt, part.sha256, part.records)
+            if isinstance(checked, str):
+                raise StorageError(
+                    f"{self.store.uri(self._key(part.key))} {checked} (changed since it was written); "
+                    f"delete {self.uri} and rerun the stage"
+                )
+            lines, rows = checked
+            yield from rows if rows is not None else _decode(lines)
 
     def _check_open(self) -> None:
         if self._committed is not None:
@@ -292,8 +326,13 @@ class DatasetWriter:
             self._flush(wait=False)
 
     def write_many(self, records: Iterable[BaseModel | dict[str, Any]]) -> None:
-        for r in records:
-            self.write(r)
+        self._check_open()
+        buf, size = self._buf, self.part_size
+        for r in records:  # ``write`` inlined: this loop runs once per record
+            buf.append(r if type(r) is dict else _to_dict(r))
+            if len(buf) >= size:
+                self._flush(wait=False)
+                buf = self._buf
 
     def flush(self) -> None:
         """Persist buffered records as one part; when this returns the part is durable (it
@@ -424,28 +463,67 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.manifest["record_count"])
 
+    def _parts(self) -> Iterator[tuple[str, bytes, list[dict[str, Any]] | None]]:
+        """Each part's key, canonical lines and decoded rows (``None``: decode the lines), checked
+        against the manifest before it is handed out; after the last part, the content hash and
+        record count of the whole dataset are checked too."""
+        m, h = self.manifest, RecordHasher()
+        for part in m["parts"]:
+            rel = part["key"]
+            checked = _checked_part(self.store, f"{self.prefix}/{rel}", m["format"], part["sha256"], part["records"])
+            if isinstance(checked, str):
+                raise DatasetCorrupt(self.uri, f"part {rel}", checked)
+            lines, rows = checked
+            h.update_lines(lines, part["records"])
+            yield rel, lines, rows
+        if h.hexdigest() != m["content_hash"] or h.count != m["record_count"]:
+            raise DatasetCorrupt(
+                self.uri,
+                MANIFEST,
+                f"says {m['record_count']} records with content hash {str(m['content_hash'])[:12]}…, "
+                f"the parts hold {h.count} with {h.hexdigest()[:12]}…",
+            )
+
     def iter_dicts(self) -> Iterator[dict[str, Any]]:
-        for part in self.manifest["parts"]:
-            yield from _read_part(self.store, f"{self.prefix}/{part['key']}", self.manifest["format"])
+        """The records, one part at a time; each part's bytes are verified before its records are
+        yielded (``DatasetCorrupt`` names the damaged part)."""
+        for rel, lines, rows in self._parts():
+            if rows is not None:
+                yield from rows
+                continue
+            try:
+                yield from _decode(lines)
+            except jsoncodec.DecodeErrors as exc:  # verified bytes that are not JSON: written broken
+                raise DatasetCorrupt(self.uri, f"part {rel}", f"is not JSON lines ({exc})") from None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_dicts()
 
     def iter(self, model: type[M]) -> Iterator[M]:
-        for d in self.iter_dicts():
-            yield model.model_validate(d)
+        """The records as ``model`` instances. JSON lines are validated straight from their bytes
+        (pydantic's own parser: no intermediate dicts); a line that fails is validated from its
+        decoded dict, so both paths accept exactly what ``model_validate`` accepts."""
+        validate_json, validate = model.model_validate_json, model.model_validate
+        for rel, lines, rows in self._parts():
+            if rows is not None:
+                yield from map(validate, rows)
+                continue
+            for line in lines.split(b"\n")[:-1]:  # canonical lines: no blank ones
+                try:
+                    yield validate_json(line)
+                except ValidationError:
+                    try:
+                        record = jsoncodec.loads(line)
+                    except jsoncodec.DecodeErrors as exc:
+                        raise DatasetCorrupt(self.uri, f"part {rel}", f"is not JSON lines ({exc})") from None
+                    yield validate(record)
 
     def verify(self) -> str:
-        """Recompute the content hash while streaming; raise if it does not match the manifest."""
-        h = RecordHasher()
-        for r in self.iter_dicts():
-            h.update(r)
-        if h.hexdigest() != self.manifest["content_hash"] or h.count != self.manifest["record_count"]:
-            raise StorageError(
-                f"dataset {self.uri} is corrupt: {h.count} records with hash {h.hexdigest()[:12]}…, the manifest says "
-                f"{self.manifest['record_count']} with {self.manifest['content_hash'][:12]}…; rewrite the dataset"
-            )
-        return h.hexdigest()
+        """Check every part and the whole dataset against the manifest (bytes only, nothing is
+        decoded); return the content hash. Raises ``DatasetCorrupt`` naming what is damaged."""
+        for _ in self._parts():
+            pass
+        return self.manifest["content_hash"]
 
 
 def dataset_exists(store: ObjectStore, prefix: str) -> bool:
@@ -469,4 +547,39 @@ def open_dataset_at(store: ObjectStore, prefix: str) -> Dataset:
         raise StorageError(f"{store.uri(key)} is not a valid manifest ({exc}); rewrite the dataset") from None
     if not isinstance(manifest, dict) or any(f not in manifest for f in _MANIFEST_FIELDS):
         raise StorageError(f"{store.uri(key)} is not a LoopTool dataset manifest; check the URI")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DatasetCorrupt(store.uri(prefix), MANIFEST, problem)
     return Dataset(store, prefix, manifest)
+
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _manifest_problem(m: dict[str, Any]) -> str:
+    """What makes a manifest inconsistent in itself (checked before any part is read), or ""."""
+    if m["format"] not in FORMATS:
+        return f"names format {m['format']!r}, not one of {', '.join(FORMATS)}"
+    if not isinstance(m["content_hash"], str) or not _SHA256_RE.fullmatch(m["content_hash"]):
+        return "has no valid content_hash"
+    parts = m["parts"]
+    if not isinstance(parts, list):
+        return "has no parts list"
+    total = 0
+    for i, p in enumerate(parts):
+        if not (
+            isinstance(p, dict)
+            and isinstance(p.get("key"), str)
+            and isinstance(p.get("records"), int)
+            and p["records"] >= 0
+            and isinstance(p.get("sha256"), str)
+            and _SHA256_RE.fullmatch(p["sha256"])
+        ):
+            return f"has an invalid entry for part {i} (it needs key, records and sha256)"
+        named = _PART_NAME_RE.fullmatch(p["key"].rsplit("/", 1)[-1])
+        if named and not p["sha256"].startswith(named.group(2)):
+            return f"gives part {p['key']} hash {p['sha256'][:12]}…, its name says {named.group(2)}"
+        total += p["records"]
+    if total != m["record_count"]:
+        return f"says {m['record_count']} records, its parts add up to {total}"
+    return ""
