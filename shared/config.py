@@ -149,12 +149,6 @@ class InferenceSettings(Section):
     max_retries: int = Field(4, ge=0)
     requests_per_minute: float = Field(0, ge=0)  # 0 = unlimited
     timeout_s: float = Field(120, gt=0)
-
-
-class LogSettings(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    json_format: bool = Field(False, alias="json")
-
     # Local directories a request may name a model in (GenerateRequest.model, ProbeRequest.model_uri,
     # JudgeSpec.model), besides this section's own `model` and the storage (the local store's root,
     # or s3:// URIs in storage.s3.bucket). Anything else is PERMISSION_DENIED: a client must not make
@@ -176,6 +170,12 @@ class SecuritySettings(Section):
     token_file: str = ""  # bearer token every RPC must carry (health checks excepted); empty = none
     metrics_host: str = "127.0.0.1"  # /metrics bind address; 0.0.0.0 where Prometheus scrapes
 
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(False, alias="json")
+
+
 class TrainerSettings(Section):
     # What a training run keeps across a restart: the base-model and checkpoint caches, builtin
     # model builds, verl's local checkpoints. In Kubernetes the round's PersistentVolumeClaim is
@@ -189,13 +189,31 @@ class TrainerSettings(Section):
     verl_python: str = ""
 
 
+class LimitsSettings(Section):
+    """Caps on what users and clients send, checked before any parsing or work: a request or file
+    over one is bad input (one line naming the field and this setting), not a long job or an OOM."""
+
+    manifest_bytes: int = Field(4 * 2**20, ge=1024)  # a LoopRound YAML file (`looptool run`)
+    config_bytes: int = Field(2**20, ge=1024)  # a config file (-c); this section's own value does not apply to it
+    toolset_bytes: int = Field(16 * 2**20, ge=1024)  # one toolset file (`tools import`, spec.toolset.file)
+    prompt_bytes: int = Field(2**20, ge=1024)  # one generation request (messages + tools), checked before tokenizing
+    max_tokens: int = Field(32768, ge=1)  # new tokens per completion (requests, probe/eval maxTokens)
+    n: int = Field(64, ge=1)  # completions per request; also probe k, judge votes and candidates
+    batch_requests: int = Field(4096, ge=1)  # requests in one GenerateBatch
+    dialogues: int = Field(10_000_000, ge=1)  # synthesizer num_dialogues (spec.synthesis.numDialogues)
+    concurrency: int = Field(1024, ge=1)  # synthesizer concurrency
+    expand_factor: int = Field(1024, ge=1)  # expander factor (spec.expand.factor)
+
+
 class LoopToolConfig(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     services: ServicesSettings = Field(default_factory=ServicesSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     judge: InferenceSettings | None = None  # a separate judge model; None = use `inference`
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
 
 def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
@@ -217,7 +235,6 @@ def _env_items(environ: dict[str, str] | None) -> list[tuple[str, list[str], str
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         if path[0] not in sections or any(not p for p in path):
-    security: SecuritySettings = Field(default_factory=SecuritySettings)
             continue
         out.append((key, path, raw))
     return out
@@ -376,7 +393,13 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     if path:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            # bounded: a huge file (or /dev/zero) is refused before YAML sees it
+            cap = LimitsSettings.model_fields["config_bytes"].default
+            with open(path, "rb") as fh:
+                raw = fh.read(cap + 1)
+            if len(raw) > cap:
+                raise ConfigError(f"{path}: over {cap} bytes; a config file is a small YAML mapping of sections")
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found; pass an existing YAML file") from None
         except IsADirectoryError:
