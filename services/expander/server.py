@@ -24,6 +24,7 @@ from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.errors import ServiceError
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
+from looptool.shared.limits import check_int
 from looptool.shared.proto_convert import dataset_from_pb, stage_event_to_pb
 from looptool.shared.schema import ToolSchemaError
 from looptool.shared.storage.base import NotFound, StorageError
@@ -66,6 +67,9 @@ class ExpanderServicer(expander_pb2_grpc.ExpanderServicer):
             raise ServiceError("output_prefix: empty; name the dataset URI to write", "INVALID_ARGUMENT")
         if request.factor < 0:
             raise ServiceError(f"factor: must be >= 0, got {request.factor}", "INVALID_ARGUMENT")
+        limits = self.cfg.limits
+        check_int("factor", request.factor, 0, limits.expand_factor, "expand_factor")
+        check_int("round", request.round, 0)
         address = config.inferenceAddress or self.cfg.services.inference.address
         drafter = None
         if config.generator == "llm":

@@ -107,7 +107,7 @@ class Generation:
 
     def batch(
         self,
-        items: list[tuple[GenRequest | None, str]],
+        items: list[tuple[GenRequest | ErrorInfo | None, str]],
         cancel: CancelToken,
         deadline: float | None,
         active: Callable[[], bool],
@@ -121,8 +121,8 @@ class Generation:
             errors: list[tuple[int, ErrorInfo]] = []
             with contextlib.ExitStack() as stack:
                 for i, (gen_req, key) in enumerate(items):
-                    if gen_req is None:
-                        errors.append((i, MALFORMED))
+                    if gen_req is None or isinstance(gen_req, ErrorInfo):  # refused before the model saw it
+                        errors.append((i, gen_req or MALFORMED))
                         continue
                     if key not in leases:
                         try:

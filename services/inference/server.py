@@ -22,8 +22,8 @@ import time
 import grpc
 from pydantic import ValidationError
 
-from looptool.shared.config import LoopToolConfig
-from looptool.shared.errors import ServiceError
+from looptool.shared.config import LimitsSettings, LoopToolConfig
+from looptool.shared.errors import InputError, ServiceError
 from looptool.shared.generation import GenRequest
 from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
 from looptool.shared.logs import get_logger
@@ -42,6 +42,7 @@ from looptool.v1 import inference_pb2, inference_pb2_grpc
 from .backends import CancelToken
 from .generate import SERVICE, Generation
 from .pool import ModelPool
+from .requests import check_batch, check_generate, check_judge, check_judge_spec, check_probe, check_probe_spec
 from .roots import ModelRoots
 from .stages import Call, StageRuns, judge_spec, probe_spec
 
@@ -78,8 +79,16 @@ def _gen_request(req: inference_pb2.GenerateRequest) -> GenRequest:
         raise ServiceError(f"bad request: {exc}", "INVALID_ARGUMENT") from exc
 
 
-def _batch_item(req: inference_pb2.GenerateRequest) -> GenRequest | None:
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(f"field '{'.'.join(str(p) for p in e['loc']) or '(root)'}': {e['msg']}" for e in exc.errors())
+
+
+def _batch_item(req: inference_pb2.GenerateRequest, limits: LimitsSettings, i: int) -> GenRequest | ErrorInfo | None:
     """A malformed item fails alone (reported in its place), not the batch."""
+    try:
+        check_generate(req, limits, f"GenerateBatchRequest.requests[{i}]")
+    except InputError as exc:
+        return ErrorInfo(code="INVALID_ARGUMENT", message=str(exc), field=exc.field)
     try:
         return gen_request_from_pb(req)
     except (ValueError, ValidationError) as exc:
@@ -107,12 +116,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @handle_errors
     def Generate(self, request, context):
+        check_generate(request, self.cfg.limits)
         gen_req = _gen_request(request)
         res, model = self.generation.one(gen_req, request.model, _cancel_token(context), _deadline(context))
         return gen_result_to_pb(res, model)
 
     @handle_errors
     def GenerateStream(self, request, context):
+        check_generate(request, self.cfg.limits)
         gen_req = _gen_request(request)
         call = _call(context)
         for out in self.generation.stream(gen_req, request.model, call.cancel, call.deadline, call.active):
@@ -127,8 +138,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @handle_errors
     def GenerateBatch(self, request, context):
+        check_batch(request, self.cfg.limits)
         call = _call(context)
-        items = [(_batch_item(r), r.model) for r in request.requests]
+        items = [(_batch_item(r, self.cfg.limits, i), r.model) for i, r in enumerate(request.requests)]
         for i, out, model in self.generation.batch(items, call.cancel, call.deadline, call.active):
             if isinstance(out, ErrorInfo):
                 yield inference_pb2.GenerateBatchItem(index=i, error=error_to_pb(out))
@@ -142,9 +154,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if not request.HasField("dataset") or not request.dataset.uri:
             raise ServiceError("ProbeRequest.dataset is required", "INVALID_ARGUMENT")
         try:
+            check_probe(request, self.cfg.limits)
             spec = probe_spec(request.config_json, request.k, request.temperature, request.max_tokens)
+            check_probe_spec(spec, self.cfg.limits)
             dataset = dataset_from_pb(request.dataset)
-        except (ValidationError, ValueError) as exc:
+        except InputError:
+            raise
+        except ValidationError as exc:  # config_json: one line naming each field, not pydantic's block
+            raise ServiceError(f"ProbeRequest.config_json: {_one_line(exc)}", "INVALID_ARGUMENT") from exc
+        except ValueError as exc:
             raise ServiceError(f"ProbeRequest: {exc}", "INVALID_ARGUMENT") from exc
         events = self.stages.probe(dataset, spec, request.model_uri, request.output_prefix, request.round, _call(context))
         for ev in events:
@@ -155,9 +173,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if not request.HasField("probe_results") or not request.probe_results.uri:
             raise ServiceError("JudgeRequest.probe_results is required", "INVALID_ARGUMENT")
         try:
+            check_judge(request, self.cfg.limits)
             spec = judge_spec(request.config_json, request.votes)
+            check_judge_spec(spec, self.cfg.limits)
             probe_ref = dataset_from_pb(request.probe_results)
-        except (ValidationError, ValueError) as exc:
+        except InputError:
+            raise
+        except ValidationError as exc:  # config_json: one line naming each field, not pydantic's block
+            raise ServiceError(f"JudgeRequest.config_json: {_one_line(exc)}", "INVALID_ARGUMENT") from exc
+        except ValueError as exc:
             raise ServiceError(f"JudgeRequest: {exc}", "INVALID_ARGUMENT") from exc
         events = self.stages.judge(probe_ref, spec, request.policy_model, request.output_prefix, request.round, _call(context))
         for ev in events:

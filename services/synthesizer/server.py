@@ -9,8 +9,10 @@ from typing import Any
 import grpc
 from pydantic import ValidationError
 
+from looptool.shared.config import LimitsSettings
 from looptool.shared.errors import ServiceError
 from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
+from looptool.shared.limits import check_int
 from looptool.shared.proto_convert import dataset_from_pb, synthesis_event_to_pb
 from looptool.shared.toolsets import load_toolset
 from looptool.v1 import synthesizer_pb2 as pb
@@ -27,6 +29,7 @@ class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
 
     def __init__(self, app_cfg: Any = None, generator: Any = None, toolsim_address: str = "", storage_base: str = ""):
         self.synthesis = Synthesis(app_cfg, generator=generator, toolsim_address=toolsim_address, storage_base=storage_base)
+        self.limits = getattr(app_cfg, "limits", None) or LimitsSettings()
 
     @handle_errors
     def Synthesize(self, request: pb.SynthesizeRequest, context: grpc.ServicerContext):
@@ -36,6 +39,11 @@ class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
             raise ServiceError(f"config_json: {exc}", "INVALID_ARGUMENT") from exc
         if request.num_dialogues < 0:
             raise ServiceError("num_dialogues must be >= 0", "INVALID_ARGUMENT")
+        check_int("num_dialogues", request.num_dialogues, 0, self.limits.dialogues, "dialogues")
+        check_int("concurrency", request.concurrency, 0, self.limits.concurrency, "concurrency")
+        check_int("round", request.round, 0)
+        if request.first_index < 0:
+            raise ServiceError("first_index must be >= 0", "INVALID_ARGUMENT")
         try:
             ref = dataset_from_pb(request.toolset)
             tools = load_toolset(ref, self.synthesis.s3)
@@ -43,8 +51,6 @@ class SynthesizerServicer(pb_grpc.DialogueSynthesizerServicer):
             raise ServiceError(f"toolset: {exc}", "INVALID_ARGUMENT") from exc
         if not tools:
             raise ServiceError("toolset: the dataset holds no tools", "INVALID_ARGUMENT")
-        if request.first_index < 0:
-            raise ServiceError("first_index must be >= 0", "INVALID_ARGUMENT")
         cancel = threading.Event()
         context.add_callback(cancel.set)
         for ev in self.synthesis.run(tools, ref, cfg, request.num_dialogues, request.seed, request.output_prefix,
