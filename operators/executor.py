@@ -21,7 +21,7 @@ from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 from looptool.shared.loop import stages
 from looptool.shared.loop.chain import round_base_uri
 from looptool.shared.loop.manifest import LoopRound
-from looptool.shared.loop.preflight import check_round_models
+from looptool.shared.loop.preflight import check_round
 from looptool.shared.loop.state import Phase, RoundStatus
 from looptool.shared.records import Progress, result_to_stage
 from looptool.shared.storage import NotFound, split_uri
@@ -32,7 +32,9 @@ ProgressFn = Callable[[Progress], None]
 class StageExecutor(Protocol):
     def check_models(self, round: LoopRound) -> None:
         """Before the round starts: raise ``ModelNotFound`` unless the models it loads exist
-        (``shared.loop.preflight.check_round_models``), ``StorageError`` if that cannot be checked."""
+        (``shared.loop.preflight.check_round_models``), ``PreflightFailed`` listing every other
+        reference that is not there (``shared.loop.preflight.check_round``), ``StorageError`` if that
+        cannot be checked."""
 
     def run_data_stage(
         self, phase: Phase, round: LoopRound, status: RoundStatus, previous: RoundStatus | None, on_progress: ProgressFn
@@ -83,7 +85,8 @@ class ServiceExecutor:
         )
 
     def check_models(self, round: LoopRound) -> None:
-        check_round_models(round, self.config, local_paths=False)
+        # every reference the operator can see (s3:// toolset, datasets, models; the store), at once
+        check_round(round, self.config, local_paths=False)
 
     def run_data_stage(self, phase, round, status, previous, on_progress) -> None:
         stages.run_data_stage(phase, self._ctx(round, previous), status, on_progress)

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
-        print(f"error: {len(problems)} problem(s) in {args.manifest}; nothing was started or written", file=sys.stderr)
+        if len(problems) > 1:  # one problem stays one line
+            print(f"error: {len(problems)} problems in {args.manifest}; nothing was started or written", file=sys.stderr)
         return 2
     # One runner per round: a second `looptool run` of these rounds stops here, naming the holder.
     try:

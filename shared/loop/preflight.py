@@ -127,7 +127,7 @@ def _toolset_problems(r: LoopRound, config: LoopToolConfig, local_paths: bool) -
             return [Problem(r.name, "spec.toolset.file", f"{_first_line(exc)}; point it at a JSON file of tool definitions")]
         bad = [e for e in report.errors if e.code in ("TOOL_SCHEMA", "DUPLICATE_TOOL")]
         for e in bad[:MAX_TOOL_PROBLEMS]:
-            out.append(Problem(r.name, "spec.toolset.file", f"{ts.file}: {e.message}; fix or remove that tool"))
+            out.append(Problem(r.name, "spec.toolset.file", f"{ts.file}: {e.message}"))
         if len(bad) > MAX_TOOL_PROBLEMS:
             out.append(Problem(r.name, "spec.toolset.file", f"{ts.file}: {len(bad) - MAX_TOOL_PROBLEMS} more invalid tools; "
                                f"`looptool tools validate {ts.file}` lists them all"))
@@ -135,11 +135,11 @@ def _toolset_problems(r: LoopRound, config: LoopToolConfig, local_paths: bool) -
             out.append(Problem(r.name, "spec.toolset.file", f"{ts.file}: no tool definitions found; add OpenAI function/tool definitions"))
         return out
     field = "spec.toolset.uri" if ts.uri else "spec.toolset.bfcl"
-    if ts.uri and _skip_local(ts.uri, local_paths):
+    if _skip_local(ts.uri, local_paths):  # the operator: BFCL data and local files live in the service image
         return out
     try:
         tools = toolsets.resolve_toolset(ts, config.storage.s3)
-    except (InputError, StorageError, OSError, ValueError) as exc:
+    except (InputError, StorageError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: bfcl-eval missing
         msg = _first_line(exc)
         if ts.uri:
             msg += "; import one with `looptool tools import SOURCE --out URI` or fix the URI"
