@@ -7,7 +7,13 @@ redone, a running data stage is re-entered (stages are idempotent: their outputs
 inputs), and the training Job is found by its deterministic name instead of being created twice.
 
 One :class:`RoundReconciler` per LoopRound runs inside a kopf daemon; it is the only writer of that
-round's ``.status``, so status writes never race.
+round's ``.status``, so status writes never race. That is the cluster's "one runner per round" (the
+local runner needs a lease, ``shared/loop/lease.py``): the chart runs one operator replica with the
+Recreate strategy (no two operators during a rollout), and kopf runs one daemon per object. The
+compare-and-swap token of ``.status`` is the LoopRound's ``metadata.resourceVersion``; the status
+patch (``Kube.patch_round_status``) is a merge patch without it, which is safe only under that
+single-writer rule, and a terminal status is never rewritten here (``step`` returns at Succeeded or
+Failed before any work), so a late failure cannot replace Succeeded.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from looptool.operators.metrics import OperatorMetrics
 from looptool.operators.settings import OperatorSettings, TrainerJobSettings
 from looptool.shared.loop.chain import GATE_REASONS, PREVIOUS_FAILED, PreviousGate, classify_failure
 from looptool.shared.loop.manifest import LoopRound, ManifestError, parse_round
+from looptool.shared.loop.preflight import PreflightFailed
 from looptool.shared.loop.state import (
     STAGE_OF,
     TERMINAL,
@@ -285,20 +292,27 @@ class RoundReconciler:
     async def _check_models(self, lr: LoopRound) -> float | None:
         """Before the round starts: the models it loads exist (``shared/loop/preflight``, run by the
         executor, which holds the storage settings). Until they do nothing is created and no stage
-        runs; the check is repeated every ``pollSeconds``, so importing the model is the whole fix."""
+        runs; the check is repeated every ``pollSeconds``, so importing the model is the whole fix.
+        The same check lists every other reference that is not there (``preflight.check_round``:
+        s3:// toolset and datasets, the store) as an ``InvalidSpec`` reason, all problems at once."""
+        condition = "ModelsFound"
         try:
             await self._in_thread(lambda: self.rt.executor.check_models(lr))
         except ModelNotFound as exc:
             reason, message = "ModelNotFound", str(exc)
+        except PreflightFailed as exc:  # every reference that is not there (toolset, datasets, ...), one line each
+            condition, reason, message = "ReferencesFound", "InvalidSpec", str(exc)
         except StorageError as exc:
             reason, message = "ModelCheckFailed", f"LoopRound {lr.name}: cannot check its models: {str(exc).splitlines()[0]}"
         else:
             self.status.set_condition("ModelsFound", True, "Found", "")
-            if self.status.reason in ("ModelNotFound", "ModelCheckFailed"):
+            if any(c.type == "ReferencesFound" for c in self.status.conditions):
+                self.status.set_condition("ReferencesFound", True, "Found", "")
+            if self.status.reason in ("ModelNotFound", "ModelCheckFailed", "InvalidSpec"):
                 self.status.reason = self.status.message = ""
             self._last_model_problem = ""
             return None
-        self.status.set_condition("ModelsFound", False, reason, message)
+        self.status.set_condition(condition, False, reason, message)
         self.status.set_condition("Ready", False, reason, message)
         self.status.reason, self.status.message = reason, message
         await self.write()
