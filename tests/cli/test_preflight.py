@@ -203,3 +203,44 @@ def test_second_runner_of_a_round_exits_naming_the_holder(tmp_path):
                 first.kill()
                 first.communicate()
     assert Holder.parse(lease_file.read_bytes()).released
+
+
+def test_operator_reports_every_missing_reference_as_invalid_spec_before_creating_anything(moto_s3):
+    import time
+
+    from kopf.testing import KopfRunner
+
+    from looptool.operators.executor import ServiceExecutor
+    from looptool.operators.main import build
+    from looptool.operators.settings import OperatorSettings
+    from looptool.shared.config import ServiceEndpoint, ServicesSettings, StorageSettings
+    from support.fake_kube import FakeKubeApi
+
+    dead = free_port()  # no services: the round must not get as far as calling one
+    services = ServicesSettings(**{n: ServiceEndpoint(port=dead) for n in ("inference", "toolsim", "synthesizer", "expander", "trainer")})
+    cfg = LoopToolConfig(storage=StorageSettings(backend="s3", s3=moto_s3.settings(bucket="opround")), services=services)
+    lr = ("looptool.io/v1alpha1", "looprounds")
+    body = doc("r1", baseModel={"builtin": "tiny"}, toolset={"uri": "s3://opround/toolsets/none"},
+               datasets={"seed": "s3://opround/data/none"}, judge={"backend": "grounding"})
+    with FakeKubeApi() as api:
+        settings = OperatorSettings(namespaces=["default"], apiUrl=api.url, metricsPort=0, pollSeconds=0.3,
+                                    progressSeconds=0.2, stageRetries=0, retryBackoffSeconds=0.05)
+        rt, registry, kopf_settings = build(settings, ServiceExecutor(cfg))
+        try:
+            with KopfRunner(["run", "--standalone", "-n", "default"], registry=registry, settings=kopf_settings, timeout=60):
+                api.create(*lr, body)
+                st = wait_for(lambda: ((api.get(*lr, "r1") or {}).get("status") or {}).get("reason") == "InvalidSpec"
+                              and api.get(*lr, "r1")["status"], what="InvalidSpec")
+                lines = st["message"].splitlines()
+                assert len(lines) == 2, st["message"]
+                assert lines[0].startswith("LoopRound r1: spec.toolset.uri: s3://opround/toolsets/none")
+                assert lines[1].startswith("LoopRound r1: spec.datasets.seed: no committed dataset at s3://opround/data/none")
+                conds = {c["type"]: c for c in st["conditions"]}
+                assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "InvalidSpec")
+                assert conds["ReferencesFound"]["status"] == "False"
+                time.sleep(1.0)  # several checks later: still Pending, nothing created
+                st = api.get(*lr, "r1")["status"]
+                assert st.get("phase", "Pending") == "Pending" and not st.get("stages")
+                assert api.list("batch/v1", "jobs") == [] and api.list("v1", "configmaps") == []
+        finally:
+            rt.close()
