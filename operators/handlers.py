@@ -3,9 +3,10 @@
 * a **daemon** per LoopRound runs its :class:`RoundReconciler` (the single writer of its ``.status``);
 * **create/update/resume** handlers validate and wake the daemon at once (edge-triggered hints for a
   level-triggered loop — missing one changes nothing but latency);
-* a **Job event** handler wakes the owning round when its training Job changes;
-* a **delete** handler (kopf's finalizer) removes the round's Jobs, request ConfigMaps and work-volume
-  claims right away instead of leaving them to the garbage collector.
+* a **Job event** handler wakes the owning round when its training Job (or, multi-node, its KubeRay
+  RayJob) changes; on a cluster without KubeRay kopf only warns that it cannot watch RayJobs;
+* a **delete** handler (kopf's finalizer) removes the round's Jobs, RayJobs, request ConfigMaps and
+  work-volume claims right away instead of leaving them to the garbage collector.
 
 ``make_registry(runtime)`` builds a fresh registry, so tests and the benchmark can run several
 operators (each with its own executor and API URL) in one process.
@@ -19,6 +20,8 @@ from typing import Any
 import kopf
 
 from looptool.operators import jobs as jobs_
+from looptool.operators import rayjobs as rayjobs_
+from looptool.operators.kube import NotFound
 from looptool.operators.plan import PLAN_PLURAL, PlanReconciler
 from looptool.operators.reconciler import InvalidSpec, RoundReconciler, Runtime, parse_status, validate
 from looptool.shared.loop.manifest import GROUP, PLURAL, VERSION
@@ -91,8 +94,13 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ns, name = meta.get("namespace") or "default", meta["name"]
         sel = jobs_.selector(name)
         removed = 0
-        for api, plural in (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "persistentvolumeclaims")):
-            for item in await rt.kube.list(api, plural, ns, sel):
+        for api, plural in (("batch/v1", "jobs"), (rayjobs_.API_VERSION, rayjobs_.PLURAL), ("v1", "configmaps"),
+                            ("v1", "persistentvolumeclaims")):
+            try:
+                items = await rt.kube.list(api, plural, ns, sel)
+            except NotFound:  # RayJobs on a cluster without KubeRay
+                continue
+            for item in items:
                 removed += await rt.kube.delete(api, plural, ns, item["metadata"]["name"])
         rt.metrics.forget(ns, name)
         logger.info("deleted %d owned objects of %s/%s", removed, ns, name)
@@ -107,6 +115,8 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
             rt.wake(body["metadata"].get("namespace") or "default", f"plan/{body['metadata']['name']}")
 
     @kopf.on.event("batch", "v1", "jobs", registry=registry, id="job-changed",
+                   labels={jobs_.LABEL_MANAGED_BY: jobs_.MANAGED_BY})
+    @kopf.on.event(rayjobs_.GROUP, "v1", rayjobs_.PLURAL, registry=registry, id="rayjob-changed",
                    labels={jobs_.LABEL_MANAGED_BY: jobs_.MANAGED_BY})
     async def _job_event(body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata") or {}

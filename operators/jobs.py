@@ -114,16 +114,36 @@ def work_claim(round_obj: dict[str, Any], spec: LoopRoundSpec, cfg: TrainerJobSe
     }
 
 
-def training_job(
-    round_obj: dict[str, Any], spec: LoopRoundSpec, request: dict[str, Any], cfg: TrainerJobSettings
+def trainer_command(cfg: TrainerJobSettings) -> list[str]:
+    """``python -m looptool.services.trainer.job --request <file> --workdir <dir> ...``: the Job's container
+    command, and (as one shell line) a RayJob's ``entrypoint``."""
+    command = [*cfg.command, "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--workdir", WORKDIR]
+    if cfg.configMap:
+        command += ["--config", "/etc/looptool/config/config.yaml"]
+    if cfg.metricsPort:
+        command += ["--metrics-port", str(cfg.metricsPort)]
+    return command
+
+
+def trainer_pod_spec(
+    round_obj: dict[str, Any],
+    spec: LoopRoundSpec,
+    request: dict[str, Any],
+    cfg: TrainerJobSettings,
+    *,
+    command: list[str] | None,
+    metrics_port: bool = True,
+    shm_always: bool = False,
 ) -> dict[str, Any]:
-    """The ``batch/v1`` Job that runs ``python -m looptool.services.trainer.job --request <file> --workdir <dir>``."""
+    """The trainer pod: image, GPUs, env, request/work/config/shm volumes, scheduling and security context.
+
+    The single-node Job runs ``command`` in it; the Ray head and workers of a RayJob get the same pod
+    without a command (KubeRay starts ``ray start`` there). ``shm_always``: a /dev/shm Memory emptyDir
+    even when ``shmSize`` is empty (NCCL and Ray's object store need it on every Ray node)."""
     meta = round_obj["metadata"]
     name = job_name(meta["name"], meta["uid"])
     res = spec.resources
     gpus = spec.training.gpus
-    labels = _labels(meta["name"])
-    queue = queue_name(spec, cfg)
 
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -150,7 +170,6 @@ def training_job(
         ]
     volumes: list[dict[str, Any]] = [{"name": "request", "configMap": {"name": name}}]
     mounts: list[dict[str, Any]] = [{"name": "request", "mountPath": REQUEST_DIR, "readOnly": True}]
-    command = [*cfg.command, "--request", f"{REQUEST_DIR}/{REQUEST_FILE}", "--workdir", WORKDIR]
     if cfg.workVolume.persistent:
         volumes.append({"name": WORK_VOLUME, "persistentVolumeClaim": {"claimName": work_claim_name(meta["name"], meta["uid"])}})
     else:
@@ -159,11 +178,8 @@ def training_job(
     if cfg.configMap:
         volumes.append({"name": "config", "configMap": {"name": cfg.configMap}})
         mounts.append({"name": "config", "mountPath": "/etc/looptool/config", "readOnly": True})
-        command += ["--config", "/etc/looptool/config/config.yaml"]
-    if cfg.metricsPort:
-        command += ["--metrics-port", str(cfg.metricsPort)]
-    if cfg.shmSize:
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shmSize}})
+    if cfg.shmSize or shm_always:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": cfg.shmSize} if cfg.shmSize else {})}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     env += cfg.env
 
@@ -172,40 +188,85 @@ def training_job(
         tolerations += [t for t in cfg.tolerations if t not in tolerations]
     node_selector = {**cfg.nodeSelector, **res.nodeSelector}
 
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": cfg.trainer_image(res.trainerImage),
+        "imagePullPolicy": cfg.imagePullPolicy,
+        **({"command": command} if command is not None else {}),
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **({"securityContext": dict(cfg.securityContext)} if cfg.securityContext else {}),
+        **({"ports": [{"name": "metrics", "containerPort": cfg.metricsPort, "protocol": "TCP"}]} if cfg.metricsPort and metrics_port else {}),
+    }
     pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
         "terminationGracePeriodSeconds": cfg.terminationGracePeriodSeconds,
-        "containers": [
-            {
-                "name": CONTAINER,
-                "image": cfg.trainer_image(res.trainerImage),
-                "imagePullPolicy": cfg.imagePullPolicy,
-                "command": command,
-                "env": env,
-                "resources": {"requests": requests, "limits": limits},
-                "volumeMounts": mounts,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                **({"securityContext": dict(cfg.securityContext)} if cfg.securityContext else {}),
-                **({"ports": [{"name": "metrics", "containerPort": cfg.metricsPort, "protocol": "TCP"}]} if cfg.metricsPort else {}),
-            }
-        ],
+        "containers": [container],
         "volumes": volumes,
     }
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if cfg.affinity:
-        pod_spec["affinity"] = cfg.affinity
-    if cfg.serviceAccountName:
-        pod_spec["serviceAccountName"] = cfg.serviceAccountName
-    if cfg.priorityClassName:
-        pod_spec["priorityClassName"] = cfg.priorityClassName
-    if cfg.imagePullSecrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.imagePullSecrets]
-    if cfg.podSecurityContext:
-        pod_spec["securityContext"] = dict(cfg.podSecurityContext)
+    pod_spec.update(pod_scheduling(spec, cfg, tolerations, node_selector))
+    return pod_spec
 
+
+def pod_scheduling(
+    spec: LoopRoundSpec, cfg: TrainerJobSettings, tolerations: list[dict[str, Any]] | None = None,
+    node_selector: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Pod-level fields every trainer pod shares: placement, identity, pull secrets, security context."""
+    out: dict[str, Any] = {}
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if cfg.affinity:
+        out["affinity"] = cfg.affinity
+    if cfg.serviceAccountName:
+        out["serviceAccountName"] = cfg.serviceAccountName
+    if cfg.priorityClassName:
+        out["priorityClassName"] = cfg.priorityClassName
+    if cfg.imagePullSecrets:
+        out["imagePullSecrets"] = [{"name": s} for s in cfg.imagePullSecrets]
+    if cfg.podSecurityContext:
+        out["securityContext"] = dict(cfg.podSecurityContext)
+    return out
+
+
+def pod_metadata(round_name: str, cfg: TrainerJobSettings) -> dict[str, Any]:
+    # The operator's own labels win: it finds its Jobs and pods by them.
+    return {"labels": {**cfg.podLabels, **_labels(round_name)}, "annotations": dict(cfg.podAnnotations)}
+
+
+def workload_metadata(
+    round_obj: dict[str, Any], spec: LoopRoundSpec, request: dict[str, Any], cfg: TrainerJobSettings, name: str
+) -> dict[str, Any]:
+    """``metadata`` of the training workload (Job or RayJob): labels (with the Kueue queue), the run id
+    and output prefix the operator reads back, and the owner reference to the LoopRound."""
+    meta = round_obj["metadata"]
+    labels = {**cfg.jobLabels, **_labels(meta["name"])}
+    queue = queue_name(spec, cfg)
+    if queue:
+        labels[LABEL_KUEUE_QUEUE] = queue
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": labels,
+        "annotations": {
+            **cfg.jobAnnotations,
+            ANN_RUN_ID: str(request.get("run_id", "")),
+            ANN_OUTPUT: str(request.get("output_prefix", "")),
+        },
+        "ownerReferences": [owner_reference(round_obj)],
+    }
+
+
+def training_job(
+    round_obj: dict[str, Any], spec: LoopRoundSpec, request: dict[str, Any], cfg: TrainerJobSettings
+) -> dict[str, Any]:
+    """The ``batch/v1`` Job that runs ``python -m looptool.services.trainer.job --request <file> --workdir <dir>``."""
+    meta = round_obj["metadata"]
+    name = job_name(meta["name"], meta["uid"])
+    pod_spec = {"restartPolicy": "Never", **trainer_pod_spec(round_obj, spec, request, cfg, command=trainer_command(cfg))}
     job_spec: dict[str, Any] = {
         "backoffLimit": cfg.backoffLimit,
         # A bad request fails at once; a pod evicted/preempted (spot GPUs, drains) does not count.
@@ -216,35 +277,14 @@ def training_job(
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {
-            # The operator's own labels win: it finds its Jobs and pods by them.
-            "metadata": {"labels": {**cfg.podLabels, **labels}, "annotations": dict(cfg.podAnnotations)},
-            "spec": pod_spec,
-        },
+        "template": {"metadata": pod_metadata(meta["name"], cfg), "spec": pod_spec},
     }
     if cfg.activeDeadlineSeconds:
         job_spec["activeDeadlineSeconds"] = cfg.activeDeadlineSeconds
-    job_labels = {**cfg.jobLabels, **labels}
-    if queue:
-        job_labels[LABEL_KUEUE_QUEUE] = queue
+    if queue_name(spec, cfg):
         # Created suspended, as Kueue expects: it unsuspends the Job once its Workload is admitted.
         job_spec["suspend"] = True
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": meta["namespace"],
-            "labels": job_labels,
-            "annotations": {
-                **cfg.jobAnnotations,
-                ANN_RUN_ID: str(request.get("run_id", "")),
-                ANN_OUTPUT: str(request.get("output_prefix", "")),
-            },
-            "ownerReferences": [owner_reference(round_obj)],
-        },
-        "spec": job_spec,
-    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": workload_metadata(round_obj, spec, request, cfg, name), "spec": job_spec}
 
 
 def job_outcome(job: dict[str, Any]) -> tuple[str, str, str]:

@@ -175,6 +175,16 @@ class Kube:
         items = data.get("items") or []
         return [i for i in items if matches((i.get("metadata") or {}).get("labels"), selector or {})]
 
+    async def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API serves ``plural`` in ``api_version`` (API discovery: needs no RBAC grant, unlike
+        reading CustomResourceDefinitions). A group/version nobody serves is a 404."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            data = await self.request("GET", prefix)
+        except NotFound:
+            return False
+        return any(r.get("name") == plural for r in data.get("resources") or [])
+
     # -------------------------------------------------------------------------------- events
 
     async def event(self, involved: JSON, type_: str, reason: str, message: str, component: str = "looptool-operator") -> None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from looptool.operators import jobs as jobs_
+from looptool.operators import rayjobs as rayjobs_
 from looptool.operators.executor import StageExecutor
 from looptool.operators.kube import Kube, KubeError
 from looptool.operators.metrics import OperatorMetrics
@@ -133,8 +134,12 @@ def validate(obj: dict[str, Any], trainer: TrainerJobSettings | None = None) -> 
     problems = []
     if spec.previousRound == lr.name:
         problems.append("field 'spec.previousRound': a round cannot continue from itself")
-    if spec.training.nnodes > 1:
-        problems.append("field 'spec.training.nnodes': multi-node training Jobs are not supported by the operator yet; use 1")
+    if spec.training.nnodes > 1:  # a KubeRay RayJob (operators/rayjobs.py); verl is the trainer that runs on Ray
+        if spec.training.backend != "verl":
+            problems.append("field 'spec.training.nnodes': multi-node training needs training.backend: verl "
+                            "(the CPU trainer runs on one node); set nnodes to 1")
+        if spec.training.gpus < 1:
+            problems.append("field 'spec.training.gpus': multi-node training needs the GPUs per node (gpus >= 1)")
     if spec.toolset.file and not spec.toolset.file.startswith(("s3://", "file://", "/")):
         problems.append(
             "field 'spec.toolset.file': a relative path means nothing inside the cluster; "
@@ -166,6 +171,7 @@ class RoundReconciler:
         self._last_invalid = ""
         self._last_model_problem = ""
         self._last_pod_check = 0.0
+        self._rayjobs_served = False  # KubeRay's RayJob API was found (checked until it is)
         self._stopped: Any = None
 
     def stopping(self) -> bool:
@@ -249,10 +255,17 @@ class RoundReconciler:
             lr = validate(obj, self.rt.settings.trainer)
         except InvalidSpec as exc:
             return await self._invalid(str(exc))
+        if rayjobs_.is_multi_node(lr.spec) and self.status.stage("train").state != "Done":
+            problem = await self._multi_node_problem()
+            if problem:
+                # Not a spec edit away from working (KubeRay may get installed): look again every poll.
+                return await self._invalid(problem, retry=self.rt.settings.pollSeconds)
         if self._last_invalid:
             self._last_invalid = ""
             await self.event("Normal", "SpecValid", "spec is valid now; reconciling")
         self.status.set_condition("SpecValid", True, "Valid", "")
+        if self.status.reason == "InvalidSpec":  # fixed (or KubeRay installed): the old complaint goes
+            self.status.reason = self.status.message = ""
 
         previous = None
         if lr.spec.previousRound:
@@ -278,7 +291,17 @@ class RoundReconciler:
 
     # ------------------------------------------------------------------------------ validation / chaining
 
-    async def _invalid(self, message: str) -> float:
+    async def _multi_node_problem(self) -> str:
+        """Why a multi-node round cannot run here ("" = it can): the operator's work-volume settings, or
+        a cluster without KubeRay's RayJob API (nothing is created until it is served)."""
+        problems = rayjobs_.setting_problems(self.rt.settings.trainer)
+        if problems:
+            return "\n".join(problems)
+        if not self._rayjobs_served:
+            self._rayjobs_served = await self.rt.kube.serves(rayjobs_.API_VERSION, rayjobs_.PLURAL)
+        return "" if self._rayjobs_served else rayjobs_.missing_crd_message()
+
+    async def _invalid(self, message: str, retry: float = IDLE) -> float:
         self.status.set_condition("SpecValid", False, "InvalidSpec", message)
         self.status.set_condition("Ready", False, "InvalidSpec", message)
         self.status.reason, self.status.message = "InvalidSpec", message
@@ -287,7 +310,7 @@ class RoundReconciler:
             self._last_invalid = message
             self.rt.metrics.invalid.inc()
             await self.event("Warning", "InvalidSpec", message)
-        return IDLE  # an update of the spec wakes us
+        return retry  # an update of the spec wakes us
 
     async def _check_models(self, lr: LoopRound) -> float | None:
         """Before the round starts: the models it loads exist (``shared/loop/preflight``, run by the
@@ -437,9 +460,16 @@ class RoundReconciler:
     async def _train(self, lr: LoopRound, obj: dict[str, Any], previous: RoundStatus | None) -> float | None:
         kube, cfg = self.rt.kube, self.rt.settings
         meta = obj["metadata"]
-        name = jobs_.job_name(self.name, meta["uid"])
+        # One node: a batch/v1 Job. Several: a KubeRay RayJob (verl on a Ray cluster of nnodes pods).
+        multi = rayjobs_.is_multi_node(lr.spec)
+        if multi:
+            api, plural, kind, label = rayjobs_.API_VERSION, rayjobs_.PLURAL, "RayJob", "rayjob"
+            name, outcome_of = rayjobs_.rayjob_name(self.name, meta["uid"]), rayjobs_.rayjob_outcome
+        else:
+            api, plural, kind, label = "batch/v1", "jobs", "Job", "job"
+            name, outcome_of = jobs_.job_name(self.name, meta["uid"]), jobs_.job_outcome
         st = self.status.stage("train")
-        job = await kube.get("batch/v1", "jobs", self.ns, name)
+        job = await kube.get(api, plural, self.ns, name)
         if job is None:
             try:
                 request = await self._in_thread(lambda: self.rt.executor.training_request(lr, self.status.model_copy(deep=True), previous))
@@ -457,27 +487,33 @@ class RoundReconciler:
                 if claimed:
                     await self.event("Normal", "WorkVolumeCreated", f"trainer work volume {claim['metadata']['name']} created "
                                      f"({claim['spec']['resources']['requests']['storage']})")
-            body = jobs_.training_job(obj, lr.spec, request, cfg.trainer)
-            job, created = await kube.create("batch/v1", "jobs", self.ns, body)
-            if jobs_.job_outcome(job)[0] == "Queued":
-                self._queued(name, job)
+            if multi:
+                body = rayjobs_.ray_job(obj, lr.spec, request, cfg.trainer)
+            else:
+                body = jobs_.training_job(obj, lr.spec, request, cfg.trainer)
+            job, created = await kube.create(api, plural, self.ns, body)
+            if outcome_of(job)[0] == "Queued":
+                self._queued(name, job, kind)
             else:
                 start_stage(self.status, "train")
-                self.status.progress = "train: job created"
-                st.message = f"job {name}"
+                self.status.progress = f"train: {label} created"
+                st.message = f"{label} {name}"
             await self.write()
             if created:
                 self.rt.metrics.jobs.labels("created").inc()
-                gpus = lr.spec.training.gpus
+                gpus, nodes = lr.spec.training.gpus, lr.spec.training.nnodes
                 queue = jobs_.queue_name(lr.spec, cfg.trainer)
-                await self.event("Normal", "JobCreated", (f"training Job {name} created ({gpus} x {cfg.trainer.gpuResource})" if gpus else f"training Job {name} created (CPU)")
+                where = f"{gpus} x {cfg.trainer.gpuResource}" if gpus else "CPU"
+                if multi:
+                    where = f"{nodes} nodes: a Ray head and {nodes - 1} workers, {gpus} x {cfg.trainer.gpuResource} each"
+                await self.event("Normal", "JobCreated", f"training {kind} {name} created ({where})"
                                  + (f", queued in Kueue LocalQueue {queue!r}" if queue else ""))
             return cfg.pollSeconds
 
-        outcome, reason, message = jobs_.job_outcome(job)
+        outcome, reason, message = outcome_of(job)
         if outcome == "Queued":
             was = st.state
-            self._queued(name, job)
+            self._queued(name, job, kind)
             await self.write()
             if was != "Queued":
                 await self.event("Normal", "JobQueued", self.status.stage("train").message)
@@ -487,12 +523,17 @@ class RoundReconciler:
             admitted = st.state == "Queued"
             start_stage(self.status, "train")  # no-op when already Running (e.g. after a restart)
             if admitted:
-                await self.event("Normal", "JobAdmitted", f"training Job {name} is no longer suspended; training")
-            progress = f"train: {js.get('active', 0)} active, {js.get('failed', 0)} failed pods"
-            if time.monotonic() - self._last_pod_check > cfg.pollSeconds * 2 and not js.get("ready"):
+                await self.event("Normal", "JobAdmitted", f"training {kind} {name} is no longer suspended; training")
+            if multi:
+                progress = rayjobs_.rayjob_progress(job)
+                settled = js.get("jobStatus") == "RUNNING"
+            else:
+                progress = f"train: {js.get('active', 0)} active, {js.get('failed', 0)} failed pods"
+                settled = bool(js.get("ready"))
+            if time.monotonic() - self._last_pod_check > cfg.pollSeconds * 2 and not settled:
                 self._last_pod_check = time.monotonic()
-                details = jobs_.pod_failure_details(await self._pods(name))
-                st.message = f"job {name}" + (f": {details}" if details else "")
+                details = jobs_.pod_failure_details(await self._pods(name, multi))
+                st.message = f"{label} {name}" + (f": {details}" if details else "")
             self.status.progress = progress
             await self.write()
             return cfg.pollSeconds
@@ -502,17 +543,17 @@ class RoundReconciler:
             if result is None:
                 self.rt.metrics.jobs.labels("failed").inc()
                 fail(self.status, "TrainingResultMissing",
-                     f"train: job {name} completed but {prefix or '<no output prefix>'}/result.json is missing")
+                     f"train: {label} {name} completed but {prefix or '<no output prefix>'}/result.json is missing")
                 self.status.progress = "failed in train"
                 await self.write()
                 await self._finished()
                 return None
             self.rt.metrics.jobs.labels("succeeded").inc()
-            return await self._train_done(result, f"job {name} succeeded (run {meta_ann.get(jobs_.ANN_RUN_ID, '?')})")
+            return await self._train_done(result, f"{label} {name} succeeded (run {meta_ann.get(jobs_.ANN_RUN_ID, '?')})")
         # Failed
         self.rt.metrics.jobs.labels("failed").inc()
-        details = jobs_.pod_failure_details(await self._pods(name))
-        msg = f"train: job {name} failed: {reason}" + (f": {message}" if message else "") + (f"; {details}" if details else "")
+        details = jobs_.pod_failure_details(await self._pods(name, multi))
+        msg = f"train: {label} {name} failed: {reason}" + (f": {message}" if message else "") + (f"; {details}" if details else "")
         self.rt.metrics.stage_failures.labels("train", "TrainingJobFailed").inc()
         fail(self.status, "TrainingJobFailed", msg)
         self.status.progress = "failed in train"
@@ -520,14 +561,14 @@ class RoundReconciler:
         await self._finished()
         return None
 
-    def _queued(self, name: str, job: dict[str, Any]) -> None:
-        """A suspended Job: waiting for admission (Kueue), or preempted and waiting again. Not running."""
+    def _queued(self, name: str, job: dict[str, Any], kind: str = "Job") -> None:
+        """A suspended Job or RayJob: waiting for admission (Kueue), or preempted and waiting again. Not running."""
         st = self.status.stage("train")
         queue = ((job.get("metadata") or {}).get("labels") or {}).get(jobs_.LABEL_KUEUE_QUEUE, "")
-        where = f"admission by Kueue LocalQueue {queue!r}" if queue else "the Job to be resumed (spec.suspend)"
+        where = f"admission by Kueue LocalQueue {queue!r}" if queue else f"the {kind} to be resumed (spec.suspend)"
         again = " again (preempted or evicted; it resumes from its last checkpoint)" if st.startedAt else ""
         st.state = "Queued"
-        st.message = f"job {name} is suspended, waiting for {where}{again}"
+        st.message = f"{kind.lower()} {name} is suspended, waiting for {where}{again}"
         self.status.progress = "train: queued"
         self.status.set_condition("Ready", False, "Queued", st.message)
 
@@ -547,9 +588,10 @@ class RoundReconciler:
             self.rt.metrics.stage_seconds.labels("train").observe(max(0.0, _age(started)))
         return NOW
 
-    async def _pods(self, job: str) -> list[dict[str, Any]]:
+    async def _pods(self, job: str, multi: bool = False) -> list[dict[str, Any]]:
+        # A Job's pods carry its name; a RayJob's (head, workers, submitter) carry the round's labels.
         try:
-            pods = await self.rt.kube.list("v1", "pods", self.ns, {"job-name": job})
+            pods = await self.rt.kube.list("v1", "pods", self.ns, jobs_.selector(self.name) if multi else {"job-name": job})
         except KubeError:
             return []
         return pods

@@ -102,6 +102,10 @@ class TrainerJobSettings(BaseModel):
         600, ge=0, description="time between SIGTERM and SIGKILL: the trainer stops at a step boundary and saves a checkpoint"
     )
     workVolume: WorkVolumeSettings = Field(default_factory=WorkVolumeSettings)
+    rayJobTtlSecondsAfterFinished: int = Field(
+        600, ge=0,
+        description="multi-node rounds (KubeRay RayJob): seconds the finished Ray cluster is kept (pods, logs) before KubeRay deletes it",
+    )
 
     def image_problem(self, requested: str) -> str:
         """Empty when a round may run ``requested`` (empty = the default image), else one line naming the field."""

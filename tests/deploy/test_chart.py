@@ -99,6 +99,9 @@ def test_operator_rbac_is_least_privilege(default_docs):
     assert not any("*" in x for x in granted)
     assert ("looptool.io", "looprounds", "watch") in granted and ("looptool.io", "looprounds/status", "patch") in granted
     assert ("batch", "jobs", "create") in granted and ("batch", "jobs", "delete") in granted
+    # multi-node rounds: KubeRay RayJobs, handled like Jobs (no access to CRDs: discovery tells if they are served)
+    assert {v for g, r, v in granted if (g, r) == ("ray.io", "rayjobs")} == {"get", "list", "watch", "create", "delete"}
+    assert not any(g == "ray.io" and r != "rayjobs" for g, r, _ in granted)
     assert ("", "events", "create") in granted
     assert {v for g, r, v in granted if r == "pods"} == {"get", "list"}  # pods: read only
     # each round's trainer work volume: created, found again, cleaned up with the round

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from looptool.operators.jobs import training_job, work_claim
-from looptool.operators.settings import OperatorSettings, TrainerJobSettings
+from looptool.operators.rayjobs import ray_job
+from looptool.operators.settings import OperatorSettings, TrainerJobSettings, WorkVolumeSettings
 from looptool.shared.loop.manifest import parse_round
 from test_chart import by_kind, render
 
@@ -209,6 +210,16 @@ def test_trainer_jobs_rendered_from_the_charts_settings_are_restricted(chart_doc
         volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
         assert ("persistentVolumeClaim" in volumes["work"]) == cfg.workVolume.persistent
         assert (work_claim(lr, parse_round(lr).spec, cfg) is not None) == cfg.workVolume.persistent
+
+
+def test_multi_node_rayjob_pods_are_restricted(chart_docs):
+    """The RayJob of a multi-node round: its Ray head, its workers and KubeRay's submitter pod."""
+    cfg = chart_trainer_settings(chart_docs).model_copy(update={"workVolume": WorkVolumeSettings(accessModes=["ReadWriteMany"])})
+    lr = round_obj("mn", training={"backend": "verl", "gpus": 8, "nnodes": 4})
+    rj = ray_job(lr, parse_round(lr).spec, {"run_id": "x", "output_prefix": "s3://b/p"}, cfg)
+    cluster = rj["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"], rj["spec"]["submitterPodTemplate"]]
+    assert [violations(p["spec"], p["metadata"].get("annotations")) for p in pods] == [[], [], []]
 
 
 def _compliant_pod() -> dict[str, Any]:

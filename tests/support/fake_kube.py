@@ -13,13 +13,14 @@ FAKE API SERVER: :class:`FakeKubeApi` (below) serves kmock's in-memory Kubernete
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from looptool.operators.executor import read_result_json
 from looptool.shared.config import LoopToolConfig
@@ -190,7 +191,36 @@ RESOURCES = {
     "v1/events": dict(kind="Event", namespaced=True, verbs={"create", "get", "list", "watch"}),
     "v1/pods": dict(kind="Pod", namespaced=True, subresources={"status"}, verbs={"get", "list", "watch"}),
     "v1/namespaces": dict(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": dict(kind="CustomResourceDefinition", namespaced=False,
+                                                              verbs={"get", "list", "watch"}),
 }
+CRD_DIR = Path(__file__).parent / "crds"  # vendored third-party CRDs (see crds/README.md)
+CRD_VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+
+
+@functools.lru_cache(maxsize=8)
+def load_crd(path: str) -> dict[str, Any]:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.lru_cache(maxsize=16)
+def crd_validator(path: str, version: str):
+    """A JSON Schema validator of one served version of a CRD, strict about unknown fields like ``kubectl``."""
+    import jsonschema
+
+    from looptool.operators.crd import to_json_schema
+
+    (v,) = [v for v in load_crd(path)["spec"]["versions"] if v["name"] == version]
+    return jsonschema.Draft4Validator(to_json_schema(v["schema"]["openAPIV3Schema"], strict_fields=True))
+
+
+def crd_errors(path: str, version: str, obj: Any) -> list[str]:
+    """Schema problems of ``obj`` against the CRD at ``path`` (``[]`` = valid), one line each."""
+    errors = sorted(crd_validator(path, version).iter_errors(obj), key=lambda e: list(e.absolute_path))
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors]
 
 
 class FakeKubeApi:
@@ -202,10 +232,15 @@ class FakeKubeApi:
     patches never touch ``.status`` (a CRD with the status subresource); LoopRounds are validated
     against the generated CRD schema like the API server would (422 Invalid); ``/version`` and
     ``v1/namespaces`` are served; label selectors are *not* applied (clients must filter, as ours do).
+    ``crds``: CRD files (e.g. ``CRD_DIR / "ray.io_rayjobs.yaml"``) installed like ``kubectl apply``: their
+    resources appear in API discovery, the CRD objects under ``customresourcedefinitions``, and created
+    objects are validated against the CRD's schema (422 Invalid).
     """
 
-    def __init__(self, validate_schema: bool = True):
+    def __init__(self, validate_schema: bool = True, crds: Sequence[str | Path] = ()):
         self.validate_schema = validate_schema
+        self.crds = [str(c) for c in crds]
+        self.crd_paths: dict[tuple[str, str, str], str] = {}  # (group, version, plural) -> CRD file
         self.url = ""
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -259,6 +294,17 @@ class FakeKubeApi:
         emulator = _make_emulator_class()(api=self)
         for key, info in RESOURCES.items():
             emulator.resources[key] = kmock.ResourceInfo(**info)
+        for path in self.crds:
+            crd = load_crd(path)
+            spec = crd["spec"]
+            for v in spec["versions"]:
+                if v.get("served", True):
+                    emulator.resources[f"{spec['group']}/{v['name']}/{spec['names']['plural']}"] = kmock.ResourceInfo(
+                        kind=spec["names"]["kind"], namespaced=spec["scope"] == "Namespaced",
+                        subresources=set(v.get("subresources") or {}), verbs=CRD_VERBS,
+                    )
+                    self.crd_paths[spec["group"], v["name"], spec["names"]["plural"]] = path
+            emulator.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]] = crd
         emulator.objects["v1/namespaces", None, "default"] = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}
         async with emulator as km, kmock.Server(km) as server:
             self.kmock = km
@@ -328,7 +374,7 @@ class FakeKubeApiProcess(FakeKubeApi):
         import subprocess
         import sys
 
-        args = [sys.executable, __file__] + ([] if self.validate_schema else ["--no-schema"])
+        args = [sys.executable, __file__] + ([] if self.validate_schema else ["--no-schema"]) + [f"--crd={c}" for c in self.crds]
         self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):
@@ -353,7 +399,7 @@ def _serve_forever(argv: list[str]) -> int:
     import signal
     import sys
 
-    api = FakeKubeApi(validate_schema="--no-schema" not in argv)
+    api = FakeKubeApi(validate_schema="--no-schema" not in argv, crds=[a.split("=", 1)[1] for a in argv if a.startswith("--crd=")])
     print(api.start(), flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -420,6 +466,11 @@ def _make_emulator_class():
                             errors = validation_errors(request.data)
                             if errors:
                                 raise kmock.KubernetesError(status=422, reason="Invalid", message="; ".join(errors))
+                    crd_path = self.api.crd_paths.get((res.group, res.version, res.plural))
+                    if crd_path is not None:
+                        errors = crd_errors(crd_path, res.version, request.data)
+                        if errors:
+                            raise kmock.KubernetesError(status=422, reason="Invalid", message="; ".join(errors[:5]))
                 elif action == "UPDATE" and request.name:
                     data = request.data
                     if isinstance(data, dict):

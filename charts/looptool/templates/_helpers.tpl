@@ -126,6 +126,11 @@ app.kubernetes.io/part-of: looptool
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# Multi-node training (spec.training.nnodes > 1): KubeRay RayJobs, like the Jobs above. Whether the
+# cluster serves them is read from API discovery, which needs no grant.
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 # The ConfigMap holding each training Job's request.
 - apiGroups: [""]
   resources: ["configmaps"]
