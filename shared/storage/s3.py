@@ -151,7 +151,7 @@ class S3Store(ObjectStore):
         hence its lower-level ``_put_object``. A store that ignored the header would make this a plain
         put: the lease then degrades to best effort (heartbeat and expiry still apply)."""
         self._ensure_bucket()
-        headers = {"If-None-Match": "*"} if tag is None else {"If-Match": f'"{tag}"'}
+        headers: dict[str, str | list[str] | tuple[str]] = {"If-None-Match": "*"} if tag is None else {"If-Match": f'"{tag}"'}
         try:
             result = self.client._put_object(self.bucket, key.lstrip("/"), data, headers=headers)
         except S3Error as exc:
@@ -162,7 +162,7 @@ class S3Store(ObjectStore):
             raise self._wrap(key, exc) from exc
         except (MinioException, ValueError, *_NET_ERRORS) as exc:
             raise self._wrap(key, exc) from exc
-        return result.etag
+        return result.etag or ""
 
     def put_file(self, key: str, path: str) -> None:
         if not os.path.isfile(path):
