@@ -462,6 +462,7 @@ class RoundReconciler:
         meta = obj["metadata"]
         # One node: a batch/v1 Job. Several: a KubeRay RayJob (verl on a Ray cluster of nnodes pods).
         multi = rayjobs_.is_multi_node(lr.spec)
+        outcome_of: Callable[[dict[str, Any]], tuple[str, str, str]]
         if multi:
             api, plural, kind, label = rayjobs_.API_VERSION, rayjobs_.PLURAL, "RayJob", "rayjob"
             name, outcome_of = rayjobs_.rayjob_name(self.name, meta["uid"]), rayjobs_.rayjob_outcome
