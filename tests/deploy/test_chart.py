@@ -228,3 +228,16 @@ def test_the_docs_gpu_values_render(tmp_path):
     values.write_text(block.group(1))
     settings = OperatorSettings.model_validate(yaml.safe_load(by_kind(render("-f", str(values)), "ConfigMap")["lt-looptool-operator"]["data"]["operator.yaml"]))
     assert settings.trainer.workVolume.size == "500Gi" and settings.trainer.workVolume.storageClassName == "premium-rwo"
+
+
+def test_grpc_services_are_headless_and_stages_round_robin_over_their_pods(default_docs):
+    services = by_kind(default_docs, "Service")
+    for name in SERVICES:
+        assert services[f"lt-looptool-{name}"]["spec"]["clusterIP"] == "None", name
+    cfg = LoopToolConfig.model_validate(yaml.safe_load(by_kind(default_docs, "ConfigMap")["lt-looptool-config"]["data"]["config.yaml"]))
+    for name in ("inference", "synthesizer", "expander"):  # the sharded stages' services
+        ep = getattr(cfg.services, name)
+        assert ep.endpoints == [f"dns:///lt-looptool-{name}.ml.svc:{ep.port}"], name
+    assert cfg.services.toolsim.endpoints == [] and cfg.services.trainer.endpoints == []
+    off = yaml.safe_load(by_kind(render("--set", "services.expander.enabled=false"), "ConfigMap")["lt-looptool-config"]["data"]["config.yaml"])
+    assert "endpoints" not in off["services"]["expander"]
