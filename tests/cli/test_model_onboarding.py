@@ -119,14 +119,16 @@ else:
 
 
 def chart_names() -> dict[str, str]:
-    """Names a `helm install looptool` with section 2's values (minio.existingSecret) creates."""
-    out = helm("template", "looptool", str(REPO / "charts" / "looptool"), "--namespace", "looptool",
-               "--set", "minio.existingSecret=looptool-s3").stdout
+    """Names a `helm install looptool` with the bundled object store (SeaweedFS) creates."""
+    out = helm("template", "looptool", str(REPO / "charts" / "looptool"), "--namespace", "looptool").stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     (svc,) = [d for d in docs if d["kind"] == "Service" and any(p.get("name") == "s3" for p in d["spec"]["ports"])]
     (sts,) = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == svc["metadata"]["name"]]
-    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    refs = [env[n]["valueFrom"]["secretKeyRef"] for n in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")]
+    # the Secret every LoopTool service reads its S3 credentials from (the services' identity)
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator"))
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    refs = [env[n]["valueFrom"]["secretKeyRef"] for n in ("LOOPTOOL_S3_ACCESS_KEY", "LOOPTOOL_S3_SECRET_KEY")]
+    assert sts["metadata"]["name"] == svc["metadata"]["name"]
     cfg = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in (d.get("data") or {}))
     return {
         "service": svc["metadata"]["name"],

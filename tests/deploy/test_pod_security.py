@@ -187,14 +187,14 @@ def chart_docs() -> list[dict[str, Any]]:
 
 def test_every_pod_the_chart_renders_is_restricted(chart_docs):
     found = check(chart_docs)
-    # the five services, the operator and MinIO
-    assert {"Deployment/lt-looptool-operator", "Deployment/lt-looptool-inference", "StatefulSet/lt-looptool-minio"} <= set(found)
+    # the five services, the operator and the object store (SeaweedFS)
+    assert {"Deployment/lt-looptool-operator", "Deployment/lt-looptool-inference", "StatefulSet/lt-looptool-s3"} <= set(found)
     assert len(found) == 7
     assert found == {name: [] for name in found}
     # The same check on a chart whose values break the profile: every LoopTool pod is flagged.
     loose = check(render("--set", "securityContext.allowPrivilegeEscalation=true"))
     flagged = {name for name, v in loose.items() if any(x.startswith("Privilege Escalation:") for x in v)}
-    assert flagged == set(found) - {"StatefulSet/lt-looptool-minio"}
+    assert flagged == set(found) - {"StatefulSet/lt-looptool-s3"}
 
 
 def test_trainer_jobs_rendered_from_the_charts_settings_are_restricted(chart_docs):

@@ -62,25 +62,36 @@ app.kubernetes.io/part-of: looptool
 {{- end -}}
 {{- end -}}
 
-{{/* S3: the Secret holding accessKey/secretKey, the endpoint, the bucket. */}}
+{{/* S3: the Secret holding accessKey/secretKey, the endpoint, the bucket. The bundled SeaweedFS
+  (objectStore.bundled) or an external S3 (objectStore.endpoint + objectStore.existingSecret). */}}
 {{- define "looptool.s3SecretName" -}}
-{{- if .Values.minio.enabled -}}
-{{- .Values.minio.existingSecret | default (printf "%s-minio" (include "looptool.fullname" .)) -}}
+{{- if .Values.objectStore.bundled -}}
+{{- printf "%s-s3" (include "looptool.fullname" .) -}}
 {{- else -}}
-{{- required "externalS3.existingSecret is required when minio.enabled=false (a Secret with accessKey and secretKey)" .Values.externalS3.existingSecret -}}
+{{- required "objectStore.existingSecret is required when objectStore.bundled=false (a Secret with accessKey and secretKey)" .Values.objectStore.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The trainer Jobs' credentials: a read-the-bucket, write-under-runs/ identity with SeaweedFS;
+  with an external S3, objectStore.trainerSecret (default: the services' Secret). */}}
+{{- define "looptool.s3TrainerSecretName" -}}
+{{- if .Values.objectStore.bundled -}}
+{{- printf "%s-s3-trainer" (include "looptool.fullname" .) -}}
+{{- else -}}
+{{- .Values.objectStore.trainerSecret | default (include "looptool.s3SecretName" .) -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "looptool.s3Endpoint" -}}
-{{- if .Values.minio.enabled -}}
-{{- printf "http://%s-minio.%s.svc:9000" (include "looptool.fullname" .) .Release.Namespace -}}
+{{- if .Values.objectStore.bundled -}}
+{{- printf "http://%s-s3.%s.svc:8333" (include "looptool.fullname" .) .Release.Namespace -}}
 {{- else -}}
-{{- required "externalS3.endpoint is required when minio.enabled=false" .Values.externalS3.endpoint -}}
+{{- required "objectStore.endpoint is required when objectStore.bundled=false" .Values.objectStore.endpoint -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "looptool.s3Bucket" -}}
-{{- if .Values.minio.enabled -}}{{ .Values.minio.bucket }}{{- else -}}{{ .Values.externalS3.bucket }}{{- end -}}
+{{- .Values.objectStore.bucket -}}
 {{- end -}}
 
 {{/* Environment every LoopTool container gets: S3 credentials from the Secret, config path. */}}
@@ -147,4 +158,44 @@ app.kubernetes.io/part-of: looptool
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* Transport security files (security.tls / security.token Secrets), mounted into every gRPC
+  server and client (services, operator) at the paths config.yaml's `security:` names. */}}
+{{- define "looptool.securityVolumeMounts" -}}
+{{- if .Values.security.tls.secretName }}
+- name: tls
+  mountPath: /etc/looptool/tls
+  readOnly: true
+{{- end }}
+{{- if .Values.security.token.secretName }}
+- name: token
+  mountPath: /etc/looptool/token
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "looptool.securityVolumes" -}}
+{{- if .Values.security.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ .Values.security.tls.secretName }}
+{{- end }}
+{{- if .Values.security.token.secretName }}
+- name: token
+  secret:
+    secretName: {{ .Values.security.token.secretName }}
+{{- end }}
+{{- end -}}
+
+{{/* A service's probe action: kubelet's native gRPC probe speaks plaintext only, so with TLS the
+  probes check the port opens (the server binds only after its servicer and model are ready). */}}
+{{- define "looptool.probeAction" -}}
+{{- if .ctx.Values.security.tls.secretName -}}
+tcpSocket:
+  port: {{ .port }}
+{{- else -}}
+grpc:
+  port: {{ .port }}
+{{- end -}}
 {{- end -}}
