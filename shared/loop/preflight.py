@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import unquote, urlparse
 
+from looptool.shared import toolsets
 from looptool.shared.config import InferenceSettings, LoopToolConfig
 from looptool.shared.errors import InputError
 from looptool.shared.loop.chain import PreviousGate, round_base_uri, status_uri
@@ -111,8 +112,6 @@ def _skip_local(uri: str, local_paths: bool) -> bool:
 
 
 def _toolset_problems(r: LoopRound, config: LoopToolConfig, local_paths: bool) -> list[Problem]:
-    from looptool.shared import toolsets
-
     ts = r.spec.toolset
     out: list[Problem] = []
     if ts.file:
