@@ -74,7 +74,7 @@ def test_five_grpc_services_with_native_grpc_probes(default_docs):
         assert c["command"] == ["looptool"] and c["args"][2:4] == ["serve", name]
         assert {p["name"] for p in services[f"lt-looptool-{name}"]["spec"]["ports"]} == {"grpc", "metrics"}
         env = {e["name"]: e for e in c["env"]}
-        assert env["LOOPTOOL_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "lt-looptool-minio"
+        assert env["LOOPTOOL_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "lt-looptool-s3"
     inference = deployments["lt-looptool-inference"]["spec"]["template"]["spec"]
     assert inference["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
@@ -82,12 +82,12 @@ def test_five_grpc_services_with_native_grpc_probes(default_docs):
 def test_config_and_operator_settings_are_valid_for_the_code(default_docs):
     cms = by_kind(default_docs, "ConfigMap")
     cfg = LoopToolConfig.model_validate(yaml.safe_load(cms["lt-looptool-config"]["data"]["config.yaml"]))
-    assert cfg.storage.backend == "s3" and cfg.storage.s3.endpoint == "http://lt-looptool-minio.ml.svc:9000"
+    assert cfg.storage.backend == "s3" and cfg.storage.s3.endpoint == "http://lt-looptool-s3.ml.svc:8333"
     assert cfg.services.inference.address == "lt-looptool-inference.ml.svc:50051"
     settings = OperatorSettings.model_validate(yaml.safe_load(cms["lt-looptool-operator"]["data"]["operator.yaml"]))
     assert settings.namespaces == ["ml"]
     assert settings.trainer.gpuResource == "nvidia.com/gpu"
-    assert settings.trainer.s3Secret == "lt-looptool-minio" and settings.trainer.configMap == "lt-looptool-config"
+    assert settings.trainer.s3Secret == "lt-looptool-s3-trainer" and settings.trainer.configMap == "lt-looptool-config"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in settings.trainer.tolerations
 
 
@@ -124,35 +124,29 @@ def test_cluster_wide_and_multi_namespace_rbac():
     assert sorted(r["metadata"]["namespace"] for r in docs if r["kind"] == "Role") == ["team-a", "team-b"]
 
 
-def test_minio_credentials_are_generated_never_defaulted(default_docs):
-    secret = by_kind(default_docs, "Secret")["lt-looptool-minio"]
-    access = base64.b64decode(secret["data"]["accessKey"]).decode()
-    password = base64.b64decode(secret["data"]["secretKey"]).decode()
-    assert len(password) >= 32 and password not in ("minioadmin", "changeme", "password")
-    assert access.startswith("looptool-") and access != "minioadmin"
-    again = by_kind(render(), "Secret")["lt-looptool-minio"]
-    assert base64.b64decode(again["data"]["secretKey"]).decode() != password  # random, not a constant
-    sts = by_kind(default_docs, "StatefulSet")["lt-looptool-minio"]
-    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lt-looptool-minio", "key": "secretKey"}
+def test_object_store_credentials_are_generated_never_defaulted(default_docs):
+    secrets = by_kind(default_docs, "Secret")
+    for name in ("lt-looptool-s3", "lt-looptool-s3-trainer"):
+        access = base64.b64decode(secrets[name]["data"]["accessKey"]).decode()
+        password = base64.b64decode(secrets[name]["data"]["secretKey"]).decode()
+        assert len(password) >= 32 and password not in ("minioadmin", "changeme", "password")
+        assert access.startswith("looptool")
+        again = by_kind(render(), "Secret")[name]
+        assert base64.b64decode(again["data"]["secretKey"]).decode() != password  # random, not a constant
 
 
-def test_existing_secret_is_used_and_external_s3_requires_one():
-    docs = render("--set", "minio.existingSecret=my-s3")
-    assert not by_kind(docs, "Secret")
-    sts = by_kind(docs, "StatefulSet")["lt-looptool-minio"]
-    assert sts["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "my-s3"
-    proc = render("--set", "minio.enabled=false", "--set", "externalS3.endpoint=https://s3.eu-west-1.amazonaws.com", check=False)
-    assert proc.returncode != 0 and "externalS3.existingSecret is required" in proc.stderr
-    docs = render("--set", "minio.enabled=false", "--set", "externalS3.endpoint=https://s3.eu-west-1.amazonaws.com",
-                  "--set", "externalS3.existingSecret=aws-s3")
+def test_external_s3_requires_an_existing_secret():
+    args = ("--set", "objectStore.bundled=false", "--set", "objectStore.endpoint=https://s3.eu-west-1.amazonaws.com")
+    proc = render(*args, check=False)
+    assert proc.returncode != 0 and "objectStore.existingSecret is required" in proc.stderr
+    docs = render(*args, "--set", "objectStore.existingSecret=aws-s3")
     assert not by_kind(docs, "StatefulSet") and not by_kind(docs, "Secret")
     cfg = yaml.safe_load(by_kind(docs, "ConfigMap")["lt-looptool-config"]["data"]["config.yaml"])
     assert cfg["storage"]["s3"]["secure"] is True
 
 
 def test_values_schema_rejects_bad_values():
-    for bad in ("services.inference.port=notaport", "operator.stageRetries=-1", "minio.rootPassword=short",
+    for bad in ("services.inference.port=notaport", "operator.stageRetries=-1", "objectStore.bundled=maybe",
                 "training.backoffLimit=-2", "image.pullPolicy=Sometimes", "training.queueName=team a",
                 "training.workVolume.size=lots", "training.workVolume.accessModes={ReadOnlyMany}",
                 "training.terminationGracePeriodSeconds=-1"):
