@@ -338,7 +338,7 @@ def channel(address: str, security: SecuritySettings | None = None) -> grpc.Chan
     """A client channel to ``address`` with ``security``'s credentials (None = plaintext, no token):
     every client of every service opens its channels here."""
     creds = channel_credentials(security)
-    options = list(CHANNEL_OPTIONS)
+    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
     if security is not None and security.tls_server_name:
         options.append(("grpc.ssl_target_name_override", security.tls_server_name))
     ch = grpc.secure_channel(address, creds, options=options) if creds is not None else grpc.insecure_channel(address, options=options)
