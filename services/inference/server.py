@@ -22,7 +22,7 @@ import time
 import grpc
 from pydantic import ValidationError
 
-from looptool.shared.config import LimitsSettings, LoopToolConfig
+from looptool.shared.config import InferenceSettings, LimitsSettings, LoopToolConfig
 from looptool.shared.errors import InputError, ServiceError
 from looptool.shared.generation import GenRequest
 from looptool.shared.grpc_util import RunningServer, handle_errors, start_server
@@ -96,6 +96,14 @@ def _batch_item(req: inference_pb2.GenerateRequest, limits: LimitsSettings, i: i
         return None
 
 
+def judge_settings(cfg: LoopToolConfig) -> InferenceSettings:
+    """The ``judge:`` section, sharing the inference model cache (one directory, one bound: the chart
+    mounts one volume there) unless it names its own."""
+    assert cfg.judge is not None
+    shared = {k: getattr(cfg.inference, k) for k in ("model_cache_dir", "model_cache_max_bytes") if k not in cfg.judge.model_fields_set}
+    return cfg.judge.model_copy(update=shared)
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Converts protobuf and delegates: generation to ``generate.Generation``, Probe/Judge runs to
     ``stages.StageRuns``; errors become statuses in ``handle_errors``."""
@@ -105,7 +113,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         roots = ModelRoots.from_settings(cfg.inference, cfg.storage)
         self.pool = pool or ModelPool(cfg.inference, size=2, s3=cfg.storage.s3, roots=roots)
         self.judge_pool = judge_pool or (
-            ModelPool(cfg.judge, size=1, s3=cfg.storage.s3, roots=ModelRoots.from_settings(cfg.judge, cfg.storage))
+            ModelPool(judge_settings(cfg), size=1, s3=cfg.storage.s3, roots=ModelRoots.from_settings(cfg.judge, cfg.storage))
             if cfg.judge is not None
             else None
         )

@@ -281,3 +281,15 @@ def test_the_pool_pins_loaded_checkpoints_and_the_cache_evicts_the_others(tmp_pa
             tight.close()
     finally:
         pool.close()
+
+
+def test_the_judge_shares_the_inference_cache_unless_it_names_its_own(tmp_path):
+    from looptool.services.inference.server import judge_settings
+    from looptool.shared.config import load_config
+
+    cfg = load_config(environ={"LOOPTOOL_INFERENCE__MODEL_CACHE_DIR": "/var/lib/looptool/models",
+                               "LOOPTOOL_INFERENCE__MODEL_CACHE_MAX_BYTES": "80Gi", "LOOPTOOL_JUDGE__MODEL": "/m"})  # fmt: skip
+    judge = judge_settings(cfg)
+    assert (judge.model, judge.model_cache_dir, judge.model_cache_max_bytes) == ("/m", "/var/lib/looptool/models", 80 * 2**30)
+    cfg = load_config(environ={"LOOPTOOL_JUDGE__MODEL": "/m", "LOOPTOOL_JUDGE__MODEL_CACHE_DIR": str(tmp_path)})
+    assert judge_settings(cfg).model_cache_dir == str(tmp_path)

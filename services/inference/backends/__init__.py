@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from looptool.shared.config import InferenceSettings, S3Settings
 
+from ..model_cache import ModelCache
 from .base import (
     Backend,
     BackendError,
@@ -25,8 +26,6 @@ from .base import (
 def make_backend(settings: InferenceSettings, model_uri: str | None = None, s3: S3Settings | None = None) -> Backend:
     """``s3``: storage settings for s3:// model URIs (the server passes ``storage.s3``). s3:// models
     are downloaded into ``settings.model_cache_dir`` (bounded, least recently used evicted)."""
-    from ..model_cache import ModelCache
-
     model = model_uri or settings.model
     if settings.backend == "transformers":
         from .hf import TransformersBackend
