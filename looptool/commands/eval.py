@@ -6,6 +6,7 @@ import argparse
 import json
 
 from looptool.commands.argtypes import address, count
+from looptool.shared.config import SecuritySettings
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", default="", help="also write the report as JSON to this file")
 
 
-def _check_server(address: str) -> None:
+def _check_server(address: str, security: "SecuritySettings | None" = None) -> None:
     """A dead --server is one line now, not a gRPC traceback after the BFCL data has loaded."""
     import socket
 
@@ -29,7 +30,7 @@ def _check_server(address: str) -> None:
     fix = "start one (looptool serve inference) or fix --server"
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-        wait_healthy(address, timeout=10)
+        wait_healthy(address, timeout=10, security=security)
     except (OSError, TimeoutError) as exc:
         raise InputError("--server", f"no inference server answers at {address} ({getattr(exc, 'strerror', None) or 'not serving'})", fix) from None
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.server:
         from looptool.services.inference.client import InferenceClient
 
-        _check_server(args.server)
+        _check_server(args.server, args.cfg.security)
 
         gen = InferenceClient(args.server, model=args.model, security=args.cfg.security)
     else:
