@@ -322,7 +322,7 @@ def test_training_job_manifest_is_valid_kubernetes():
     obj["metadata"].update(namespace="default", uid="5f0c4e1a-0000-4000-8000-000000000001")
     spec = parse_round(obj).spec
     cfg = TrainerJobSettings(s3Secret="looptool-minio", configMap="looptool-config", activeDeadlineSeconds=86400,
-                             priorityClassName="training", imagePullSecrets=["regcred"])
+                             priorityClassName="training", imagePullSecrets=["regcred"], allowedImages=[TRAINER_IMAGE])
     req = {"run_id": "r7-abc", "output_prefix": "s3://looptool/runs/r7/train-abc"}
     for manifest in (training_job(obj, spec, req, cfg), request_configmap(obj, req), work_claim(obj, spec, cfg)):
         kubernetes_validate.validate(manifest, "1.37.0", strict=True)
