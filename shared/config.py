@@ -71,6 +71,10 @@ class ServiceEndpoint(Section):
     port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port (local runner)
     metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no metrics endpoint
     workers: int = Field(8, ge=1)
+    # Worker processes for a request's CPU-bound work (programmatic synthesis, expansion drafts, the
+    # grounding judge), at most the request's concurrency where it has one. None = the CPUs this
+    # process may use (affinity, capped by a cgroup quota); 0 = none, in-process threads as before.
+    processes: int | None = Field(None, ge=0)
     # The replicas a data stage spreads its shards over: `host:port` each, or one balanced target
     # (`dns:///name:port`, e.g. a headless Service) served with round_robin. Empty = `address` only.
     endpoints: list[str] = Field(default_factory=list)

@@ -25,6 +25,11 @@ writer, one part per group, each preceded by a small stats record
 groups already done (and any seed whose children exist) and reports the same counts and bytes as
 an uninterrupted run.
 
+Execution: drafting (programmatic generator), checking and building samples are CPU-bound and
+pure per seed, so with ``processes`` >= 1 they run in worker processes (``shared.workers``), one task
+per seed of the group; the llm generator's batched model call stays in this process. Dedup then
+runs here in seed, slot and attempt order, as before: the output does not depend on ``processes``.
+
 Counts (``StageResult.counts``): ``seeds``, ``generated`` (drafts produced) = ``invalid`` +
 ``duplicates`` + ``filtered_mastered`` + ``written``; ``rejected_<reason>`` per reason;
 ``skipped_<why>`` for judged records that are not seeds.
@@ -61,6 +66,7 @@ from looptool.shared.schema import ToolSchemaError, check_tool
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 from looptool.shared.storage.base import NotFound
 from looptool.shared.textnorm import normalize_text
+from looptool.shared.workers import WorkerCrashed, WorkerPool, worker_state
 
 from .drafts import REJECT_REASONS, Draft, DraftGenerator, ProgrammaticGenerator, check_draft, derived_rng, drafts_for_all
 from .llm_drafts import LLMGenerator
@@ -114,6 +120,83 @@ def is_correct_answer(text: str, sample: Sample) -> bool:
 
 
 
+# ----------------------------------------------------------------------------- one seed's drafts → samples
+
+
+def tools_for(seed: Seed, pool: list[Tool], rng: random.Random, max_distractors: int) -> list[Tool]:
+    """The seed's tools and up to ``max_distractors`` from the pool, shuffled."""
+    own = {t.name for t in seed.tools}
+    candidates = [t for t in pool if t.name not in own]
+    k = rng.randint(0, min(max_distractors, len(candidates))) if candidates else 0
+    tools = list(seed.tools) + rng.sample(candidates, k)
+    rng.shuffle(tools)
+    return tools
+
+
+def build_sample(seed: Seed, draft: Draft, tools: list[Tool], round: int, generator: str) -> Sample:
+    context = [m for m in seed.sample.context if m.role == "system"]
+    context.append(Message(role="user", content=draft.user))
+    meta = {k: seed.sample.meta[k] for k in ("date",) if k in seed.sample.meta}
+    meta.update(
+        {
+            "edde_seed": seed.id,
+            "edde_decision": seed.decision.value,
+            "edde_generator": generator,
+            "edde_style": draft.style[:200],
+        }
+    )
+    s = Sample(
+        context=context,
+        tools=tools,
+        reference=[ToolCall(name=c.name, arguments=c.arguments) for c in draft.calls],
+        meta=meta,
+        source=SOURCE,
+    )
+    s.add_lineage(round, STAGE, "expanded", reason=f"from {seed.id}: {seed.decision.value}", parent_id=seed.id)
+    return s.with_id()
+
+
+Prepared = Sample | tuple[str, str]  # a checked draft's sample, or (reject reason, detail)
+
+
+def prepare_drafts(seed: Seed, tasks: list[tuple[int, int]], drafts: list[Draft], config: "ExpandConfig",
+                   base_seed: int, round: int, pool: list[Tool], generator: str) -> list[Prepared]:
+    """Check each ``(slot, attempt)`` task's draft and build its sample: pure, so it may run anywhere."""
+    out: list[Prepared] = []
+    for (slot, attempt), draft in zip(tasks, drafts):
+        reason, detail = check_draft(seed, draft, config.requireGrounded)
+        if reason:
+            out.append((reason, detail))
+            continue
+        rng = derived_rng(base_seed, seed.id, slot, attempt, "tools")
+        out.append(build_sample(seed, draft, tools_for(seed, pool, rng, config.maxDistractors), round, generator))
+    return out
+
+
+@dataclass
+class _WorkerRun:
+    """An expansion worker's state for one run: the drafter (None: drafts come with each task)."""
+
+    drafter: DraftGenerator | None
+    generator: str
+    config: "ExpandConfig"
+    base_seed: int
+    round: int
+    pool: list[Tool]
+
+
+def _worker_init(*args: Any) -> _WorkerRun:
+    return _WorkerRun(*args)
+
+
+def _worker_prepare(seed: Seed, tasks: list[tuple[int, int]], drafts: list[Draft] | None) -> list[Prepared]:
+    st: _WorkerRun = worker_state()
+    if drafts is None:
+        assert st.drafter is not None
+        drafts = st.drafter.drafts(seed, tasks, st.base_seed)
+    return prepare_drafts(seed, tasks, drafts, st.config, st.base_seed, st.round, st.pool, st.generator)
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -160,7 +243,10 @@ class Expander:
         prober: Generator | None = None,
         s3: Any = None,
         is_correct: Callable[[str, Sample], bool] = is_correct_answer,
+        processes: int = 0,
     ):
+        """``processes`` >= 1: drafts are checked and built (and programmatic ones drafted) in that
+        many worker processes during ``events``; 0: in this process."""
         self.config = config or ExpandConfig()
         if generator is None:
             if self.config.generator == "llm":
@@ -170,38 +256,29 @@ class Expander:
         if self.config.filterMastered and prober is None:
             raise ValueError("filterMastered needs a prober (a Generator, e.g. the inference client)")
         self.prober, self.s3, self.is_correct = prober, s3, is_correct
+        self.processes = processes
+        self._workers: WorkerPool | None = None  # set while ``events`` runs with processes
+        self._workers_for: tuple[int, int] | None = None  # (base seed, round) the workers were built for
 
     # -- building samples
 
     def _tools_for(self, seed: Seed, pool: list[Tool], rng: random.Random) -> list[Tool]:
-        own = {t.name for t in seed.tools}
-        candidates = [t for t in pool if t.name not in own]
-        k = rng.randint(0, min(self.config.maxDistractors, len(candidates))) if candidates else 0
-        tools = list(seed.tools) + rng.sample(candidates, k)
-        rng.shuffle(tools)
-        return tools
+        return tools_for(seed, pool, rng, self.config.maxDistractors)
 
     def _build(self, seed: Seed, draft: Draft, tools: list[Tool], round: int) -> Sample:
-        context = [m for m in seed.sample.context if m.role == "system"]
-        context.append(Message(role="user", content=draft.user))
-        meta = {k: seed.sample.meta[k] for k in ("date",) if k in seed.sample.meta}
-        meta.update(
-            {
-                "edde_seed": seed.id,
-                "edde_decision": seed.decision.value,
-                "edde_generator": self.generator.name,
-                "edde_style": draft.style[:200],
-            }
-        )
-        s = Sample(
-            context=context,
-            tools=tools,
-            reference=[ToolCall(name=c.name, arguments=c.arguments) for c in draft.calls],
-            meta=meta,
-            source=SOURCE,
-        )
-        s.add_lineage(round, STAGE, "expanded", reason=f"from {seed.id}: {seed.decision.value}", parent_id=seed.id)
-        return s.with_id()
+        return build_sample(seed, draft, tools, round, self.generator.name)
+
+    def _prepare(self, work: list[tuple[Seed, list[tuple[int, int]]]], base_seed: int, round: int,
+                 pool: list[Tool]) -> list[list[Prepared]]:
+        """Per seed of ``work``: its tasks' drafts, checked and built (in the worker processes when
+        ``events`` started them for this base seed and round)."""
+        workers = self._workers if self._workers_for == (base_seed, round) else None
+        local_drafts = workers is None or not isinstance(self.generator, ProgrammaticGenerator)
+        drafted = drafts_for_all(self.generator, work, base_seed) if local_drafts else [None] * len(work)
+        if workers is None:
+            return [prepare_drafts(seed, tasks, drafts, self.config, base_seed, round, pool, self.generator.name)
+                    for (seed, tasks), drafts in zip(work, drafted)]
+        return workers.map(_worker_prepare, [(seed, tasks, drafts) for (seed, tasks), drafts in zip(work, drafted)])
 
     def expand_seed(
         self, seed: Seed, factor: int, base_seed: int, round: int, pool: list[Tool], state: _State
@@ -225,20 +302,19 @@ class Expander:
             work = [(i, [(slot, attempt) for slot in pending[i]]) for i in range(len(seeds)) if pending[i]]
             if not work:
                 break
-            drafted = drafts_for_all(self.generator, [(seeds[i], tasks) for i, tasks in work], base_seed)
-            for (i, tasks), drafts in zip(work, drafted):
-                seed, c, retry = seeds[i], counts[i], []
-                for (slot, _a), draft in zip(tasks, drafts):
+            prepared = self._prepare([(seeds[i], tasks) for i, tasks in work], base_seed, round, pool)
+            for (i, tasks), items in zip(work, prepared):
+                c, retry = counts[i], []
+                for (slot, _a), item in zip(tasks, items):
                     c["generated"] += 1
-                    reason, detail = check_draft(seed, draft, self.config.requireGrounded)
-                    if reason:
+                    if isinstance(item, tuple):
+                        reason, detail = item
                         c["invalid"] += 1
                         c[f"rejected_{reason}"] = c.get(f"rejected_{reason}", 0) + 1
                         last_reject[i][slot] = f"{reason}: {detail}"
                         retry.append(slot)
                         continue
-                    rng = derived_rng(base_seed, seed.id, slot, _a, "tools")
-                    sample = self._build(seed, draft, self._tools_for(seed, pool, rng), round)
+                    sample = item
                     text_key = user_text_key(sample)
                     if sample.id in state.ids or (text_key and text_key in state.texts):
                         c["duplicates"] += 1
@@ -389,44 +465,58 @@ class Expander:
         todo = [sd for sd in seeds if sd.id not in done]
         finished = total - len(todo)
         yield Progress(stage=STAGE, done=finished, total=total, message=f"{total} seeds, {len(pool)} tools in the pool")
-        group_size = self.config.flushEvery
-        for g in range(0, len(todo), group_size):
-            if should_stop():
-                return  # finished groups are durable; a new call resumes after them
-            group = todo[g : g + group_size]
-            results = self.expand_group(group, factor, seed, round, pool, state)
-            group_counts = _new_counts()
-            n_children = 0
-            for (children, c, _rejects) in results:
-                writer.write_many(children)
-                _merge(group_counts, c)
-                n_children += len(children)
-                self._observe(c)
-            body = {
-                "batch": batch_index,
-                "parts": len(writer.parts) + (1 if n_children else 0),
-                "seeds": [sd.id for sd in group],
-                "counts": group_counts,
-            }
-            store.put_bytes(f"{stats_prefix}batch-{batch_index:06d}.json", json.dumps(body).encode())
-            writer.flush()
-            _merge(state.counts, group_counts)
-            batch_index += 1
-            for sd, (children, c, rejects) in zip(group, results):
-                finished += 1
-                if factor and not children and rejects:
-                    yield ErrorInfo(
-                        code="EXPANSION_EMPTY",
-                        message=f"no sample kept after {self.config.maxAttempts} attempts per slot; last: {rejects[-1][:300]}",
-                        item_id=sd.id,
+        workers = None
+        if self.processes >= 1 and todo:
+            drafter = self.generator if isinstance(self.generator, ProgrammaticGenerator) else None
+            workers = WorkerPool(self.processes, _worker_init, (drafter, self.generator.name, self.config, seed, round, pool),
+                                 preload=[__name__])
+        self._workers, self._workers_for = workers, (seed, round)
+        try:
+            group_size = self.config.flushEvery
+            for g in range(0, len(todo), group_size):
+                if should_stop():
+                    return  # finished groups are durable; a new call resumes after them
+                group = todo[g : g + group_size]
+                results = self.expand_group(group, factor, seed, round, pool, state)
+                group_counts = _new_counts()
+                n_children = 0
+                for (children, c, _rejects) in results:
+                    writer.write_many(children)
+                    _merge(group_counts, c)
+                    n_children += len(children)
+                    self._observe(c)
+                body = {
+                    "batch": batch_index,
+                    "parts": len(writer.parts) + (1 if n_children else 0),
+                    "seeds": [sd.id for sd in group],
+                    "counts": group_counts,
+                }
+                store.put_bytes(f"{stats_prefix}batch-{batch_index:06d}.json", json.dumps(body).encode())
+                writer.flush()
+                _merge(state.counts, group_counts)
+                batch_index += 1
+                for sd, (children, c, rejects) in zip(group, results):
+                    finished += 1
+                    if factor and not children and rejects:
+                        yield ErrorInfo(
+                            code="EXPANSION_EMPTY",
+                            message=f"no sample kept after {self.config.maxAttempts} attempts per slot; last: {rejects[-1][:300]}",
+                            item_id=sd.id,
+                        )
+                    yield Progress(
+                        stage=STAGE,
+                        done=finished,
+                        total=total,
+                        message=f"{sd.id}: {len(children)} new",
+                        metrics={"written": float(state.counts["written"])},
                     )
-                yield Progress(
-                    stage=STAGE,
-                    done=finished,
-                    total=total,
-                    message=f"{sd.id}: {len(children)} new",
-                    metrics={"written": float(state.counts["written"])},
-                )
+        except WorkerCrashed as exc:  # the finished groups are durable: a new call resumes after them
+            yield ErrorInfo(code="WORKER_CRASHED", message=str(exc))
+            return
+        finally:
+            self._workers = self._workers_for = None
+            if workers is not None:
+                workers.close()
         counts = dict(state.counts)
         _merge(counts, skipped)
         counts["seeds"] = total
@@ -450,12 +540,14 @@ class Expander:
                 REJECTED.labels("duplicate" if k == "duplicates" else "mastered").inc(c[k])
 
     def run(self, *args: Any, **kw: Any) -> StageResult:
-        result = None
+        result, crashed = None, ""
         for ev in self.events(*args, **kw):
             if isinstance(ev, StageResult):
                 result = ev
+            elif isinstance(ev, ErrorInfo) and ev.code == "WORKER_CRASHED":
+                crashed = ev.message
         if result is None:
-            raise RuntimeError("expansion stopped before it finished")
+            raise RuntimeError("expansion stopped before it finished" + (f": {crashed}" if crashed else ""))
         return result
 
 

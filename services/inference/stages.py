@@ -17,6 +17,7 @@ from looptool.shared.config import LoopToolConfig
 from looptool.shared.errors import ServiceError
 from looptool.shared.loop.manifest import JudgeSpec, ProbeSpec
 from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult, content_key
+from looptool.shared.workers import pool_size
 
 from .backends import Backend, BoundGenerator, CancelToken
 from .judge import CandidateSampler, GroundingJudge, LLMJudge, run_judge
@@ -127,8 +128,9 @@ class StageRuns:
                     spec.candidateTemperature, spec.candidateMaxTokens, round,
                 )
             if spec.backend == "grounding":
+                processes = pool_size(None, self.cfg.services.inference.processes)  # CPU-bound: every core
                 events = run_judge(GroundingJudge(), probe_results, out, spec, round, batch_size=batch,
-                                   s3=s3, cancel=call.cancel, candidates=sampler)
+                                   s3=s3, cancel=call.cancel, candidates=sampler, processes=processes if processes >= 2 else 0)
             else:
                 backend = stack.enter_context(self._judge_lease(spec))
                 judge = LLMJudge(BoundGenerator(backend, call.cancel, call.deadline), votes=spec.votes, seed=round)

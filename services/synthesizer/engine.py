@@ -2,8 +2,13 @@
 
 Determinism: dialogue ``i`` is a pure function of ``(seed, i)``, the toolset and the config (its
 rng is seeded by ``sha256(seed:i)``, its tool-simulator session by the same number), so the output
-does not depend on concurrency: dialogues are produced by a thread pool but filtered, written and
+does not depend on concurrency: dialogues are produced concurrently but filtered, written and
 streamed in index order.
+
+Execution: programmatic agents are CPU-bound Python, so with ``processes`` >= 1 they run in that many
+worker processes (``shared.workers``; each builds its own agents and tool backend: an embedded
+simulator of its own, or its own channel to the remote one); llm agents wait on the inference
+server, so they run on ``concurrency`` threads. Both give the same bytes.
 
 Resume: the dataset is written with ``resume=True`` in parts of ``part_size`` dialogues; a
 restarted run reads the parts already flushed, rebuilds the dedup state from them and continues
@@ -12,18 +17,21 @@ after the highest finished index, producing the identical dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from looptool.shared import metrics
+from looptool.shared.workers import WorkerCrashed, WorkerPool, worker_state
 from looptool.shared.records import DatasetRef, Dialog, ErrorInfo, Message, Progress, StageResult, Tool, ToolCall, content_key
 
-from .agents import Agents, NeedState, ToolOutcome, _error_type
+from .agents import Agents, NeedState, ProgrammaticAgents, ToolOutcome, _error_type
 from .config import SynthesisConfig
 from .filters import FILTERS, Deduper, check_calls, check_turns, first_query
 
@@ -58,6 +66,64 @@ class LocalToolBackend:
 
     def close_session(self, session_id):
         self.sim.close_session(session_id)
+
+
+BackendFactory = Callable[[], ToolBackend]
+
+
+def worker_backend_factory(backend: ToolBackend) -> BackendFactory | None:
+    """A picklable callable that builds, in a worker process, a backend answering like ``backend``;
+    None when there is none (the run then stays on threads). A backend may offer its own as
+    ``backend.worker_factory()``; a remote simulator's client is passed by the caller, who knows its
+    address and credentials (``iter_synthesis(backend_factory=...)``)."""
+    custom = getattr(backend, "worker_factory", None)
+    if callable(custom):
+        return custom()
+    if type(backend) is LocalToolBackend and getattr(backend.sim, "generator", None) is None:
+        return LocalToolBackend  # sessions are seeded per dialogue: a simulator per worker answers the same
+    return None
+
+
+@dataclass
+class _WorkerRun:
+    """A synthesis worker's state for one run (built once per worker process)."""
+
+    toolset: list[Tool]
+    cfg: SynthesisConfig
+    seed: int
+    round: int
+    agents: Agents
+    backend: ToolBackend
+
+
+def _worker_init(toolset: list[Tool], cfg: SynthesisConfig, seed: int, round: int, agents: Agents,
+                 backend_factory: BackendFactory) -> _WorkerRun:
+    return _WorkerRun(toolset, cfg, seed, round, agents, backend_factory())
+
+
+def _worker_dialog(index: int) -> "Outcome":
+    st: _WorkerRun = worker_state()
+    return synthesize_dialog(index, st.seed, st.toolset, st.cfg, st.agents, st.backend, st.round)
+
+
+def _threaded(fn: Callable[[int], "Outcome"], items: Iterable[int], threads: int) -> Iterator["Outcome"]:
+    """``fn(i)`` on ``threads`` threads, results in input order, 2 per thread in flight."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="synth") as pool:
+        pending: deque[Future] = deque()
+        feed = iter(items)
+        try:
+            while True:
+                while len(pending) < 2 * threads:
+                    i = next(feed, None)
+                    if i is None:
+                        break
+                    pending.append(pool.submit(fn, i))
+                if not pending:
+                    return
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def dialog_seed(seed: int, index: int) -> int:
@@ -219,6 +285,8 @@ def iter_synthesis(
     meta: dict[str, Any] | None = None,
     stop_after: int | None = None,
     first_index: int = 0,
+    processes: int = 0,
+    backend_factory: BackendFactory | None = None,
 ) -> Iterator[Event]:
     """Synthesize ``num_dialogues`` dialogues into the dataset at ``out_uri``; yields progress,
     each kept dialogue (in index order), per-item errors, and finally the StageResult.
@@ -227,6 +295,11 @@ def iter_synthesis(
     committing. ``first_index``: a shard of a larger run, dialogues ``first_index ..
     first_index + num_dialogues - 1`` (dedup within the shard; the stage merges shards).
     A committed dataset at ``out_uri`` is returned as is (the stage is idempotent).
+
+    ``processes`` >= 1 runs programmatic agents in that many worker processes, each with the backend
+    ``backend_factory`` (default :func:`worker_backend_factory`) builds; without one, or with llm
+    agents, ``concurrency`` threads run the dialogues. A worker process that dies is retried on a
+    fresh pool once; a second death ends the run with ``WORKER_CRASHED`` (finished parts are kept).
     """
     from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 
@@ -260,25 +333,36 @@ def iter_synthesis(
     consecutive_errors = 0
     abort_after = max(10, 2 * concurrency)
     turns_total = 0
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="synth") as pool:
-        pending: dict[int, Future] = {}
-        feed = iter(todo)
 
-        def fill() -> None:
-            while len(pending) < max(1, concurrency) * 2:
-                if cancel is not None and cancel.is_set():
-                    return
-                i = next(feed, None)
-                if i is None:
-                    return
-                pending[i] = pool.submit(synthesize_dialog, i, seed, toolset, cfg, agents, backend, round)
-
-        fill()
+    def feed() -> Iterator[int]:
         for i in todo:
-            if i not in pending:
-                break  # cancelled
-            out = pending.pop(i).result()
-            fill()
+            if cancel is not None and cancel.is_set():
+                return  # the dialogues already started are still written
+            yield i
+
+    factory = None
+    if processes >= 1 and isinstance(agents, ProgrammaticAgents):  # llm agents wait on the network: threads
+        factory = backend_factory or worker_backend_factory(backend)
+    with contextlib.ExitStack() as stack:
+        results: Iterator[Outcome]
+        if factory is not None:
+            pool = stack.enter_context(WorkerPool(processes, _worker_init, (toolset, cfg, seed, round, agents, factory),
+                                                  preload=[__name__]))
+            results = pool.imap(_worker_dialog, ((i,) for i in feed()), label=lambda a: f"dialogue {a[0]}")
+        else:
+            results = _threaded(lambda i: synthesize_dialog(i, seed, toolset, cfg, agents, backend, round), feed(),
+                                max(1, concurrency))
+        stack.enter_context(contextlib.closing(results))  # type: ignore[type-var]
+        crashed: list[WorkerCrashed] = []
+
+        def guarded(it: Iterator[Outcome]) -> Iterator[Outcome]:
+            try:
+                yield from it
+            except WorkerCrashed as exc:  # the results before it are written; a rerun resumes after them
+                crashed.append(exc)
+
+        for out in guarded(results):
+            i = out.index
             counts["processed"] += 1
             DIALOG_SECONDS.observe(out.seconds)
             for k, v in out.stats.items():
@@ -311,9 +395,12 @@ def iter_synthesis(
             elapsed = time.perf_counter() - t0
             yield Progress(stage="synthesize", done=i + 1 - first_index, total=num_dialogues,
                            metrics={"kept": counts["kept"], "dialogs_per_minute": 60 * counts["processed"] / elapsed if elapsed else 0.0})
+        if crashed:
+            writer.flush()
+            _settle(writer)
+            yield ErrorInfo(code="WORKER_CRASHED", message=str(crashed[0]))
+            return
         if cancel is not None and cancel.is_set():
-            for f in pending.values():
-                f.cancel()
             writer.flush()
             _settle(writer)
             yield ErrorInfo(code="CANCELLED", message="synthesis cancelled; finished dialogues are kept for a resumed run")

@@ -5,10 +5,13 @@ A request's ``toolsim_address`` (else the server's, else ``services.toolsim``; `
 none: one in-process ``LocalToolBackend`` shared by all requests) serves tool calls; ``llm``
 agents use the server's generator, else the inference server's client. Llm agents without a
 generator end the run with ``FAILED_PRECONDITION``; no output and no storage with ``INVALID_ARGUMENT``.
+Programmatic agents run in worker processes (the request's concurrency, capped by
+``services.synthesizer.processes``), each with a backend of its own (``_worker_backend``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any, Iterator
@@ -17,10 +20,11 @@ from looptool.services.inference.client import InferenceClient
 from looptool.services.toolsim.client import ToolSimClient
 from looptool.shared.errors import ServiceError
 from looptool.shared.records import DatasetRef, Tool, text_key
+from looptool.shared.workers import pool_size
 
 from .agents import make_agents
 from .config import SynthesisConfig
-from .engine import Event, LocalToolBackend, ToolBackend, iter_synthesis
+from .engine import BackendFactory, Event, LocalToolBackend, ToolBackend, iter_synthesis
 
 
 def output_key(toolset_hash: str, num: int, seed: int, cfg: SynthesisConfig, round: int) -> str:
@@ -41,16 +45,35 @@ class Synthesis:
     def s3(self) -> Any:
         return getattr(getattr(self.app_cfg, "storage", None), "s3", None)
 
-    def _backend(self, cfg: SynthesisConfig) -> ToolBackend:
+    def _toolsim_address(self, cfg: SynthesisConfig) -> str:
         address = cfg.toolsim_address or self.toolsim_address
         if not address and self.app_cfg is not None:
             address = self.app_cfg.services.toolsim.address
-        if not address or address == "embedded":
+        return "" if address == "embedded" else address
+
+    def _backend(self, cfg: SynthesisConfig) -> ToolBackend:
+        address = self._toolsim_address(cfg)
+        if not address:
             with self._lock:
                 if self._embedded is None:
                     self._embedded = LocalToolBackend()
             return self._embedded
         return ToolSimClient(address, security=self.app_cfg.security if self.app_cfg is not None else None)
+
+    def _worker_backend(self, cfg: SynthesisConfig) -> BackendFactory:
+        """How each worker process builds its tool backend: an embedded simulator of its own, or its
+        own channel to the remote one."""
+        address = self._toolsim_address(cfg)
+        if not address:
+            return LocalToolBackend
+        return functools.partial(ToolSimClient, address, security=self.app_cfg.security if self.app_cfg is not None else None)
+
+    def _processes(self, concurrency: int) -> int:
+        """Worker processes for a run: the request's concurrency capped by ``services.synthesizer.processes``;
+        0 (threads in this process) when that is one, where a process would only add its start-up."""
+        setting = self.app_cfg.services.synthesizer.processes if self.app_cfg is not None else None
+        n = pool_size(concurrency, setting)
+        return n if n >= 2 else 0
 
     def _generator(self, cfg: SynthesisConfig) -> Any:
         if cfg.agents != "llm":
@@ -80,7 +103,8 @@ class Synthesis:
             for ev in iter_synthesis(tools, num_dialogues, seed, out, cfg, agents, backend,
                                      concurrency=max(1, concurrency or 1), round=round, s3=self.s3,
                                      cancel=cancel, meta={"toolset": toolset.uri, "toolset_hash": toolset.content_hash},
-                                     first_index=first_index):
+                                     first_index=first_index, processes=self._processes(max(1, concurrency or 1)),
+                                     backend_factory=self._worker_backend(cfg)):
                 if cancel.is_set():
                     break
                 yield ev

@@ -1,5 +1,10 @@
 """The judge stage: one ``JudgedSample`` per failed probe result (kind ``verdicts``), resumable,
-written chunk by chunk; relabel and unclear lineage."""
+written chunk by chunk; relabel and unclear lineage.
+
+A judge whose verdicts are CPU-bound pure functions of one result (the grounding judge: ``judge_one``)
+runs in ``processes`` worker processes (``shared.workers``); a model judge waits on its backend and
+stays in this process. Verdicts come back in input order, so the output does not depend on it.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +24,42 @@ from looptool.shared.records import (
     Progress,
     StageResult,
     ToolCall,
+    Verdict,
     canonical_json,
 )
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
+from looptool.shared.workers import WorkerCrashed, WorkerPool, worker_state
 
 from ..backends.base import Aborted, CancelToken
 from .candidates import CandidateSampler, settle_with_candidates
+from .grounding import GroundingJudge
 from .verdicts import CANDIDATE_REASON, JUDGE_ERROR, Judge
 
 KIND = "verdicts"
 _VERDICTS = metrics.counter("inference", "judge_verdicts", "Judge verdicts by decision", ["decision"])
 
 EventValue = Progress | ErrorInfo | StageResult
+
+def _worker_init(judge: GroundingJudge) -> GroundingJudge:
+    return judge
+
+
+def _worker_verdict(result: ProbeResult) -> Verdict:
+    judge: GroundingJudge = worker_state()
+    return judge.judge_one(result)
+
+
+class PooledJudge:
+    """``judge``'s per-result verdicts computed in worker processes (each with its own copy of it)."""
+
+    def __init__(self, judge: GroundingJudge, pool: WorkerPool):
+        self.inner, self.pool, self.name = judge, pool, judge.name
+
+    def judge(self, results: list[ProbeResult]) -> list[Verdict]:
+        if len(results) < 2:
+            return self.inner.judge(results)
+        return self.pool.map(_worker_verdict, [(r,) for r in results])
+
 
 def _lineage_for(js: JudgedSample, round: int, unclear_policy: str) -> None:
     v, sample = js.verdict, js.probe.sample
@@ -56,8 +85,11 @@ def run_judge(
     s3=None,
     cancel: CancelToken | None = None,
     candidates: CandidateSampler | None = None,
+    processes: int = 0,
 ) -> Iterator[EventValue]:
-    """Judge every failed probe result; ``candidates`` re-judges ``unclear`` ones with sampled answers."""
+    """Judge every failed probe result; ``candidates`` re-judges ``unclear`` ones with sampled answers.
+    ``processes`` >= 1: a grounding judge runs in that many worker processes. A worker that dies is
+    retried once on a fresh pool, then the stage ends with a ``WORKER_CRASHED`` error (finished chunks kept)."""
     t0 = time.monotonic()
     decisions = [d.value for d in Decision]
     store, key = split_uri(out_uri, s3)
@@ -93,6 +125,10 @@ def run_judge(
     if not total_failed:
         yield Progress(stage="judge", done=0, total=0, message="no failed probe results; nothing to judge")
     chunk: list[ProbeResult] = []
+    pool: WorkerPool | None = None
+    if processes >= 1 and isinstance(judge, GroundingJudge):
+        pool = WorkerPool(processes, _worker_init, (judge,), preload=[__name__])
+        judge = PooledJudge(judge, pool)
 
     def judge_chunk() -> Iterator[EventValue]:
         """Judge, write and flush the whole chunk, then report: a chunk is written whole or not at all."""
@@ -143,7 +179,12 @@ def run_judge(
         ref = writer.commit()
     except Aborted:
         return  # earlier chunks are flushed; a resumed run redoes this one
+    except WorkerCrashed as exc:
+        yield ErrorInfo(code="WORKER_CRASHED", message=str(exc), item_id="")
+        return
     finally:
+        if pool is not None:
+            pool.close()
         if writer._committed is None:  # noqa: SLF001 - keep finished work for a resumed run
             try:
                 writer.flush()
