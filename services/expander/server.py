@@ -28,6 +28,7 @@ from looptool.shared.limits import check_int
 from looptool.shared.proto_convert import dataset_from_pb, stage_event_to_pb
 from looptool.shared.schema import ToolSchemaError
 from looptool.shared.storage.base import NotFound, StorageError
+from looptool.shared.workers import pool_size
 from looptool.v1 import expander_pb2, expander_pb2_grpc
 
 SERVICE = "looptool.v1.Expander"
@@ -75,7 +76,8 @@ class ExpanderServicer(expander_pb2_grpc.ExpanderServicer):
         if config.generator == "llm":
             drafter = LLMGenerator(self.generator_factory(address, config.generatorModel), config.temperature, config.maxTokens)
         prober = self.generator_factory(address, config.probeModel) if config.filterMastered else None
-        return Expander(config, drafter, prober, s3=self.cfg.storage.s3)
+        processes = pool_size(None, self.cfg.services.expander.processes)  # drafts are CPU-bound: every core
+        return Expander(config, drafter, prober, s3=self.cfg.storage.s3, processes=processes if processes >= 2 else 0)
 
     # The expander's contract (module docstring): unreadable inputs are the caller's to fix, so storage
     # and schema errors are INVALID_ARGUMENT and a missing dataset FAILED_PRECONDITION (an earlier
