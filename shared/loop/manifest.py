@@ -330,7 +330,7 @@ def load_manifests(path: str | Path, max_bytes: int | None = None) -> list[LoopR
         raise ManifestError(f"{path}: is a directory; pass a LoopRound YAML file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ManifestError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML") from None
+        raise ManifestError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML; fix the syntax there") from None
     items: list[Any] = []
     for d in docs:
         if isinstance(d, dict) and d.get("kind") == "List":
