@@ -21,6 +21,7 @@ replica of the service, retry a failed shard on another replica, and merge the s
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections import deque
@@ -162,11 +163,13 @@ def dispatch(
     on_progress: Callable[[Progress], None] = lambda p: None,
     max_attempts: int = 3,
     slots: Callable[[str], int] = target_slots,
+    on_abort: Callable[[], None] = lambda: None,
 ) -> DispatchReport[R]:
     """Run every shard as ``run(target, shard, report_done)`` on the targets; results in shard order.
 
     ``report_done(n)``: records of the shard finished so far (progress). Raises ``ShardingError``:
-    ``<Stage>Failed`` for an error no retry can fix, ``ServiceUnavailable`` when every target is dead."""
+    ``<Stage>Failed`` for an error no retry can fix, ``ServiceUnavailable`` when every target is dead.
+    ``on_abort`` is called once when a shard fails for good: cancel the shards still running."""
     if not targets:
         raise ShardingError("ServiceUnavailable", f"{stage}: no replica address configured")
     results: dict[int, R] = {}
@@ -200,9 +203,10 @@ def dispatch(
                 q.in_flight += 1
                 q.attempts[shard.index] = q.attempts.get(shard.index, 0) + 1
             try:
-                result = run(slot.target, shard, lambda n, _s=shard: progress(_s, n))
+                result = run(slot.target, shard, functools.partial(progress, shard))
             except BaseException as exc:  # noqa: BLE001 - classified below; a bug fails the stage
                 code, why = _describe(exc)
+                abort = False
                 endpoint_down = code in DEAD_CODES or (code is None and isinstance(exc, (ConnectionError, TimeoutError)))
                 with q.cond:
                     q.in_flight -= 1
@@ -226,7 +230,10 @@ def dispatch(
                             f"(records {shard.start}..{shard.stop - 1}): {why}"
                         )
                         q.fatal.__cause__ = exc
+                        abort = True
                     q.cond.notify_all()
+                if abort:
+                    on_abort()
                 continue
             with q.cond:
                 q.in_flight -= 1

@@ -220,17 +220,28 @@ def run_shards(
     replicas, shards, retries and dead replicas in the stage's status."""
     targets = ctx.targets(service)
     channels: dict[str, grpc.Channel] = {}
+    running: set[Any] = set()  # the shards' RPCs in flight (cancelled when one fails for good)
     lock = threading.Lock()
 
     def run(target: str, shard: Shard, report: Callable[[int], None]) -> StageResult:
         with lock:
             if target not in channels:
                 channels[target] = open_channel(target, ctx.config.security)
-            ch = channels[target]
-        return _drain(call(ch, shard), stage, report, ctx)
+            stream = call(channels[target], shard)
+            running.add(stream)
+        try:
+            return _drain(stream, stage, report, ctx)
+        finally:
+            with lock:
+                running.discard(stream)
+
+    def abort() -> None:
+        with lock:
+            for stream in running:
+                stream.cancel()
 
     try:
-        rep = dispatch(stage, shards, targets, run, on_progress=on_progress)
+        rep = dispatch(stage, shards, targets, run, on_progress=on_progress, on_abort=abort)
     except ShardingError as exc:
         raise StageError(exc.reason, exc.message) from None
     finally:

@@ -236,3 +236,22 @@ def test_sharded_generator_keeps_request_order_and_drops_a_dead_replica():
     g.generate(reqs[:4])
     assert gens["b:2"].calls == 1  # left out of later calls
     assert g.served["a:1"] + g.served["c:3"] == 7
+
+
+def test_a_failed_shard_aborts_the_shards_still_running():
+    cancelled = threading.Event()
+    aborts = []
+
+    def run(target, shard, report):
+        if shard.index == 0:
+            raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "dataset replaced")
+        assert cancelled.wait(10), "the running shard was not cancelled"
+        raise FakeRpcError(grpc.StatusCode.CANCELLED, "cancelled by the stage")
+
+    def on_abort():
+        aborts.append(1)
+        cancelled.set()
+
+    with pytest.raises(ShardingError, match="FAILED_PRECONDITION: dataset replaced"):
+        dispatch("judge", plan_shards(4, 1), ["a:1", "b:2"], run, on_abort=on_abort)
+    assert aborts == [1]
