@@ -378,6 +378,14 @@ def user_text_key(record: dict[str, Any]) -> str:
     return text_key(text, 24) if text.strip(" |") else ""
 
 
+def first_query_key(record: dict[str, Any]) -> str:
+    """A dialogue record's first user request, normalised: the exact part of the synthesizer's
+    within-run dedup (``filters.Deduper``), applied across shards at merge."""
+    first = next((m.get("content", "") for m in record.get("messages", []) if m.get("role") == "user"), "")
+    norm = normalize_text(first)
+    return "q:" + norm if norm else ""
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 

@@ -31,6 +31,7 @@ from looptool.shared.loop.sharding import (
     ShardedGenerator,
     ShardingError,
     dispatch,
+    first_query_key,
     merge_datasets,
     open_channel,
     plan_shards,
@@ -162,13 +163,6 @@ def consume(stream: Iterable[Any], stage: str, on_progress: ProgressFn, ctx: Sta
     if result is None:
         raise StageError(f"{stage.capitalize()}Failed", f"{stage} service ended without a result")
     return result
-
-
-def _record(st: StageStatus, result: StageResult, names: list[str]) -> None:
-    for name, ref in zip(names, result.outputs):
-        st.outputs[name] = ref
-    st.counts.update(result.counts)
-    st.metrics.update(result.metrics)
 
 
 def _ref(st: StageStatus, name: str) -> DatasetRef:
@@ -335,7 +329,8 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
     # Fresh dialogues: the seed depends on the round so chained rounds get new data.
     seed = spec.seed * 1000 + ctx.spec.round
     # Dialogue i is a function of (seed, i); shards are index ranges, deduplicated within themselves
-    # and by dialogue id at merge, so the shard size (not the replica count) shapes the output.
+    # (the synthesizer's Deduper) and across shards at merge (dialogue id, first user request), so
+    # the shard size, not the replica count, shapes the output.
     size = ctx.shard_size("synthesizer")
     syn_key = key_of(tool_key, spec, seed, {"shard_size": size})
     if spec.numDialogues > 0:
@@ -361,7 +356,8 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
             results = run_shards(ctx, st, "synthesize", "synthesizer", shards, synthesize, on_progress)
             meta = {"stage": "synthesize", "seed": seed, "num_dialogues": spec.numDialogues, "shard_size": size,
                     "toolset": toolset_ref.uri, "round": ctx.spec.round}
-            st.outputs["dialogs"] = _merged(ctx, st, results, out, "dialogs", lambda r: [r.get("id", "")], meta)
+            st.outputs["dialogs"] = _merged(ctx, st, results, out, "dialogs",
+                                            lambda r: [r.get("id", ""), first_query_key(r)], meta)
         dialogs = list(open_dataset(_ref(st, "dialogs"), ctx.config.storage.s3).iter(Dialog))
         # at="": no wall-clock stamp, so re-runs produce byte-identical samples.
         samples = list(dialogs_to_samples(dialogs, round=ctx.spec.round, at="", include_kinds=spec.sampleKinds))

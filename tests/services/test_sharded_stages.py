@@ -17,6 +17,7 @@ from looptool.services.synthesizer import server as synth_server
 from looptool.shared.config import InferenceSettings, LoopToolConfig, StorageSettings
 from looptool.shared.grpc_util import wait_healthy
 from looptool.shared.loop.manifest import parse_round
+from looptool.shared.loop.sharding import first_query_key
 from looptool.shared.loop.stages import StageContext, StageError, stage_judge, stage_probe, stage_synthesize
 from looptool.shared.loop.state import RoundStatus
 from looptool.shared.records import ProbeResult
@@ -233,3 +234,5 @@ def test_synthesis_shards_hash_like_one_replica(synthesizers, tmp_path):
     indices = [int(d["meta"]["index"]) for d in dialogs]
     assert indices == sorted(indices) and max(indices) >= 24  # shards cover the whole index range
     assert max(Counter(d["id"] for d in dialogs).values()) == 1
+    firsts = [first_query_key(d) for d in dialogs]
+    assert len(firsts) == len(set(firsts))  # no repeated first request across shards

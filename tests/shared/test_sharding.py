@@ -15,6 +15,7 @@ from looptool.shared.loop.sharding import (
     ShardedGenerator,
     ShardingError,
     dispatch,
+    first_query_key,
     merge_datasets,
     plan_shards,
     shard_uri,
@@ -255,3 +256,10 @@ def test_a_failed_shard_aborts_the_shards_still_running():
     with pytest.raises(ShardingError, match="FAILED_PRECONDITION: dataset replaced"):
         dispatch("judge", plan_shards(4, 1), ["a:1", "b:2"], run, on_abort=on_abort)
     assert aborts == [1]
+
+
+def test_first_query_key_is_the_normalised_first_user_request():
+    d = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Book a  FLIGHT, to Rome!"},
+                      {"role": "user", "content": "later"}]}
+    assert first_query_key(d) == "q:book a flight to rome"
+    assert first_query_key({"messages": [{"role": "assistant", "content": "hi"}]}) == ""
