@@ -60,7 +60,7 @@ from looptool.shared.records import (
     Tool,
     content_key,
 )
-from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
+from looptool.shared.storage import DatasetCorrupt, dataset_exists, open_dataset, split_uri, writer_for_uri
 from looptool.shared.verl_format import sample_to_verl_row
 from looptool.v1 import (
     expander_pb2,
@@ -693,4 +693,7 @@ def run_data_stage(phase: Phase, ctx: StageContext, status: RoundStatus, on_prog
     fn = STAGES.get(phase)
     if fn is None:
         raise StageError("NotADataStage", f"phase {phase.value} is not a data stage ({STAGE_OF.get(phase)})")
-    fn(ctx, status, on_progress)
+    try:
+        fn(ctx, status, on_progress)
+    except DatasetCorrupt as exc:  # a committed input no longer matches its manifest: stop, name it
+        raise StageError("DatasetCorrupt", str(exc)) from None
