@@ -123,6 +123,16 @@ def main() -> int:
         g = bounded(generate, args.requests, args.concurrency, args.duration)
         rows.append(("Generate (unary)", args.requests, args.concurrency, g))
 
+        # an oversized prompt: refused by its byte size (limits.prompt_bytes) before tokenizing
+        big = GenRequest(messages=[Message(role="user", content="x" * (20 * 2**20))], params=SamplingParams(max_tokens=4))
+        t = time.perf_counter()
+        try:
+            client.generate_one(big)
+            big_refusal = "ACCEPTED"
+        except Exception as exc:  # noqa: BLE001 - the refusal is the point
+            big_refusal = f"{getattr(exc, 'code', type(exc).__name__)}"
+        big_ms = 1000 * (time.perf_counter() - t)
+
         spec = ProbeSpec(maxTokens=args.max_tokens)
         datasets = [write_samples((store / f"in-{j}").as_uri(), make_samples(16, start=16 * j)) for j in range(args.probe_requests)]
 
@@ -190,10 +200,14 @@ def main() -> int:
         print(f"{name:<26} {n:>8} {c:>5} {r['done']:>5} {r['errors']:>6} {r['rps']:>7.2f} {r['p50']:>7.3f} {r['p95']:>7.3f}")
         if r["first_error"]:
             print(f"  first error: {r['first_error']}")
-    print(f"\nkill -9 during a {args.kill_samples}-sample Probe stage: {committed_before_kill} part file(s) on disk at the kill, "
+    print(f"\n20 MB prompt: {big_refusal} after {big_ms:.0f} ms (round trip, transfer included)")
+    print(f"kill -9 during a {args.kill_samples}-sample Probe stage: {committed_before_kill} part file(s) on disk at the kill, "
           f"restart {restart:.1f}s, resumed stage {resume_wall:.1f}s (uninterrupted {ref_wall:.1f}s)")
     print(f"output hash uninterrupted {ref_hash[:16]}  resumed {got_hash[:16]}  -> {'SAME' if same else 'DIFFERENT'}"
           + (f"  errors: {errs[:1]}" if errs else ""))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     return 0 if same else 1
 
 
