@@ -1,7 +1,8 @@
 """Sharded data stages over real gRPC replicas on loopback: probe over 3 inference replicas (every
 replica serves shards, the merged output hashes the same as one replica's), a replica killed
 mid-stage, a dead address in the endpoint list, every replica down; judge and synthesize sharding
-(same hash for 1 and N replicas); a round_robin channel over an ``ipv4:`` target."""
+and expand sharding (same hash for 1 and N replicas); a round_robin channel over an ``ipv4:``
+target; held-out evaluation over replicas with a dead one in the list."""
 
 from __future__ import annotations
 
@@ -12,15 +13,24 @@ from collections import Counter
 import pytest
 
 from looptool.services.inference import server as inference_server
+from looptool.services.expander import server as expander_server
 from looptool.services.inference.client import InferenceClient
 from looptool.services.synthesizer import server as synth_server
 from looptool.shared.config import InferenceSettings, LoopToolConfig, StorageSettings
 from looptool.shared.grpc_util import wait_healthy
 from looptool.shared.loop.manifest import parse_round
 from looptool.shared.loop.sharding import first_query_key
-from looptool.shared.loop.stages import StageContext, StageError, stage_judge, stage_probe, stage_synthesize
+from looptool.shared.loop.stages import (
+    StageContext,
+    StageError,
+    stage_evaluate,
+    stage_expand,
+    stage_judge,
+    stage_probe,
+    stage_synthesize,
+)
 from looptool.shared.loop.state import RoundStatus
-from looptool.shared.records import ProbeResult
+from looptool.shared.records import ProbeResult, Sample
 from looptool.shared.storage import open_dataset
 
 from support.inference import make_samples, one_torch_thread, tiny_model_dir, write_samples  # noqa: F401
@@ -236,3 +246,53 @@ def test_synthesis_shards_hash_like_one_replica(synthesizers, tmp_path):
     assert max(Counter(d["id"] for d in dialogs).values()) == 1
     firsts = [first_query_key(d) for d in dialogs]
     assert len(firsts) == len(set(firsts))  # no repeated first request across shards
+
+
+def test_evaluation_spreads_over_replicas_with_the_same_accuracy(setup, tmp_path):
+    root, cfg, train, servers = setup
+    heldout = write_samples(str(tmp_path / "heldout"), make_samples(40, start=500))
+
+    def evaluate(targets, base):
+        ctx = _ctx(cfg, base, targets, eval={"maxTokens": 8})
+        status = RoundStatus()
+        status.stage("synthesize").outputs["heldout"] = heldout
+        stage_evaluate(ctx, status, lambda p: None)
+        return status.stage("evaluate")
+
+    one = evaluate([servers[0].address], tmp_path / "e1")
+    (dead,) = free_ports(1)
+    two = evaluate([servers[0].address, f"127.0.0.1:{dead}", servers[1].address], tmp_path / "e2")
+    assert one.metrics["accuracy_heldout"] == two.metrics["accuracy_heldout"]
+    assert one.counts["n_heldout"] == two.counts["n_heldout"] == 40
+    assert two.counts["replicas"] == 3 and two.counts["replicas_dead"] == 1 and f"127.0.0.1:{dead}" in two.message
+
+
+def test_expansion_shards_hash_like_one_replica(setup, one_replica_probe, tmp_path):
+    root, cfg, train, servers = setup
+    cfg = cfg.model_copy(deep=True)
+    cfg.services.inference.shard_size = 40
+    cfg.services.expander.shard_size = 16
+    probe = one_replica_probe.outputs["probe_results"]
+    ctx = _ctx(cfg, tmp_path / "judged", [servers[0].address])
+    status = RoundStatus()
+    status.stage("synthesize").outputs["train"] = train
+    status.stage("probe").outputs["probe_results"] = probe
+    stage_judge(ctx, status, lambda p: None)
+    assert status.stage("judge").counts["model_wrong"] > 16  # more seeds than one shard
+    expanders = [expander_server.start(cfg, port=0) for _ in range(2)]
+    try:
+        outs = []
+        for targets, tag in (([expanders[0].address], "x1"), ([e.address for e in expanders], "x2")):
+            ctx = _ctx(cfg, tmp_path / tag, targets, service="expander", expand={"factor": 2})
+            st = status.model_copy(deep=True)
+            stage_expand(ctx, st, lambda p: None)
+            outs.append(st.stage("expand"))
+    finally:
+        for e in expanders:
+            e.stop(0)
+    one, two = outs
+    assert one.outputs["expansions"].content_hash == two.outputs["expansions"].content_hash
+    assert one.outputs["next"].content_hash == two.outputs["next"].content_hash
+    assert two.counts["shards"] == one.counts["shards"] >= 2 and two.outputs["expansions"].record_count > 0
+    ids = [s.id for s in open_dataset(two.outputs["expansions"]).iter(Sample)]
+    assert len(ids) == len(set(ids))
