@@ -130,7 +130,7 @@ def _metric_deltas(before: dict, after: dict) -> list[tuple[str, str, str, tuple
                 if any(db):
                     changes.append((key, (db, v[1] - os_)))
         if changes:
-            m = metrics._metrics[full]  # noqa: SLF001
+            m: Any = metrics._metrics[full]  # noqa: SLF001
             buckets = tuple(m._upper_bounds) if kind == "histogram" else None  # noqa: SLF001
             out.append((full, kind, m._documentation, tuple(m._labelnames), buckets, changes))  # noqa: SLF001
     return out
@@ -140,7 +140,7 @@ def apply_metric_deltas(deltas: list) -> None:
     """Add a worker's metric changes to this process's metrics (created here if only the worker had them)."""
     for full, kind, doc, labelnames, buckets, changes in deltas:
         with metrics._lock:  # noqa: SLF001
-            m = metrics._metrics.get(full)  # noqa: SLF001
+            m: Any = metrics._metrics.get(full)  # noqa: SLF001
             if m is None:
                 if kind == "counter":
                     m = Counter(full, doc, list(labelnames))

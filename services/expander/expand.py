@@ -273,11 +273,13 @@ class Expander:
         """Per seed of ``work``: its tasks' drafts, checked and built (in the worker processes when
         ``events`` started them for this base seed and round)."""
         workers = self._workers if self._workers_for == (base_seed, round) else None
-        local_drafts = workers is None or not isinstance(self.generator, ProgrammaticGenerator)
-        drafted = drafts_for_all(self.generator, work, base_seed) if local_drafts else [None] * len(work)
         if workers is None:
             return [prepare_drafts(seed, tasks, drafts, self.config, base_seed, round, pool, self.generator.name)
-                    for (seed, tasks), drafts in zip(work, drafted)]
+                    for (seed, tasks), drafts in zip(work, drafts_for_all(self.generator, work, base_seed))]
+        # programmatic drafts are made in the workers too; a model's drafts come from its batched call here
+        drafted: list[list[Draft] | None] = [None] * len(work)
+        if not isinstance(self.generator, ProgrammaticGenerator):
+            drafted = list(drafts_for_all(self.generator, work, base_seed))
         return workers.map(_worker_prepare, [(seed, tasks, drafts) for (seed, tasks), drafts in zip(work, drafted)])
 
     def expand_seed(

@@ -347,7 +347,7 @@ def iter_synthesis(
         results: Iterator[Outcome]
         if factory is not None:
             pool = stack.enter_context(WorkerPool(processes, _worker_init, (toolset, cfg, seed, round, agents, factory),
-                                                  preload=[__name__]))
+                                                  preload=[__name__, "looptool.services.toolsim.simulator"]))
             results = pool.imap(_worker_dialog, ((i,) for i in feed()), label=lambda a: f"dialogue {a[0]}")
         else:
             results = _threaded(lambda i: synthesize_dialog(i, seed, toolset, cfg, agents, backend, round), feed(),
