@@ -227,9 +227,14 @@ class ComposeSpec(Spec):
 
 class EvalSpec(Spec):
     bfclCategories: list[str] = Field(default_factory=list)
-    bfclLimit: int = Field(0, ge=0, description="entries per category (0 = all)")
+    bfclLimit: int = Field(0, ge=0, description="entries per category, a seeded sample (0 = all)")
     heldout: bool = True
     maxTokens: int = Field(128, ge=8)
+    # A BFCL toolset is split by function: synthesis trains on one part, BFCL scores entries whose
+    # functions were never trained on (the paper's setting), unless overlap is allowed.
+    allowOverlap: bool = Field(False, description="score BFCL entries whose functions the model trained on (the scorecard says so)")
+    testFraction: float = Field(0.5, ge=0, lt=1, description="share of a BFCL toolset's functions kept out of training")
+    splitSeed: int = Field(0, description="seed of the function split (keep it across chained rounds)")
 
 
 class Resources(Spec):

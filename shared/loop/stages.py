@@ -20,7 +20,8 @@ from looptool.shared import toolsets
 from looptool.shared.compose import compose_next_round, dropped_uri
 from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.conversion import dialogs_to_samples, split_of
-from looptool.shared.evaluation import evaluate, noise_recovery_from_verdicts
+from looptool.shared.bfcl_scores import NODES, aggregate
+from looptool.shared.evaluation import EndpointDown, evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.chain import run_uri
@@ -41,6 +42,7 @@ from looptool.shared.loop.sharding import (
     user_text_key,
     weighted_metrics,
 )
+from looptool.shared.loop.function_split import FunctionSplit, split_functions
 from looptool.shared.loop.state import STAGE_OF, Phase, RoundStatus, StageStatus
 from looptool.shared.noise import LOOP_COUNTS, inject_label_noise, label_noise_state, loop_noise_summary
 from looptool.shared.proto_convert import (
@@ -288,6 +290,30 @@ def resolve_toolset(ctx: StageContext) -> list[Tool]:
 # ----------------------------------------------------------------------------- synthesis
 
 
+def _split_bfcl_toolset(ctx: StageContext, status: RoundStatus, tools: list[Tool]) -> list[Tool]:
+    """This round's training tools; the split (with every function trained on in earlier rounds
+    of the chain) goes into ``status.functionSplit`` for the evaluate stage."""
+    ev = ctx.spec.eval
+    train, test = split_functions([t.name for t in tools], ev.testFraction, ev.splitSeed)
+    earlier = ctx.previous.functionSplit.train if ctx.previous is not None and ctx.previous.functionSplit else []
+    trained = list(dict.fromkeys([*earlier, *train]))
+    status.functionSplit = FunctionSplit(seed=ev.splitSeed, testFraction=ev.testFraction, allowOverlap=ev.allowOverlap,
+                                         train=trained, test=[n for n in test if n not in set(trained)])
+    keep = set(train)
+    return [t for t in tools if t.name in keep]
+
+
+def trained_functions(ctx: StageContext, status: RoundStatus) -> list[str] | None:
+    """The functions BFCL evaluation leaves out: ``None`` (whole categories) for a toolset not from
+    BFCL or with ``eval.allowOverlap``; else every function the chain trained on (the whole toolset
+    for a round synthesized before the split was recorded)."""
+    if ctx.spec.toolset.bfcl is None or ctx.spec.eval.allowOverlap:
+        return None
+    if status.functionSplit is not None:
+        return list(status.functionSplit.train)
+    return [t.name for t in resolve_toolset(ctx)]
+
+
 def _samples_dataset(ctx: StageContext, name: str, samples: Iterable[Sample | Tool], kind: str = "samples") -> DatasetRef:
     uri = ctx.out(name)
     store, key = split_uri(uri, ctx.config.storage.s3)
@@ -321,6 +347,9 @@ def stage_synthesize(ctx: StageContext, status: RoundStatus, on_progress: Progre
     st = status.stage("synthesize")
     spec = ctx.spec.synthesis
     tools = resolve_toolset(ctx)
+    if ctx.spec.toolset.bfcl is not None:  # train on part of BFCL's functions, test on the rest
+        tools = _split_bfcl_toolset(ctx, status, tools)
+        st.counts["test_functions"] = len(status.functionSplit.test if status.functionSplit else [])
     st.counts["tools"] = len(tools)
     tool_key = key_of([t.model_dump() for t in tools])
     toolset_ref = _samples_dataset(ctx, f"toolset-{tool_key}", tools, kind="tools")
@@ -612,9 +641,13 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
         lambda t: ctx.generator(t, model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
     )
     try:
-        report = _evaluate(ctx, gen, heldout, on_progress)
+        report = _evaluate(ctx, gen, status, heldout, on_progress)
     except ShardingError as exc:
         raise StageError(exc.reason, exc.message) from None
+    except EndpointDown as exc:
+        raise StageError("InferenceUnavailable", str(exc)) from None
+    except ValueError as exc:  # an unknown BFCL category, before any request
+        raise StageError("InvalidSpec", f"spec.eval.bfclCategories: {exc}") from None
     finally:
         gen.close()
     st.counts.update(replicas=len(targets), replicas_dead=len(gen.dead))
@@ -624,7 +657,7 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     _evaluate_tail(ctx, status, st, report)
 
 
-def _evaluate(ctx: StageContext, gen: ShardedGenerator, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
+def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
     spec = ctx.spec.eval
     return evaluate(
         gen,
@@ -634,13 +667,17 @@ def _evaluate(ctx: StageContext, gen: ShardedGenerator, heldout: DatasetRef | No
         max_tokens=spec.maxTokens,
         s3=ctx.config.storage.s3,
         on_progress=on_progress,
-        bfcl_functions=[t.name for t in resolve_toolset(ctx)] if ctx.spec.toolset.bfcl else None,
+        bfcl_exclude_functions=trained_functions(ctx, status),
     )
 
 
 def _evaluate_tail(ctx: StageContext, status: RoundStatus, st: StageStatus, report: Any) -> None:
     st.metrics.update({f"accuracy_{k}": v for k, v in report.accuracy.items()})
     st.counts.update({f"n_{k}": v for k, v in report.counts.items()})
+    st.counts.update({f"undecodable_{k}": v for k, v in report.undecodable.items()})
+    # BFCL's leaderboard aggregates over the categories run (groups not run: absent, never 0)
+    st.metrics.update({f"bfcl_{k}": s.accuracy for k, s in aggregate(report.bfcl).items()
+                       if s is not None and k in _BFCL_AGGREGATES})
     verdicts = status.stage("judge").outputs.get("verdicts")
     fresh = status.stage("synthesize").outputs.get("fresh")
     if ctx.spec.synthesis.labelNoise > 0 and verdicts is not None and fresh is not None:
@@ -649,6 +686,7 @@ def _evaluate_tail(ctx: StageContext, status: RoundStatus, st: StageStatus, repo
     st.metrics.update(loop_noise_metrics(ctx, status))
 
 
+_BFCL_AGGREGATES = {n.key for n in NODES}
 LOOP_NOISE = "loopnoise_"  # evaluate metrics: injected noise over all rounds so far
 _GONE = LOOP_NOISE + "gone_"  # ... counts of samples that left the data (carried to the next round)
 

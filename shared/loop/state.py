@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from looptool.shared.loop.function_split import FunctionSplit
 from looptool.shared.records import DatasetRef, utcnow
 
 
@@ -88,6 +89,7 @@ class RoundStatus(BaseModel):
     checkpointUri: str = ""
     datasetUri: str = ""  # the composed dataset the next round trains on
     accuracy: dict[str, float] = Field(default_factory=dict)
+    functionSplit: FunctionSplit | None = None  # a BFCL toolset's train/test functions (synthesize)
     progress: str = ""  # printer column, e.g. "probe 120/200"
 
     def stage(self, name: str) -> StageStatus:
