@@ -182,12 +182,15 @@ def dispatch(
     shard_done: dict[int, int] = {}
     finished = 0
 
+    reporting = threading.Lock()  # on_progress is called from one worker at a time, as before sharding
+
     def progress(shard: Shard, n: int) -> None:
         with q.cond:
             shard_done[shard.index] = min(n, shard.size)
             done = sum(shard_done.values())
             msg = f"{finished}/{len(shards)} shards on {len(targets) - len(dead)}/{len(targets)} replicas"
-        on_progress(Progress(stage=stage, done=done, total=total, message=msg))
+        with reporting:
+            on_progress(Progress(stage=stage, done=done, total=total, message=msg))
 
     def worker(slot: _Slot, workers_left: list[int]) -> None:
         nonlocal retries, finished
