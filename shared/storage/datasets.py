@@ -153,12 +153,9 @@ def _format_of(key: str, default: str) -> str:
     return default
 
 
-def _fetch_part(store: ObjectStore, key: str, fmt: str) -> tuple[bytes, list[dict[str, Any]] | None]:
-    """One part's canonical lines (what its hash covers), and its records when getting the lines
-    meant decoding them (native Parquet columns). A part is fetched whole, one part at a time, so
-    that its bytes are checked before any of its records is used."""
-    with store.open_read(key) as raw:
-        data = raw.read()
+def _part_lines(key: str, fmt: str, data: bytes) -> tuple[bytes, list[dict[str, Any]] | None]:
+    """A part's canonical lines (what its hash covers) from its bytes, and its records when getting
+    the lines meant decoding them (native Parquet columns)."""
     if _format_of(key, fmt) == "jsonl":
         return data, None
     pf = pq.ParquetFile(pa.BufferReader(data))
@@ -177,21 +174,27 @@ def _decode(lines: bytes) -> Iterator[dict[str, Any]]:
 def _checked_part(
     store: ObjectStore, key: str, fmt: str, sha256: str, records: int | None
 ) -> tuple[bytes, list[dict[str, Any]] | None] | str:
-    """Fetch a part and check it: its canonical lines hash to ``sha256`` (or start with it: the
-    short hash in a part's name) and hold ``records`` records. Returns the lines and decoded rows
-    (``None``: decode the lines), or what is wrong, as a phrase."""
+    """Fetch a part whole (one part at a time, so that its bytes are checked before any of its
+    records is used) and check it: its canonical lines hash to ``sha256`` (or start with it: the
+    short hash in a part's name) and hold ``records`` records. Returns the lines and the decoded
+    rows (``None``: decode the lines), or what is wrong, as a phrase. Errors of the store itself
+    (unreachable, denied) propagate: they say nothing about the data."""
     try:
-        lines, rows = _fetch_part(store, key, fmt)
+        with store.open_read(key) as raw:
+            data = raw.read()
+    except NotFound:
+        return "is missing"
+    try:
+        lines, rows = _part_lines(key, fmt, data)
         digest = hashlib.sha256(lines).hexdigest()
         if not digest.startswith(sha256) and rows is None:
             # The same records written as other (non-canonical) JSON lines still verify.
             rows = list(_decode(lines))
             lines = canonical_lines(rows)
             digest = hashlib.sha256(lines).hexdigest()
-    except (pa.ArrowException, StorageError, *jsoncodec.DecodeErrors) as exc:
-        if isinstance(exc, NotFound):
-            return "is missing"
-        return f"is unreadable ({exc.__class__.__name__}: {exc})"
+    except (pa.ArrowException, OSError, StorageError, *jsoncodec.DecodeErrors) as exc:
+        detail = " ".join(str(exc).split())[:200]  # one line, whatever the library wrote
+        return f"is unreadable ({exc.__class__.__name__}: {detail})"
     if not digest.startswith(sha256):
         return f"has content hash {digest[:12]}…, the manifest says {sha256[:12]}…"
     count = len(rows) if rows is not None else lines.count(b"\n")
