@@ -24,9 +24,10 @@ way a reader gets back exactly the records that were written.
 
 from __future__ import annotations
 
-import io
-import json
 import hashlib
+import io
+import itertools
+import json
 import logging
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -171,6 +172,11 @@ def _decode(lines: bytes) -> Iterator[dict[str, Any]]:
     return jsoncodec.iter_lines(lines)
 
 
+def _decode_canonical(lines: bytes) -> Iterator[dict[str, Any]]:
+    """Records of canonical lines (a verified part's)."""
+    return jsoncodec.iter_canonical(lines)
+
+
 def _checked_part(
     store: ObjectStore, key: str, fmt: str, sha256: str, records: int | None
 ) -> tuple[bytes, list[dict[str, Any]] | None] | str:
@@ -256,7 +262,7 @@ class DatasetWriter:
         self._next_index = 0
         self._pipeline = pipeline
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: tuple[Future, PartInfo] | None = None
+        self._pending: Future[PartInfo] | None = None
         if store.exists(self._key(MANIFEST)):
             raise StorageError(f"dataset {store.uri(self.prefix)} is already committed; read it instead of rewriting")
         if resume:
@@ -312,7 +318,7 @@ class DatasetWriter:
                     f"delete {self.uri} and rerun the stage"
                 )
             lines, rows = checked
-            yield from rows if rows is not None else _decode(lines)
+            yield from rows if rows is not None else _decode_canonical(lines)
 
     def _check_open(self) -> None:
         if self._committed is not None:
@@ -330,12 +336,18 @@ class DatasetWriter:
 
     def write_many(self, records: Iterable[BaseModel | dict[str, Any]]) -> None:
         self._check_open()
-        buf, size = self._buf, self.part_size
-        for r in records:  # ``write`` inlined: this loop runs once per record
-            buf.append(r if type(r) is dict else _to_dict(r))
-            if len(buf) >= size:
+        it = iter(records)
+        while True:  # a part's worth at a time: no Python-level step per record for plain dicts
+            chunk = list(itertools.islice(it, self.part_size - len(self._buf)))
+            if not chunk:
+                return
+            if set(map(type, chunk)) != {dict}:
+                for r in chunk:  # models (or bad records): one by one, exactly as ``write``
+                    self.write(r)
+                continue
+            self._buf.extend(chunk)
+            if len(self._buf) >= self.part_size:
                 self._flush(wait=False)
-                buf = self._buf
 
     def flush(self) -> None:
         """Persist buffered records as one part; when this returns the part is durable (it
@@ -345,10 +357,9 @@ class DatasetWriter:
     def _wait_pending(self) -> None:
         if self._pending is None:
             return
-        future, info = self._pending
-        self._pending = None
+        future, self._pending = self._pending, None
         try:
-            future.result()
+            info = future.result()
         except BaseException as exc:
             self._failed = exc
             raise
@@ -361,28 +372,33 @@ class DatasetWriter:
         self._check_open()
         if self._buf:
             data, lines = _encode_part(self._buf, self.fmt)
-            count = len(self._buf)
-            part_hash = RecordHasher()
-            part_hash.update_lines(lines, count)
-            rel = f"{PARTS}/part-{self._next_index:05d}-{part_hash.hexdigest()[:16]}.{self.fmt}"
-            info = PartInfo(key=rel, records=count, sha256=part_hash.hexdigest())
+            count, index = len(self._buf), self._next_index
             self._wait_pending()  # the previous part first: keeps order and bounds memory
             self._next_index += 1
-            self._hasher.update_lines(lines, count)
             self._buf = []
             if self._pipeline and not wait:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="looptool-upload")
-                self._pending = (self._executor.submit(self.store.put_bytes, self._key(rel), data), info)
+                self._pending = self._executor.submit(self._store_part, index, data, lines, count)
             else:
                 try:
-                    self.store.put_bytes(self._key(rel), data)
+                    info = self._store_part(index, data, lines, count)
                 except BaseException as exc:
                     self._failed = exc
                     raise
                 self.parts.append(info)
         if wait:
             self._wait_pending()
+
+    def _store_part(self, index: int, data: bytes, lines: bytes, count: int) -> PartInfo:
+        """Hash and upload one part; pipelined, in the upload thread (hashlib and the network let
+        the caller's thread go on encoding). Parts reach here one at a time, in order, so the
+        content hash sees their lines in order."""
+        digest = hashlib.sha256(lines).hexdigest()
+        rel = f"{PARTS}/part-{index:05d}-{digest[:16]}.{self.fmt}"
+        self._hasher.update_lines(lines, count)
+        self.store.put_bytes(self._key(rel), data)
+        return PartInfo(key=rel, records=count, sha256=digest)
 
     def _shutdown(self) -> None:
         if self._executor is not None:
@@ -495,7 +511,7 @@ class Dataset:
                 yield from rows
                 continue
             try:
-                yield from _decode(lines)
+                yield from _decode_canonical(lines)
             except jsoncodec.DecodeErrors as exc:  # verified bytes that are not JSON: written broken
                 raise DatasetCorrupt(self.uri, f"part {rel}", f"is not JSON lines ({exc})") from None
 

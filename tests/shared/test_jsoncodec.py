@@ -118,8 +118,13 @@ def test_decoding_matches_the_stdlib():
     # compare through the canonical form: NaN != NaN, and 1 == 1.0 == True would hide type changes
     assert [stdlib(g) for g in got] == [stdlib(w) for w in want]
     assert [type(g["v"]) for g in got] == [type(w["v"]) for w in want]
+    canonical = jsoncodec.dumps_lines(want)  # the verified reader's fast path
+    assert [stdlib(g) for g in jsoncodec.iter_canonical(canonical)] == [stdlib(w) for w in want]
+    plain = jsoncodec.dumps_lines([{"i": i, "s": "x\ny"} for i in range(100)])
+    assert list(jsoncodec.iter_canonical(plain)) == [{"i": i, "s": "x\ny"} for i in range(100)]
     big = b'{"n":18446744073709551616,"m":-9223372036854775809,"f":1e400}\n'
     assert jsoncodec.loads_lines(big) == [json.loads(big)] and isinstance(jsoncodec.loads(big)["n"], int)
+    assert list(jsoncodec.iter_canonical(big)) == [json.loads(big)]
     assert jsoncodec.loads_lines(b'\n{"a":NaN}\n\n') == [{"a": pytest.approx(float("nan"), nan_ok=True)}]
 
 
