@@ -296,9 +296,13 @@ def _split_bfcl_toolset(ctx: StageContext, status: RoundStatus, tools: list[Tool
     ev = ctx.spec.eval
     train, test = split_functions([t.name for t in tools], ev.testFraction, ev.splitSeed)
     earlier = ctx.previous.functionSplit.train if ctx.previous is not None and ctx.previous.functionSplit else []
-    trained = list(dict.fromkeys([*earlier, *train]))
+    seeded: list[str] = []
+    if ctx.spec.datasets.seed:  # the user's seed samples are trained on too, with whatever tools they show
+        seeded = [t.name for smp in open_dataset(ctx.spec.datasets.seed, ctx.config.storage.s3).iter(Sample) for t in smp.tools]
+    trained = list(dict.fromkeys([*earlier, *train, *seeded]))
+    done = set(trained)
     status.functionSplit = FunctionSplit(seed=ev.splitSeed, testFraction=ev.testFraction, allowOverlap=ev.allowOverlap,
-                                         train=trained, test=[n for n in test if n not in set(trained)])
+                                         train=trained, test=[n for n in test if n not in done])
     keep = set(train)
     return [t for t in tools if t.name in keep]
 
@@ -547,6 +551,10 @@ def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn)
     st = status.stage("judge")
     probe = _ref(status.stage("probe"), "probe_results")
     spec = ctx.spec.judge
+    if not spec.enabled:  # ablation (paper: "without JGLV"): the phase passes, no verdicts; composition keeps labels
+        st.outputs.pop("verdicts", None)
+        st.message = "skipped: judge.enabled is false (no label verification)"
+        return
     service = "judge" if ("judge" in ctx.addresses or ctx.endpoints.get("judge")) else "inference"
     key = key_of(probe.content_hash, spec, {"shard_size": ctx.shard_size(service)})
     out = ctx.out(f"judge-{key}")
@@ -576,14 +584,16 @@ def stage_judge(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn)
 
 def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
     st = status.stage("expand")
-    verdicts = _ref(status.stage("judge"), "verdicts")
+    # no verdicts when judge.enabled is false; then (and with expand.factor 0) EDDE has nothing to expand
+    verdicts = _ref(status.stage("judge"), "verdicts") if ctx.spec.judge.enabled else None
     probe = _ref(status.stage("probe"), "probe_results")
     train = _ref(status.stage("synthesize"), "train")
     spec = ctx.spec.expand
-    key = key_of(verdicts.content_hash, train.content_hash, spec, {"shard_size": ctx.shard_size("expander")})
-    out = ctx.out(f"expand-{key}")
-    done = existing(ctx, out)
-    if done is not None:
+    if verdicts is None or spec.factor == 0:
+        st.outputs.pop("expansions", None)
+        st.message = "EDDE skipped: " + ("judge.enabled is false" if verdicts is None else "expand.factor is 0")
+    elif (done := existing(ctx, out := ctx.out("expand-" + key_of(
+            verdicts.content_hash, train.content_hash, spec, {"shard_size": ctx.shard_size("expander")})))) is not None:
         st.outputs["expansions"] = done
     else:
         # Verdicts are sharded, the corpus (the dedup base) is not; a new sample two shards both
@@ -609,19 +619,26 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
                 "shards": len(shards)}
         st.outputs["expansions"] = _merged(ctx, st, results, out, "samples",
                                            lambda r: [r.get("id", ""), user_text_key(r)], meta)
-    expansions = _ref(st, "expansions")
-    next_key = key_of(probe.content_hash, verdicts.content_hash, expansions.content_hash, ctx.spec.compose)
+    expansions = st.outputs.get("expansions")
+    fresh = status.stage("synthesize").outputs.get("fresh")  # Eq. 5's fresh seed samples (compose.freshSeedFraction)
+    ppl = ctx.spec.probe.highPerplexity
+    next_key = key_of(
+        probe.content_hash, *(r.content_hash if r is not None else "-" for r in (verdicts, expansions, fresh)),
+        ctx.spec.compose, ctx.spec.judge.unclearPolicy, ppl if ppl.percentile is not None else "",
+    )
     next_ref = existing(ctx, ctx.out(f"next-{next_key}"))
     if next_ref is None:
         next_ref, counts = compose_next_round(
             probe,
             verdicts,
             expansions,
-            None,
+            fresh,
             ctx.out(f"next-{next_key}"),
             ctx.spec.compose,
             ctx.spec.round,
             ctx.spec.judge.unclearPolicy,
+            s3=ctx.config.storage.s3,
+            high_perplexity=ppl,
         )
         st.counts.update({f"next_{k}": int(v) for k, v in counts.items()})
     st.outputs["next"] = next_ref
