@@ -130,15 +130,23 @@ def iter_lines(blob: bytes) -> Iterator[Any]:
         yield value
 
 
-def iter_canonical(blob: bytes) -> Iterator[Any]:
-    """:func:`iter_lines` for canonical lines (verified against their hash: no blank lines, no
-    ``\\u`` escapes but for control characters). Without NaN, infinities or long integers in the
-    text, that is one orjson call per line with no Python step in between."""
-    if b"NaN" in blob or b"Infinity" in blob or _long_digits(blob):
-        return iter_lines(blob)
-    lines = blob.split(b"\n")
-    lines.pop()  # after the last newline
-    return map(_orjson_loads, lines)
+def iter_canonical(lines: list[bytes], blob: bytes) -> Iterator[Any]:
+    """Parse canonical lines (a verified part's: no blank lines, no ``\\u`` escapes but for control
+    characters), ``lines`` being ``blob`` split at its newlines. One orjson call per line through
+    ``map``, no Python step in between; the rare line orjson refuses (``NaN``, ``Infinity``) goes
+    to the stdlib, and text with a long digit run (a possible integer beyond 64 bits) to
+    :func:`loads` line by line."""
+    if _long_digits(blob):
+        yield from map(loads, lines)
+        return
+    it = iter(lines)
+    while True:
+        try:
+            yield from map(_orjson_loads, it)
+            return
+        except orjson.JSONDecodeError:
+            # map took the failing line from ``it`` before orjson refused it
+            yield _std_loads(lines[len(lines) - it.__length_hint__() - 1])
 
 
 def loads_lines(blob: bytes) -> list[Any]:

@@ -172,19 +172,28 @@ def _decode(lines: bytes) -> Iterator[dict[str, Any]]:
     return jsoncodec.iter_lines(lines)
 
 
-def _decode_canonical(lines: bytes) -> Iterator[dict[str, Any]]:
-    """Records of canonical lines (a verified part's)."""
-    return jsoncodec.iter_canonical(lines)
+@dataclass
+class _Part:
+    """A fetched and verified part."""
+
+    lines: bytes  # its canonical lines: what the part hash and the content hash cover
+    rows: list[dict[str, Any]] | None  # its records, where getting the lines decoded them
+    split: list[bytes]  # else: ``lines`` split, one canonical JSON text per record
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.split)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows) if self.rows is not None else jsoncodec.iter_canonical(self.split, self.lines)
 
 
-def _checked_part(
-    store: ObjectStore, key: str, fmt: str, sha256: str, records: int | None
-) -> tuple[bytes, list[dict[str, Any]] | None] | str:
+def _checked_part(store: ObjectStore, key: str, fmt: str, sha256: str, records: int | None) -> _Part | str:
     """Fetch a part whole (one part at a time, so that its bytes are checked before any of its
     records is used) and check it: its canonical lines hash to ``sha256`` (or start with it: the
-    short hash in a part's name) and hold ``records`` records. Returns the lines and the decoded
-    rows (``None``: decode the lines), or what is wrong, as a phrase. Errors of the store itself
-    (unreachable, denied) propagate: they say nothing about the data."""
+    short hash in a part's name) and hold ``records`` records. Returns the part, or what is wrong
+    with it, as a phrase. Errors of the store itself (unreachable, denied) propagate: they say
+    nothing about the data."""
     try:
         with store.open_read(key) as raw:
             data = raw.read()
@@ -203,10 +212,14 @@ def _checked_part(
         return f"is unreadable ({exc.__class__.__name__}: {detail})"
     if not digest.startswith(sha256):
         return f"has content hash {digest[:12]}…, the manifest says {sha256[:12]}…"
-    count = len(rows) if rows is not None else lines.count(b"\n")
-    if records is not None and count != records:
-        return f"holds {count} records, the manifest says {records}"
-    return lines, rows
+    split: list[bytes] = []
+    if rows is None:
+        split = lines.split(b"\n")
+        split.pop()  # after the last newline
+    part = _Part(lines, rows, split)
+    if records is not None and part.count != records:
+        return f"holds {part.count} records, the manifest says {records}"
+    return part
 
 
 def _check_prefix(store: ObjectStore, prefix: str) -> str:
@@ -290,10 +303,9 @@ class DatasetWriter:
                     f"{self.store.uri(self._key(rel))} does not match the hash in its name ({checked}); "
                     f"delete {self.uri} and rerun the stage"
                 )
-            blob, rows = checked
-            count = len(rows) if rows is not None else blob.count(b"\n")
-            self._hasher.update_lines(blob, count)
-            self.parts.append(PartInfo(key=rel, records=count, sha256=hashlib.sha256(blob).hexdigest()))
+            self._hasher.update_lines(checked.lines, checked.count)
+            digest = hashlib.sha256(checked.lines).hexdigest()
+            self.parts.append(PartInfo(key=rel, records=checked.count, sha256=digest))
             self._next_index = index + 1
 
     def _key(self, rel: str) -> str:
@@ -317,8 +329,7 @@ class DatasetWriter:
                     f"{self.store.uri(self._key(part.key))} {checked} (changed since it was written); "
                     f"delete {self.uri} and rerun the stage"
                 )
-            lines, rows = checked
-            yield from rows if rows is not None else _decode_canonical(lines)
+            yield from checked.records()
 
     def _check_open(self) -> None:
         if self._committed is not None:
@@ -482,19 +493,17 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.manifest["record_count"])
 
-    def _parts(self) -> Iterator[tuple[str, bytes, list[dict[str, Any]] | None]]:
-        """Each part's key, canonical lines and decoded rows (``None``: decode the lines), checked
-        against the manifest before it is handed out; after the last part, the content hash and
-        record count of the whole dataset are checked too."""
+    def _parts(self) -> Iterator[tuple[str, _Part]]:
+        """Each part's key and the part, checked against the manifest before it is handed out;
+        after the last part, the content hash and record count of the whole dataset too."""
         m, h = self.manifest, RecordHasher()
-        for part in m["parts"]:
-            rel = part["key"]
-            checked = _checked_part(self.store, f"{self.prefix}/{rel}", m["format"], part["sha256"], part["records"])
-            if isinstance(checked, str):
-                raise DatasetCorrupt(self.uri, f"part {rel}", checked)
-            lines, rows = checked
-            h.update_lines(lines, part["records"])
-            yield rel, lines, rows
+        for entry in m["parts"]:
+            rel = entry["key"]
+            part = _checked_part(self.store, f"{self.prefix}/{rel}", m["format"], entry["sha256"], entry["records"])
+            if isinstance(part, str):
+                raise DatasetCorrupt(self.uri, f"part {rel}", part)
+            h.update_lines(part.lines, part.count)
+            yield rel, part
         if h.hexdigest() != m["content_hash"] or h.count != m["record_count"]:
             raise DatasetCorrupt(
                 self.uri,
@@ -506,12 +515,9 @@ class Dataset:
     def iter_dicts(self) -> Iterator[dict[str, Any]]:
         """The records, one part at a time; each part's bytes are verified before its records are
         yielded (``DatasetCorrupt`` names the damaged part)."""
-        for rel, lines, rows in self._parts():
-            if rows is not None:
-                yield from rows
-                continue
+        for rel, part in self._parts():
             try:
-                yield from _decode_canonical(lines)
+                yield from part.records()
             except jsoncodec.DecodeErrors as exc:  # verified bytes that are not JSON: written broken
                 raise DatasetCorrupt(self.uri, f"part {rel}", f"is not JSON lines ({exc})") from None
 
@@ -523,11 +529,11 @@ class Dataset:
         (pydantic's own parser: no intermediate dicts); a line that fails is validated from its
         decoded dict, so both paths accept exactly what ``model_validate`` accepts."""
         validate_json, validate = model.model_validate_json, model.model_validate
-        for rel, lines, rows in self._parts():
-            if rows is not None:
-                yield from map(validate, rows)
+        for rel, part in self._parts():
+            if part.rows is not None:
+                yield from map(validate, part.rows)
                 continue
-            for line in lines.split(b"\n")[:-1]:  # canonical lines: no blank ones
+            for line in part.split:
                 try:
                     yield validate_json(line)
                 except ValidationError:
