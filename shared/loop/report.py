@@ -4,9 +4,11 @@ category, JGLV noise recovery, and PNG plots (matplotlib, headless)."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
+from looptool.shared import bfcl_scores
 from looptool.shared.loop.manifest import LoopRound
 from looptool.shared.loop.stages import LOOP_NOISE
 from looptool.shared.loop.state import RoundStatus
@@ -141,6 +143,43 @@ def _plots(reports: list[RoundReport], out: Path) -> list[str]:
     return files
 
 
+def bfcl_scorecard(rep: RoundReport) -> dict | None:
+    """The round's BFCL scorecard (``bfcl_scores.scorecard``) from its evaluate stage, or None
+    when the round scored no BFCL category."""
+    ev = next((s for s in rep.stages if s.stage == "evaluate"), None)
+    if ev is None:
+        return None
+    results = {}
+    for key, n in ev.counts.items():
+        if key.startswith("n_bfcl_") and n > 0:
+            cat = key[len("n_bfcl_"):]
+            acc = ev.metrics.get(f"accuracy_bfcl_{cat}", 0.0)
+            results[cat] = bfcl_scores.CategoryResult(round(acc * n), n, ev.counts.get(f"undecodable_bfcl_{cat}", 0))
+    if not results:
+        return None
+    overlap = bfcl_scores.overlap_line(bool(ev.counts.get("bfcl_overlap_allowed", 0)),
+                                       ev.counts.get("bfcl_trained_functions_excluded", 0))
+    return bfcl_scores.scorecard(results, model=rep.checkpoint_uri or rep.name, overlap=overlap)
+
+
+def _scorecard_lines(reports: list[RoundReport]) -> list[str]:
+    cards = [(r, c) for r in reports if (c := bfcl_scorecard(r)) is not None]
+    if not cards:
+        return []
+    lines = ["", "## BFCL scorecard (leaderboard columns)", ""]
+    lines += [f"- {r.name}: {c['header']}" for r, c in cards]
+    lines += ["", "| | " + " | ".join(r.name for r, _ in cards) + " |", "|---|" + "---|" * len(cards)]
+    columns = [k for k in cards[0][1]["tables"]["overall"] if k != "Model"]
+    for col in columns:
+        cells = [c["tables"]["overall"][col] for _, c in cards]
+        if all(v == "N/A" for v in cells):
+            continue  # a group no round ran
+        lines.append(f"| {col} | " + " | ".join(
+            ("N/A" if v == "N/A" else f"{100 * v:.2f}") + ("*" if col in c["partial"] else "") for v, (_, c) in zip(cells, cards)) + " |")
+    lines += ["", "N/A: not run (never counted as 0). \\* over the categories run only."]
+    return lines
+
+
 def render_markdown(reports: list[RoundReport], images: list[str]) -> str:
     lines = ["# LoopTool run report", ""]
     names = [r.name for r in reports]
@@ -156,6 +195,7 @@ def render_markdown(reports: list[RoundReport], images: list[str]) -> str:
             lines.append(
                 f"| {c} | " + " | ".join(f"{100 * r.accuracy[c]:.1f}" if c in r.accuracy else "–" for r in reports) + " |"
             )
+    lines += _scorecard_lines(reports)
     noisy = [r for r in reports if r.noise_recovery]
     if noisy:
         keys = sorted({k for r in noisy for k in r.noise_recovery})
@@ -231,4 +271,9 @@ def write_report(rounds: list[tuple[LoopRound, RoundStatus]], out_dir: str | Pat
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(render_html(md))
     (out / "rounds.json").write_text("[" + ",\n".join(r.model_dump_json(indent=1) for r in reports) + "]\n")
+    for rep in reports:  # each round's full scorecard, as `looptool eval --out` writes it
+        card = bfcl_scorecard(rep)
+        if card is not None:
+            (out / f"scorecard-{rep.name}.json").write_text(json.dumps(card, indent=1) + "\n")
+            (out / f"scorecard-{rep.name}.md").write_text(bfcl_scores.render_markdown(card))
     return out / "report.md", reports

@@ -589,11 +589,15 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
     probe = _ref(status.stage("probe"), "probe_results")
     train = _ref(status.stage("synthesize"), "train")
     spec = ctx.spec.expand
+    skip = verdicts is None or spec.factor == 0
+    key = "" if skip else key_of(verdicts.content_hash if verdicts else "", train.content_hash, spec,
+                                 {"shard_size": ctx.shard_size("expander")})
+    out = ctx.out(f"expand-{key}")
+    done = None if skip else existing(ctx, out)
     if verdicts is None or spec.factor == 0:
         st.outputs.pop("expansions", None)
         st.message = "EDDE skipped: " + ("judge.enabled is false" if verdicts is None else "expand.factor is 0")
-    elif (done := existing(ctx, out := ctx.out("expand-" + key_of(
-            verdicts.content_hash, train.content_hash, spec, {"shard_size": ctx.shard_size("expander")})))) is not None:
+    elif done is not None:
         st.outputs["expansions"] = done
     else:
         # Verdicts are sharded, the corpus (the dedup base) is not; a new sample two shards both
@@ -671,6 +675,8 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     if gen.dead:
         st.message = "dead replicas: " + "; ".join(f"{t} ({why})" for t, why in gen.dead.items())
     status.accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
+    if spec.bfclCategories:
+        _record_overlap(ctx, status, st)
     _evaluate_tail(ctx, status, st, report)
 
 
@@ -686,6 +692,13 @@ def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, hel
         on_progress=on_progress,
         bfcl_exclude_functions=trained_functions(ctx, status),
     )
+
+
+def _record_overlap(ctx: StageContext, status: RoundStatus, st: StageStatus) -> None:
+    """What the scorecard's overlap line says (shared/loop/report.py reads these counts)."""
+    trained = trained_functions(ctx, status)
+    st.counts["bfcl_overlap_allowed"] = int(ctx.spec.toolset.bfcl is not None and ctx.spec.eval.allowOverlap)
+    st.counts["bfcl_trained_functions_excluded"] = len(set(trained)) if trained is not None else 0
 
 
 def _evaluate_tail(ctx: StageContext, status: RoundStatus, st: StageStatus, report: Any) -> None:

@@ -156,3 +156,27 @@ def test_unknown_category_fails_the_stage_in_one_line(tmp_path):
     with pytest.raises(stages.StageError) as exc:
         stages.stage_evaluate(ctx, status, lambda p: None)
     assert exc.value.reason == "InvalidSpec" and "nope" in exc.value.message and rec.requests == []
+
+
+def test_the_round_report_shows_the_scorecard_per_round(tmp_path):
+    from looptool.shared.loop.report import write_report
+
+    rounds = []
+    for allow in (False, True):
+        ctx, _ = _ctx(tmp_path, {"bfcl": {"category": "simple_python", "limit": 30}},
+                      {"bfclCategories": ["simple_python", "irrelevance"], "bfclLimit": 5, "allowOverlap": allow})
+        ctx.round.metadata.name = f"r-{int(allow)}"
+        status = RoundStatus(checkpointUri=f"file:///ckpt/{int(allow)}")
+        stages.stage_synthesize(ctx, status, lambda p: None)
+        stages.stage_evaluate(ctx, status, lambda p: None)
+        rounds.append((ctx.round, status))
+    md_path, _ = write_report(rounds, tmp_path / "report")
+    md = md_path.read_text()
+    trained = len(rounds[0][1].functionSplit.train)
+    assert "## BFCL scorecard" in md
+    assert f"- r-0: BFCL scorecard — model: file:///ckpt/0; overlap: none — BFCL entries using any of the {trained} trained functions are excluded" in md
+    assert "- r-1: BFCL scorecard — model: file:///ckpt/1; overlap: ALLOWED" in md
+    assert "| Overall Acc |" in md and "| Non-Live Simple AST |" in md and "| Irrelevance Detection | 100.00* | 100.00* |" in md
+    assert "| Live Acc |" not in md  # no round ran a live category
+    card = json.loads((tmp_path / "report" / "scorecard-r-0.json").read_text())
+    assert card["categories"]["simple_python"]["total"] == 5 and card["tables"]["overall"]["Multi Turn Acc"] == "N/A"
