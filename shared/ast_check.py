@@ -236,7 +236,7 @@ def _java_scalar(text: str) -> Any:
     if re.match(r"^-?\d+[lL]$", text):
         return int(text[:-1])
     if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", text):
-        return float(text[:-1])
+        return float(re.sub(r"[fF]$", "", text))
     try:
         return int(text)
     except ValueError:
@@ -250,13 +250,15 @@ def _java_value(text: str, jtype: str, item_type: str | None = None) -> Any:
     """Java source text → Python value for a doc type; text that does not parse stays a string."""
     if jtype in ("byte", "short", "integer"):
         return int(text) if _INT_RE.match(text) else text
+    # QUIRK: "$" also matches before a final "\n", and the suffix is removed by a "$"-anchored
+    # substitution, so "1.5f\n" and "7L\n" parse (float()/int() accept the newline), as in BFCL.
     if jtype == "float":
         m = re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", text)
-        return float(text[:-1]) if m else text
+        return float(re.sub(r"[fF]$", "", text)) if m else text
     if jtype == "double":
         return float(text) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$", text) else text
     if jtype == "long":
-        return int(text[:-1]) if re.match(r"^-?\d+[lL]$", text) else text
+        return int(re.sub(r"[lL]$", "", text)) if re.match(r"^-?\d+[lL]$", text) else text
     if jtype == "boolean":
         return (text == "true") if text in ("true", "false") else text
     if jtype == "char":
@@ -553,11 +555,28 @@ def check(entry: BfclEntry, calls: list[ToolCall] | None) -> tuple[bool, str]:
     return check_decoded(entry.functions, decoded, entry.possible_answer, entry.category, entry.language)
 
 
+def check_decoded_output(entry: BfclEntry, decoded: list[dict[Any, dict[str, Any]]] | None) -> tuple[bool, str]:
+    """Check BFCL's decoded form of a response (``[{name: args}]``, ``None`` = decoder failed)
+    for one entry. Names are compared as decoded: a non-string name matches no function but is
+    still a call (BFCL's ``is_empty_output`` only looks at the list)."""
+    if entry.kind == "irrelevance":
+        if decoded:
+            return False, f"expected no call, got {len(decoded)}"
+        return True, "ok: no call"
+    if entry.kind == "relevance":
+        if decoded:
+            return True, "ok: a call was made"
+        return False, "expected a call, got none"
+    if decoded is None:
+        return False, "output could not be decoded"
+    return check_decoded(entry.functions, decoded, entry.possible_answer, entry.category, entry.language)
+
+
 def check_response(entry: BfclEntry, response: str) -> tuple[bool, str]:
-    """Check a raw model response, decoded the way BFCL decodes Qwen FC output."""
-    from looptool.shared.bfcl import decode_like_bfcl
+    """Check a raw model response, decoded exactly the way BFCL decodes Qwen FC output."""
+    from looptool.shared.bfcl import decode_ast_like_bfcl
 
-    return check(entry, decode_like_bfcl(response))
+    return check_decoded_output(entry, decode_ast_like_bfcl(response))
 
 
-__all__ = ["bfcl_standardize", "check", "check_decoded", "check_response"]
+__all__ = ["bfcl_standardize", "check", "check_decoded", "check_decoded_output", "check_response"]

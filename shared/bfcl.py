@@ -470,31 +470,98 @@ def load_entries(category: str, limit: int | None = None) -> list[BfclEntry]:
 _BFCL_TOOL_CALL = re.compile(r"<tool_call>\n(.*?)\n</tool_call>", re.DOTALL)
 
 
-def decode_like_bfcl(response: str) -> list[ToolCall] | None:
-    """Decode a raw model response exactly as bfcl-eval's Qwen FC handler does.
+def bfcl_clean_response(response: str) -> tuple[str, str]:
+    """``(answer, reasoning)``: how bfcl-eval's Qwen FC handler splits a raw completion
+    (``_parse_query_response_prompting``). Everything after the *last* ``</think>`` (leading newlines
+    dropped) is the answer BFCL stores and scores; the reasoning is the text between the first
+    ``</think>``'s preceding ``<think>`` and it. No ``</think>``: the whole text is the answer (an
+    unclosed ``<think>`` is not removed). Idempotent on its answer."""
+    if "</think>" not in response:
+        return response, ""
+    parts = response.split("</think>")
+    return parts[-1].lstrip("\n"), parts[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
 
-    The text after the last ``</think>`` is kept; every ``<tool_call>\n…\n</tool_call>`` block
-    (newlines required) whose body is JSON becomes a call, other blocks and surrounding text are
-    silently ignored. ``None`` when BFCL's decoder would raise (a body that is not an object with
-    ``name`` and ``arguments``). Use it to reproduce BFCL's numbers; our reward's own parser
-    (``toolcall_format.parse_tool_calls``) is stricter.
-    """
-    if not isinstance(response, str):
-        return None
-    if "</think>" in response:
-        response = response.split("</think>")[-1].lstrip("\n")
-    bodies = []
-    for body in _BFCL_TOOL_CALL.findall(response):
+
+def bfcl_extract_tool_calls(text: str) -> list[Any]:
+    """Every ``<tool_call>\n…\n</tool_call>`` body (the newlines are part of the pattern) that is
+    JSON, parsed; other blocks are skipped silently (Qwen FC's ``_extract_tool_calls``)."""
+    out = []
+    for body in _BFCL_TOOL_CALL.findall(text):
         try:
-            bodies.append(json.loads(body))
+            out.append(json.loads(body))
         except Exception:  # noqa: BLE001 - BFCL skips undecodable blocks
             continue
+    return out
+
+
+def decode_ast_like_bfcl(response: Any) -> list[dict[Any, dict[str, Any]]] | None:
+    """A raw response decoded exactly as bfcl-eval's Qwen FC ``decode_ast`` does, after the
+    handler's reasoning split: ``[{name: {arg: value}}]``, or ``None`` where BFCL's decoder raises
+    (a JSON body that is not an object, a missing ``name``/``arguments``, arguments that are not an
+    object, an unhashable name). The name is kept as decoded: BFCL accepts a non-string name
+    (``5``, ``null``), which then matches no function but still counts as "a call"."""
+    if not isinstance(response, str):
+        return None
+    bodies = bfcl_extract_tool_calls(bfcl_clean_response(response)[0])
     if any(type(b) is not dict for b in bodies):
         return None
     try:
-        return [ToolCall(name=b["name"], arguments=dict(b["arguments"].items())) for b in bodies]
+        return [{b["name"]: {k: v for k, v in b["arguments"].items()}} for b in bodies]
     except Exception:  # noqa: BLE001 - BFCL's decode_ast raises here → "decoder failed"
         return None
+
+
+def bfcl_call_text(name: Any, arguments: dict[str, Any]) -> str:
+    """One call as the Python source text bfcl-eval executes (``convert_to_function_call``):
+    ``name(k1=repr(v1),k2=repr(v2))`` — no spaces, keyword arguments in the given order."""
+    return f"{name}({','.join(f'{k}={v!r}' for k, v in arguments.items())})"
+
+
+def decode_execute_like_bfcl(response: Any) -> list[str] | None:
+    """A raw response decoded exactly as bfcl-eval's Qwen FC ``decode_execute`` does (multi-turn):
+    a list of call source texts (:func:`bfcl_call_text`), or ``None`` where BFCL's decoder raises.
+    Unlike ``decode_ast`` it accepts ``arguments`` given as a JSON *string* holding an object."""
+    decoded = decode_execute_calls_like_bfcl(response)
+    return None if decoded is None else [bfcl_call_text(name, args) for name, args in decoded]
+
+
+def decode_execute_calls_like_bfcl(response: Any) -> list[tuple[Any, dict[str, Any]]] | None:
+    """:func:`decode_execute_like_bfcl` before the calls become source text: ``(name, arguments)``
+    pairs (the name as decoded, possibly not a string), or ``None`` where BFCL's decoder raises."""
+    if not isinstance(response, str):
+        return None
+    bodies = bfcl_extract_tool_calls(bfcl_clean_response(response)[0])
+    if any(type(b) is not dict for b in bodies):
+        return None
+    out: list[tuple[Any, dict[str, Any]]] = []
+    try:
+        for b in bodies:
+            name, args = b["name"], b["arguments"]
+            hash(name)  # BFCL builds {name: arguments}: an unhashable name raises there
+            if type(args) is str:
+                args = json.loads(args)
+            out.append((name, dict(args.items())))
+    except Exception:  # noqa: BLE001 - BFCL's decode_execute raises here → the step has no calls
+        return None
+    return out
+
+
+def decode_like_bfcl(response: str) -> list[ToolCall] | None:
+    """:func:`decode_ast_like_bfcl` as our :class:`ToolCall` records.
+
+    ``None`` when BFCL's decoder would raise. A non-string name (which BFCL keeps as the dict key
+    and which matches no function) becomes its JSON text; the checkers score the exact decoded form
+    (:func:`looptool.shared.ast_check.check_response`), so this only matters for display. Our
+    reward's own parser (``toolcall_format.parse_tool_calls``) is stricter.
+    """
+    decoded = decode_ast_like_bfcl(response)
+    if decoded is None:
+        return None
+    out = []
+    for item in decoded:
+        ((name, args),) = item.items()
+        out.append(ToolCall(name=name if isinstance(name, str) else json.dumps(name), arguments=args))
+    return out
 
 
 def decoded_output(calls: list[ToolCall]) -> list[dict[str, dict[str, Any]]]:
@@ -555,7 +622,13 @@ __all__ = [
     "BfclEntry",
     "answer_to_calls",
     "bfcl_function_to_tool",
+    "bfcl_call_text",
+    "bfcl_clean_response",
+    "bfcl_extract_tool_calls",
     "data_dir",
+    "decode_ast_like_bfcl",
+    "decode_execute_calls_like_bfcl",
+    "decode_execute_like_bfcl",
     "decode_like_bfcl",
     "decoded_output",
     "is_irrelevance",

@@ -4,6 +4,10 @@ Only the classes on :data:`ALLOWED` can be instantiated, from their fixed module
 names one by class name (``TravelAPI``) or by its function-doc name (``travel_booking``). A call
 runs the public method of the same name with the call's arguments. No user-supplied code is ever
 imported or executed.
+
+The initial state is the class's scenario (BFCL's ``initial_config[class]``). The reserved key
+:data:`LONG_CONTEXT_KEY` (``true``) loads it the way BFCL's ``multi_turn_long_context`` category
+does (``_load_scenario(..., long_context=True)``: the class adds its long filler data).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ ALLOWED: dict[str, tuple[str, str]] = {
     "VehicleControlAPI": (f"{_PREFIX}.vehicle_control", "vehicle_control"),
 }
 _BY_DOC = {doc: cls for cls, (_, doc) in ALLOWED.items()}
+#: In an executable session's initial state: load the scenario as BFCL's long-context category does.
+LONG_CONTEXT_KEY = "__long_context__"
 
 
 class EnvironmentError_(ValueError):
@@ -76,9 +82,12 @@ class Environment:
         self.name = cls_name
         self.instance = _load_class(cls_name)()
         self.methods = method_names(cls_name)
+        state = copy.deepcopy(initial_state or {})
+        long_context = bool(state.pop(LONG_CONTEXT_KEY, False))
         loader = getattr(self.instance, "_load_scenario", None)
         if callable(loader):
-            loader(copy.deepcopy(initial_state or {}))
+            # only the long-context category passes the flag (every BFCL class accepts it)
+            loader(state, long_context=True) if long_context else loader(state)
 
     def call(self, name: str, arguments: dict[str, Any]) -> Any:
         if name not in self.methods:
