@@ -24,6 +24,7 @@ refuses them); text with a run of 19+ digits, or that orjson refuses, is parsed 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Callable, Iterable, Iterator
@@ -40,6 +41,7 @@ _STD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_as
 _STD_DECODE = json.JSONDecoder().decode
 _orjson_dumps: Callable[..., bytes] = orjson.dumps
 _orjson_loads: Callable[[bytes | str], Any] = orjson.loads
+_dumps_fast = functools.partial(orjson.dumps, option=_OPTIONS)
 _SMALL_FLOAT = re.compile(rb"\de-")  # (with "0.0000") where orjson writes a float below 1e-4 differently
 # An integer orjson may read as a float (beyond 64 bits) has 19+ digits. Found by mapping every
 # digit to "0" and looking for 19 of them: much faster than a regular expression over a part.
@@ -85,7 +87,7 @@ def dumps_lines(values: Iterable[Any]) -> bytes:
     if not values:
         return b""
     try:
-        encoded = [_orjson_dumps(v, option=_OPTIONS) for v in values]
+        encoded = list(map(_dumps_fast, values))  # map + partial: no Python step per value
     except orjson.JSONEncodeError:  # some value orjson refuses: value by value
         encoded = [dumps(v) for v in values]
         encoded.append(b"")
