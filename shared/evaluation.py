@@ -1,5 +1,7 @@
-"""Evaluation: held-out synthesized samples (shared reward) and BFCL AST categories (our checker,
-which agrees with bfcl-eval's official one; see tests/shared/test_bfcl_agreement.py)."""
+"""Evaluation: held-out synthesized samples (shared reward), BFCL AST categories (our checker,
+which agrees with bfcl-eval's official one; see tests/shared/test_bfcl_agreement.py) and BFCL
+multi-turn categories (run on the tool simulator, scored by bfcl-eval's own checker;
+shared/bfcl_multiturn.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from looptool.shared.bfcl_scores import CategoryResult
 from looptool.shared.generation import Generator, GenRequest, GenResult, SamplingParams
 from looptool.shared.records import DatasetRef, Message, Progress, Sample, Tool, ToolCall
+
+if TYPE_CHECKING:
+    from looptool.shared.bfcl_multiturn import BfclExecutor
 
 BATCH = 16
 
@@ -206,14 +211,23 @@ def evaluate(
     bfcl_exclude_functions: Iterable[str] | None = None,
     store: ResultStore | None = None,
     on_category: Callable[[str, BfclResult, bool], None] | None = None,
+    tool_executor: "BfclExecutor | None" = None,
 ) -> EvalReport:
     """Held-out samples and BFCL categories. ``bfcl_exclude_functions``: functions the model
     trained on (their entries are left out). ``store``: finished categories are kept there and
-    reused; ``on_category(name, result, reused)`` is told as each category is done."""
-    from looptool.shared import bfcl
+    reused; ``on_category(name, result, reused)`` is told as each category is done. Multi-turn
+    categories (``multi_turn_*``) run against ``tool_executor``: BFCL's classes on the tool
+    simulator (``services.toolsim.bfcl_env.ToolSimBfclExecutor``; shared/bfcl_multiturn.py)."""
+    from looptool.shared import bfcl, bfcl_multiturn
     from looptool.shared.storage import open_dataset
 
-    cats = [bfcl.resolve_category(c) for c in bfcl_categories or []]  # unknown names: before any work
+    # unknown names: before any work
+    cats = [bfcl_multiturn.resolve_category(c) if bfcl_multiturn.is_multi_turn(c) else bfcl.resolve_category(c)
+            for c in bfcl_categories or []]
+    multi = [c for c in cats if bfcl_multiturn.is_multi_turn(c)]
+    if multi and tool_executor is None:
+        raise ValueError(f"BFCL multi-turn categories {multi} need a tool executor (BFCL's classes on the tool "
+                         "simulator): pass tool_executor, e.g. services.toolsim.bfcl_env.ToolSimBfclExecutor()")
     exclude = sorted(set(bfcl_exclude_functions)) if bfcl_exclude_functions is not None else None
     report = EvalReport()
     if heldout is not None:
@@ -228,7 +242,12 @@ def evaluate(
         name = f"bfcl_{cat}"
         res = store.get(name) if store is not None else None
         reused = res is not None
-        if res is None:
+        if res is None and bfcl_multiturn.is_multi_turn(cat):
+            assert tool_executor is not None
+            res = bfcl_multiturn.evaluate_multi_turn(gen, cat, tool_executor, bfcl_limit, max_tokens, exclude, on_progress)
+            if store is not None:
+                store.put(name, res)
+        elif res is None:
             res = evaluate_bfcl(gen, cat, bfcl_limit, max_tokens, exclude, on_progress)
             if store is not None:
                 store.put(name, res)
