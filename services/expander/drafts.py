@@ -4,7 +4,8 @@ checks every draft passes before it becomes a sample.
 Rejection reasons (``REJECT_REASONS``):
 
 ``parse``        the generator's output is not the strict JSON asked for (llm);
-``structure``    different functions / call count / argument names than the seed's correct calls;
+``structure``    a call structure the options do not allow (default: different functions / call count /
+                 argument names than the seed's correct calls; see ``structure.check_structure``);
 ``schema``       a reference call does not validate against its tool's JSON Schema;
 ``unchanged``    every argument value is the seed's own (nothing was varied);
 ``ungrounded``   an argument value is not stated in the user request (the label would be a guess);
@@ -23,13 +24,13 @@ from typing import Any, Protocol
 
 from looptool.shared.logs import get_logger
 from looptool.shared.records import Tool, ToolCall, canonical_json
-from looptool.shared.scenarios.calls import vary_call
 from looptool.shared.scenarios.grounding import ungrounded_values
 from looptool.shared.scenarios.render import render_request
 from looptool.shared.scenarios.vocab import STYLES
 from looptool.shared.schema import ToolSchemaError, validate_call
 
-from .seeds import Seed, call_shape, calls_key, has_values
+from .seeds import Seed, calls_key, has_values
+from .structure import StructureOptions, check_structure, vary_structure
 
 log = get_logger("looptool.expander")
 
@@ -62,6 +63,7 @@ class Draft:
     user: str = ""
     calls: list[ToolCall] = field(default_factory=list)
     style: str = ""
+    structure: str = ""  # what changed in the call structure (structure.vary_structure's label); "" = kept
     error: str = ""  # a REJECT_REASONS code when the generator produced nothing usable
     detail: str = ""
 
@@ -87,28 +89,29 @@ def drafts_for_all(gen: DraftGenerator, work: list[tuple[Seed, list[tuple[int, i
 
 class ProgrammaticGenerator:
     """Schema-driven variation through ``looptool.shared.scenarios``: ``vary_call`` gives new values
-    for the same call structure, ``render_request`` a new user request in a random style that states
-    every value verbatim. CPU-only, no model."""
+    for the same call structure (and, when ``structure`` allows, sibling swaps and count/order
+    changes: ``structure.vary_structure``), ``render_request`` a new user request in a random style
+    that states every value verbatim. CPU-only, no model."""
 
     name = "programmatic"
 
-    def __init__(self, variation_tries: int = 4):
+    def __init__(self, variation_tries: int = 4, structure: StructureOptions | None = None):
         self.variation_tries = variation_tries
+        self.structure = structure or StructureOptions()
         self.styles = list(STYLES)
 
-    def _vary(self, seed: Seed, by_name: dict[str, Tool], rng: random.Random) -> list[ToolCall] | Draft:
+    def _vary(self, seed: Seed, by_name: dict[str, Tool], rng: random.Random) -> tuple[list[ToolCall], str] | Draft:
         original = calls_key(seed.correct)
+        missing = [c.name for c in seed.correct if c.name not in by_name]
+        if missing:
+            return Draft(error="unknown_tool", detail=f"{missing[0]} is not among the seed's tools")
         calls: list[ToolCall] = []
+        label = ""
         for _ in range(self.variation_tries):
-            calls = []
-            for c in seed.correct:
-                tool = by_name.get(c.name)
-                if tool is None:
-                    return Draft(error="unknown_tool", detail=f"{c.name} is not among the seed's tools")
-                calls.append(vary_call(c, tool, rng))
+            calls, label = vary_structure(seed, self.structure, rng, self.variation_tries)
             if not has_values(seed.correct) or calls_key(calls) != original:
-                return calls
-        return calls  # still unchanged: the check reports it as 'unchanged'
+                return calls, label
+        return calls, label  # still unchanged: the check reports it as 'unchanged'
 
     def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]:
         by_name = {t.name: t for t in seed.tools}
@@ -120,9 +123,10 @@ class ProgrammaticGenerator:
                 if isinstance(varied, Draft):
                     out.append(varied)
                     continue
+                calls, label = varied
                 style = rng.choice(self.styles)
-                user = render_request(varied, seed.tools, rng, style)
-                out.append(Draft(user=user, calls=varied, style=str(style)))
+                user = render_request(calls, seed.tools, rng, style)
+                out.append(Draft(user=user, calls=calls, style=str(style), structure=label))
             except Exception as exc:  # a scenario bug must not kill the stage; it is counted
                 log.warning("programmatic draft failed", extra={"seed": seed.id, "error": repr(exc)})
                 out.append(Draft(error="generation_error", detail=repr(exc)[:300]))
@@ -130,14 +134,17 @@ class ProgrammaticGenerator:
 
 
 
-def check_draft(seed: Seed, draft: Draft, require_grounded: bool = True) -> tuple[str, str]:
-    """("", "") when the draft is usable, else (reason code, detail)."""
+def check_draft(seed: Seed, draft: Draft, require_grounded: bool = True,
+                structure: StructureOptions | None = None) -> tuple[str, str]:
+    """("", "") when the draft is usable, else (reason code, detail). ``structure``: which call
+    structures are allowed (default: the seed's own)."""
     if draft.error:
         return draft.error, draft.detail
     if not draft.user.strip():
         return "parse", "empty user request"
-    if call_shape(draft.calls) != call_shape(seed.correct):
-        return "structure", f"expected {call_shape(seed.correct)}, got {call_shape(draft.calls)}"
+    why = check_structure(seed, draft.calls, structure or StructureOptions())
+    if why:
+        return "structure", why
     for i, c in enumerate(draft.calls):
         try:
             issues = validate_call(c, seed.tools)

@@ -71,6 +71,7 @@ from looptool.shared.workers import WorkerCrashed, WorkerPool, worker_state
 from .drafts import REJECT_REASONS, Draft, DraftGenerator, ProgrammaticGenerator, check_draft, derived_rng, drafts_for_all
 from .llm_drafts import LLMGenerator
 from .seeds import Seed, seed_from_judged
+from .structure import StructureOptions, expansion_history
 
 log = get_logger("looptool.expander")
 
@@ -133,8 +134,11 @@ def tools_for(seed: Seed, pool: list[Tool], rng: random.Random, max_distractors:
     return tools
 
 
-def build_sample(seed: Seed, draft: Draft, tools: list[Tool], round: int, generator: str) -> Sample:
-    context = [m for m in seed.sample.context if m.role == "system"]
+def build_sample(seed: Seed, draft: Draft, tools: list[Tool], round: int, generator: str,
+                 history: list[Message] | None = None) -> Sample:
+    """``history``: the messages before the new request (``structure.expansion_history``; default:
+    the seed's system messages, i.e. single-turn)."""
+    context = list(history) if history is not None else [m for m in seed.sample.context if m.role == "system"]
     context.append(Message(role="user", content=draft.user))
     meta = {k: seed.sample.meta[k] for k in ("date",) if k in seed.sample.meta}
     meta.update(
@@ -145,6 +149,8 @@ def build_sample(seed: Seed, draft: Draft, tools: list[Tool], round: int, genera
             "edde_style": draft.style[:200],
         }
     )
+    if draft.structure:
+        meta["edde_structure"] = draft.structure[:200]
     s = Sample(
         context=context,
         tools=tools,
@@ -164,12 +170,14 @@ def prepare_drafts(seed: Seed, tasks: list[tuple[int, int]], drafts: list[Draft]
     """Check each ``(slot, attempt)`` task's draft and build its sample: pure, so it may run anywhere."""
     out: list[Prepared] = []
     for (slot, attempt), draft in zip(tasks, drafts):
-        reason, detail = check_draft(seed, draft, config.requireGrounded)
+        structure = StructureOptions.from_spec(config)
+        reason, detail = check_draft(seed, draft, config.requireGrounded, structure)
         if reason:
             out.append((reason, detail))
             continue
         rng = derived_rng(base_seed, seed.id, slot, attempt, "tools")
-        out.append(build_sample(seed, draft, tools_for(seed, pool, rng, config.maxDistractors), round, generator))
+        out.append(build_sample(seed, draft, tools_for(seed, pool, rng, config.maxDistractors), round, generator,
+                                expansion_history(seed, draft.calls, structure)))
     return out
 
 
@@ -251,7 +259,7 @@ class Expander:
         if generator is None:
             if self.config.generator == "llm":
                 raise ValueError("generator 'llm' needs a Generator: pass LLMGenerator(inference_client)")
-            generator = ProgrammaticGenerator()
+            generator = ProgrammaticGenerator(structure=StructureOptions.from_spec(self.config))
         self.generator = generator
         if self.config.filterMastered and prober is None:
             raise ValueError("filterMastered needs a prober (a Generator, e.g. the inference client)")
@@ -572,5 +580,5 @@ def expand(
     if config.generator == "llm":
         if generator is None:
             raise ValueError("generator 'llm' needs a Generator (e.g. the inference client)")
-        drafter = LLMGenerator(generator, config.temperature, config.maxTokens)
+        drafter = LLMGenerator(generator, config.temperature, config.maxTokens, structure=StructureOptions.from_spec(config))
     return Expander(config, drafter, prober, s3).run(verdicts, out_uri, factor, seed, round, corpus)

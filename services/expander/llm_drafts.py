@@ -13,6 +13,7 @@ from looptool.shared.toolcall_format import strip_reasoning
 
 from .drafts import Draft, derived_rng
 from .seeds import Seed
+from .structure import StructureOptions, expansion_history, siblings_of
 
 log = get_logger("looptool.expander")
 
@@ -52,7 +53,27 @@ def _calls_json(calls: list[ToolCall]) -> str:
     return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls], ensure_ascii=False)
 
 
-def llm_prompt(seed: Seed, variation: str) -> str:
+def _structure_rule(seed: Seed, structure: StructureOptions | None) -> str:
+    """The rule line about which calls the new example may have (``structure.check_structure``)."""
+    n = len(seed.correct)
+    s = structure or StructureOptions()
+    if s.change_calls:
+        return ("- Call one or more of the tools listed above (at most 5 calls, all independent of each other); you may "
+                "drop, add or reorder calls compared with the correct answer. Argument names must match each tool's schema.\n")
+    rule = (f"- Call exactly the same function{'s' if n > 1 else ''} as the correct answer ({n} call{'s' if n > 1 else ''}, "
+            "same order), with exactly the same argument names; only the values change.\n")
+    if s.sibling_tools:
+        sibs = {c.name: [t.name for t in siblings_of(c.name, seed.tools)] for c in seed.correct}
+        listed = "; ".join(f"{k} -> {', '.join(v)}" for k, v in sibs.items() if v)
+        if listed:
+            rule += (f"- Exception: a call may use a similar tool instead ({listed}), with that tool's own arguments.\n")
+    if any(m.role != "system" for m in expansion_history(seed, [], s)):
+        rule += ("- The earlier turns of the conversation are kept: your user message replaces the conversation's last "
+                 "user message, so it must make sense after the earlier turns.\n")
+    return rule
+
+
+def llm_prompt(seed: Seed, variation: str, structure: StructureOptions | None = None) -> str:
     """The user message of the llm generator's request."""
     tools = "\n".join(json.dumps(t.to_openai()["function"], ensure_ascii=False) for t in seed.tools)
     if seed.decision == Decision.LABEL_WRONG:
@@ -70,8 +91,7 @@ def llm_prompt(seed: Seed, variation: str) -> str:
         f"## Why it is wrong\n{seed.reason.strip() or '(no analysis given)'}\n\n"
         f"## Scenario variation\n{variation}\n\n"
         "## Rules\n"
-        f"- Call exactly the same function{'s' if n > 1 else ''} as the correct answer ({n} call{'s' if n > 1 else ''}, "
-        "same order), with exactly the same argument names; only the values change.\n"
+        + _structure_rule(seed, structure) +
         "- Use new, realistic values (different entities, numbers, dates) that differ from the original.\n"
         "- The user message must state every argument value verbatim, so nothing has to be guessed.\n"
         "- Every value must satisfy the tool's JSON Schema (types, enums, formats, ranges).\n"
@@ -123,8 +143,10 @@ class LLMGenerator:
 
     name = "llm"
 
-    def __init__(self, generator: Generator, temperature: float = 0.8, max_tokens: int = 512):
+    def __init__(self, generator: Generator, temperature: float = 0.8, max_tokens: int = 512,
+                 structure: StructureOptions | None = None):
         self.generator, self.temperature, self.max_tokens = generator, temperature, max_tokens
+        self.structure = structure or StructureOptions()
 
     def drafts(self, seed: Seed, tasks: list[tuple[int, int]], base_seed: int) -> list[Draft]:
         return self.drafts_many([(seed, tasks)], base_seed)[0]
@@ -139,7 +161,7 @@ class LLMGenerator:
                 styles.append(variation)
                 requests.append(
                     GenRequest(
-                        messages=[Message(role="system", content=LLM_SYSTEM), Message(role="user", content=llm_prompt(seed, variation))],
+                        messages=[Message(role="system", content=LLM_SYSTEM), Message(role="user", content=llm_prompt(seed, variation, self.structure))],
                         tools=[],
                         params=SamplingParams(
                             temperature=self.temperature, max_tokens=self.max_tokens, seed=rng.getrandbits(31)

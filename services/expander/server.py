@@ -20,6 +20,7 @@ import grpc
 from pydantic import ValidationError
 
 from looptool.services.expander.expand import ExpandConfig, Expander, LLMGenerator
+from looptool.services.expander.structure import StructureOptions
 from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.errors import ServiceError
 from looptool.shared.generation import Generator
@@ -74,7 +75,8 @@ class ExpanderServicer(expander_pb2_grpc.ExpanderServicer):
         address = config.inferenceAddress or self.cfg.services.inference.address
         drafter = None
         if config.generator == "llm":
-            drafter = LLMGenerator(self.generator_factory(address, config.generatorModel), config.temperature, config.maxTokens)
+            drafter = LLMGenerator(self.generator_factory(address, config.generatorModel), config.temperature, config.maxTokens,
+                                   structure=StructureOptions.from_spec(config))
         prober = self.generator_factory(address, config.probeModel) if config.filterMastered else None
         processes = pool_size(None, self.cfg.services.expander.processes)  # drafts are CPU-bound: every core
         return Expander(config, drafter, prober, s3=self.cfg.storage.s3, processes=processes if processes >= 2 else 0)

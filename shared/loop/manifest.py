@@ -222,6 +222,20 @@ class ExpandSpec(Spec):
     filterMastered: bool = False
     generator: Literal["programmatic", "llm"] = "programmatic"
     seed: int = 0
+    # Structure switches (services/expander/structure.py). Off by default: the paper's EDDE keeps the
+    # failure's structure; multi-turn context is kept by default (flattening loses what the seed tested).
+    changeCalls: bool = Field(
+        False, description="expansions may change the call count and order within the seed's toolset "
+        "(drop a call, add a call to one of its tools, reorder parallel calls); false keeps the seed's calls")
+    siblingTools: bool = Field(
+        False, description="expansions may swap a call's tool for a sibling in the seed's toolset (same required-"
+        "parameter types, or similar names); false keeps the seed's functions")
+    keepContext: bool = Field(
+        True, description="a seed with earlier turns keeps them verbatim (up to its last user turn, which the new "
+        "request replaces); false writes single-turn samples (system messages + the new request)")
+    rewriteContext: bool = Field(
+        False, description="with keepContext: the seed's old argument values (strings) in the kept turns become the "
+        "new values, so the history mentions the same entities as the new request")
 
 
 class ComposeSpec(Spec):
