@@ -580,12 +580,18 @@ def official_check(entry: BfclEntry, calls: list[ToolCall] | None) -> tuple[bool
     An exception raised inside bfcl's checker is reported as invalid with the exception text
     (bfcl's runner would crash on it; no shipped entry triggers one with our outputs).
     """
+    return official_check_decoded(entry, None if calls is None else decoded_output(calls))
+
+
+def official_check_decoded(entry: BfclEntry, decoded: Any) -> tuple[bool, Any]:
+    """:func:`official_check` on BFCL's decoded form (what ``decode_ast`` returned; ``None`` when
+    it raised), e.g. ``[{5: {}}]`` for a call whose name is not a string."""
     from bfcl_eval.constants.enums import Language
     from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
     from bfcl_eval.utils import is_empty_output, is_function_calling_format_output
 
     if entry.kind in ("irrelevance", "relevance"):
-        contains_call = calls is not None and not is_empty_output(decoded_output(calls))
+        contains_call = decoded is not None and not is_empty_output(decoded)
         valid = (not contains_call) if entry.kind == "irrelevance" else contains_call
         if valid:
             return True, None
@@ -593,9 +599,9 @@ def official_check(entry: BfclEntry, calls: list[ToolCall] | None) -> tuple[bool
             "irrelevance_error:decoder_success" if entry.kind == "irrelevance" else "relevance_error:decoder_failed"
         )
 
-    if calls is None:
+    if decoded is None:
         return False, "ast_decoder:decoder_failed"
-    decoded = decoded_output(calls)
+    decoded = copy.deepcopy(decoded)
     if not is_function_calling_format_output(decoded):
         return False, "ast_decoder:decoder_wrong_output_format"
     language = {"python": Language.PYTHON, "java": Language.JAVA, "javascript": Language.JAVASCRIPT}[entry.language]
@@ -636,6 +642,7 @@ __all__ = [
     "language_of",
     "load_entries",
     "official_check",
+    "official_check_decoded",
     "pick_answer_value",
     "render_arguments",
     "render_java_literal",
