@@ -2,8 +2,9 @@
 
 Threads do not help pure-Python work (the GIL); a :class:`WorkerPool` runs it in processes started
 through ``forkserver`` (a clean process forks the workers, so a parent holding gRPC servers and
-threads is never forked). Each worker builds its per-run state once (``init(*init_args)``, read back
-with :func:`worker_state`) and then runs small picklable tasks.
+threads is never forked). The processes stay between runs (no start-up per request; their caches
+stay warm); each builds a run's state once (``init(*init_args)``, read back with
+:func:`worker_state`) and then runs small picklable tasks.
 
 - Order: :meth:`WorkerPool.imap` yields results in input order with a bounded window in flight, so
   callers write in index order exactly as a sequential run would.
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import threading
-from collections import deque
+import uuid
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -162,20 +165,27 @@ def apply_metric_deltas(deltas: list) -> None:
 
 # ----------------------------------------------------------------------------- in the worker
 
+_MAX_RUNS = 4  # run states a worker keeps (concurrent requests share the workers)
+_runs: OrderedDict[str, Any] = OrderedDict()
 _state: Any = None
 
 
-def _init_worker(init: Callable[..., Any] | None, init_args: tuple) -> None:
-    global _state
-    _state = init(*init_args) if init is not None else None
-
-
 def worker_state() -> Any:
-    """What this worker's ``init`` returned (the per-run state: agents, backends, tool pools)."""
+    """What the current task's run ``init`` returned in this worker (agents, backends, tool pools)."""
     return _state
 
 
-def _run_task(fn: Callable[..., T], args: tuple) -> tuple[T, list]:
+def _run_task(run: str, setup: bytes, fn: Callable[..., T], args: tuple) -> tuple[T, list]:
+    """One task of run ``run``; its state is built from ``setup`` (the pickled init and its
+    arguments) the first time this worker sees the run."""
+    global _state
+    if run not in _runs:
+        init, init_args = pickle.loads(setup)
+        _runs[run] = init(*init_args) if init is not None else None
+        while len(_runs) > _MAX_RUNS:
+            _runs.popitem(last=False)
+    _runs.move_to_end(run)
+    _state = _runs[run]
     before = _metric_snapshot()
     result = fn(*args)
     return result, _metric_deltas(before, _metric_snapshot())
@@ -183,45 +193,67 @@ def _run_task(fn: Callable[..., T], args: tuple) -> tuple[T, list]:
 
 # ----------------------------------------------------------------------------- in the parent
 
+# The processes stay between runs, one executor per size: a request does not wait for workers to
+# start, and what they cached (compiled schema validators, imported modules) is reused.
+_executors: dict[int, ProcessPoolExecutor] = {}
+_executors_lock = threading.Lock()
+
+
+def _executor(processes: int) -> ProcessPoolExecutor:
+    with _executors_lock:
+        ex = _executors.get(processes)
+        if ex is None:
+            ex = _executors[processes] = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(_CONTEXT))
+        return ex
+
+
+def _discard(ex: ProcessPoolExecutor) -> None:
+    """Forget a broken executor (unless another run already replaced it)."""
+    with _executors_lock:
+        for n, cur in list(_executors.items()):
+            if cur is ex:
+                del _executors[n]
+    ex.shutdown(wait=False, cancel_futures=True)
+
 
 def _succeeded(f: Future) -> bool:
     return f.done() and not f.cancelled() and f.exception() is None
 
 
 class WorkerPool:
-    """``processes`` worker processes running ``fn(*args)`` tasks; a context manager.
+    """One run's use of ``processes`` worker processes running ``fn(*args)`` tasks; a context manager.
 
-    ``init(*init_args)`` runs once in every worker (its result: :func:`worker_state`); ``preload``
-    names modules the forkserver imports once, so each worker starts with them already imported.
+    ``init(*init_args)`` builds the run's state in each worker the first time it gets one of the
+    run's tasks (read it with :func:`worker_state`); both must pickle. The processes themselves are
+    shared by the runs of this process and stay between runs. ``preload`` names modules the
+    forkserver imports once, before it forks the workers (only the first pool's names count: the
+    forkserver starts then).
     """
 
     def __init__(self, processes: int, init: Callable[..., Any] | None = None, init_args: tuple = (),
                  max_restarts: int = 1, preload: Iterable[str] = ()):
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
-        self.processes, self.init, self.init_args, self.max_restarts = processes, init, init_args, max_restarts
+        self.processes, self.max_restarts = processes, max_restarts
         self.restarts = 0
-        self._ctx = multiprocessing.get_context(_CONTEXT)
+        self._run = uuid.uuid4().hex
+        self._setup = pickle.dumps((init, init_args), protocol=pickle.HIGHEST_PROTOCOL)  # once per run
         with _preload_lock:
             _preload.update(preload)
-            # only takes effect before this process' forkserver starts (the first pool): one set for all
-            self._ctx.set_forkserver_preload(sorted(_preload | {__name__}))
-        self._executor: ProcessPoolExecutor | None = None
+            multiprocessing.get_context(_CONTEXT).set_forkserver_preload(sorted(_preload | {__name__}))
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.processes, mp_context=self._ctx, initializer=_init_worker,
-                                                 initargs=(self.init, self.init_args))
-        return self._executor
+    def _submit(self, fn: Callable[..., T], args: tuple) -> tuple[Future, ProcessPoolExecutor]:
+        ex = _executor(self.processes)
+        try:
+            return ex.submit(_run_task, self._run, self._setup, fn, args), ex
+        except BrokenProcessPool:  # broken under another run: that run counts it, this one moves on
+            _discard(ex)
+            ex = _executor(self.processes)
+            return ex.submit(_run_task, self._run, self._setup, fn, args), ex
 
-    def _submit(self, fn: Callable[..., T], args: tuple) -> Future:
-        return self._pool().submit(_run_task, fn, args)
-
-    def _restart(self, what: str, exc: BaseException) -> None:
-        """Drop the broken pool; raise :class:`WorkerCrashed` when the restarts are used up."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+    def _restart(self, broken: ProcessPoolExecutor, what: str, exc: BaseException) -> None:
+        """Replace the broken processes; raise :class:`WorkerCrashed` when the restarts are used up."""
+        _discard(broken)
         if self.restarts >= self.max_restarts:
             raise WorkerCrashed(
                 f"a worker process died while running {what} ({exc}); gave up after {self.restarts} restart(s). "
@@ -232,10 +264,11 @@ class WorkerPool:
     def imap(self, fn: Callable[..., T], items: Iterable[tuple], window: int | None = None,
              label: Callable[[tuple], str] = lambda args: f"task {args!r}"[:120]) -> Iterator[T]:
         """``fn(*args)`` for each ``args`` in ``items``, in input order, at most ``window`` in flight
-        (default 2 per worker). ``items`` is read lazily: stop feeding it to stop early."""
-        window = max(1, window or 2 * self.processes)
+        (default 8 per worker: enough queued work to hide the hand-off latency of a busy machine).
+        ``items`` is read lazily: stop feeding it to stop early."""
+        window = max(1, window or 8 * self.processes)
         feed = iter(items)
-        pending: deque[tuple[tuple, Future]] = deque()
+        pending: deque[tuple[tuple, tuple[Future, ProcessPoolExecutor]]] = deque()
         try:
             while True:
                 while len(pending) < window:
@@ -245,19 +278,19 @@ class WorkerPool:
                     pending.append((args, self._submit(fn, args)))
                 if not pending:
                     return
-                args, fut = pending[0]
+                args, (fut, ex) = pending[0]
                 try:
                     result, deltas = fut.result()
                 except BrokenProcessPool as exc:
-                    self._restart(label(args), exc)
-                    # tasks are pure: resubmit every unfinished one, in order, to the fresh pool
-                    pending = deque((a, f if _succeeded(f) else self._submit(fn, a)) for a, f in pending)
+                    self._restart(ex, label(args), exc)
+                    # tasks are pure: resubmit every unfinished one, in order, to the fresh processes
+                    pending = deque((a, sub if _succeeded(sub[0]) else self._submit(fn, a)) for a, sub in pending)
                     continue
                 pending.popleft()
                 apply_metric_deltas(deltas)
                 yield result
         finally:
-            for _, f in pending:
+            for _, (f, _ex) in pending:
                 f.cancel()
 
     def map(self, fn: Callable[..., T], items: Iterable[tuple]) -> list[T]:
@@ -266,9 +299,7 @@ class WorkerPool:
         return list(self.imap(fn, items, window=len(items) or 1))
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Nothing to release: the processes stay for the next run (a worker drops old run states)."""
 
     def __enter__(self) -> "WorkerPool":
         return self

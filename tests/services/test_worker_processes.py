@@ -30,7 +30,7 @@ from looptool.shared.toolsets import import_source, store_toolset
 from looptool.shared.workers import WorkerCrashed, WorkerPool, pool_size
 
 from support.inference import FLIGHT, WEATHER
-from support.worker_tasks import DyingBackend, die_at, square
+from support.worker_tasks import DyingBackend, die_at, pid_and_state, square
 
 pytestmark = pytest.mark.timeout(300)  # a lost worker must fail a test, not hang the suite
 
@@ -65,6 +65,20 @@ def test_results_in_order_with_worker_state_and_metrics_aggregated():
     assert _value("looptool_test_workers_sizes_count") - sizes_before[0] == 40
     assert _value("looptool_test_workers_sizes_sum") - sizes_before[1] == sum(range(40))
     assert _value("looptool_test_workers_sizes_bucket", {"le": "10.0"}) - sizes_before[2] == 11  # 0..10
+
+
+def test_runs_share_the_processes_but_each_has_its_own_state():
+    first = WorkerPool(2, init=functools.partial(int, "1"))
+    second = WorkerPool(2, init=functools.partial(int, "2"))
+    a, b = first.imap(pid_and_state, [(x,) for x in range(12)], window=3), second.imap(pid_and_state, [(x,) for x in range(12)])
+    got_a, got_b = [], []
+    for ra, rb in zip(a, b):  # interleaved: the same processes serve both runs
+        got_a.append(ra)
+        got_b.append(rb)
+    assert {state for _, state in got_a} == {1} and {state for _, state in got_b} == {2}
+    later = WorkerPool(2, init=functools.partial(int, "3")).map(pid_and_state, [(x,) for x in range(6)])
+    assert {state for _, state in later} == {3}
+    assert {pid for pid, _ in later} <= {pid for pid, _ in got_a + got_b}  # no new processes for a new run
 
 
 def test_a_killed_worker_is_retried_on_a_fresh_pool(tmp_path):

@@ -51,3 +51,8 @@ class DyingBackend(LocalToolBackend):
         if seed == self.at_seed and (not self.marker or not os.path.exists(self.marker)):
             _die(self.marker)
         return super().open_session(tools, mode, environment, initial_state, seed)
+
+
+def pid_and_state(x: int) -> tuple[int, int]:
+    """(this worker's pid, its state for the run) — which process ran ``x`` and with what."""
+    return os.getpid(), worker_state()
