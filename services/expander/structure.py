@@ -7,7 +7,8 @@ Three switches (``spec.expand`` in the manifest, read through :meth:`StructureOp
                  All calls of one assistant turn are parallel (independent: none can use another's
                  result), so any order is valid; the reward compares them order-free, the request
                  text is what changes. One of those operations (or none) is drawn per draft.
-``siblingTools`` a call may be swapped for a call to a *sibling* tool (:func:`are_siblings`).
+``siblingTools`` a call may be swapped for a call to a *sibling* tool (:func:`are_siblings`): one
+                 call, in half the drafts (``SIBLING_RATE``) of a seed whose tools have siblings.
 ``keepContext``  a seed with earlier turns keeps them: the new sample is the seed's context up to
                  its last user turn, verbatim, then the new request (``rewriteContext`` also
                  rewrites the seed's old argument values in those turns into the new ones).
@@ -36,6 +37,8 @@ from .seeds import Seed, call_shape
 
 # Added calls stop here: a request with more parallel calls reads like a list, not a user need.
 MAX_CALLS = 5
+# Share of drafts (of seeds with a sibling) that swap one call for a sibling.
+SIBLING_RATE = 0.5
 # Name similarity threshold for siblings (Jaccard over name words, generic verbs removed).
 NAME_SIMILARITY = 0.5
 _GENERIC = {"get", "set", "list", "find", "search", "fetch", "retrieve", "query", "create", "update", "delete",
@@ -124,7 +127,8 @@ def vary_structure(seed: Seed, opts: StructureOptions, rng: random.Random, varia
     ops: list[str] = []
     if opts.sibling_tools:
         swappable = [(i, sibs) for i, c in enumerate(calls) if (sibs := siblings_of(c.name, seed.tools))]
-        if swappable:
+        # half the drafts only: the seed's own tool is what failed, so most expansions should keep it
+        if swappable and rng.random() < SIBLING_RATE:
             i, sibs = rng.choice(swappable)
             new_tool = rng.choice(sibs)
             ops.append(f"sibling:{calls[i].name}->{new_tool.name}")
