@@ -4,9 +4,9 @@ Input: the judge's verdicts (``JudgedSample`` records); the seeds among them are
 ``seeds.py``. For each seed, ``factor`` new samples keep the failure's *structure* (the same
 functions, the same number and order of calls, the same argument names) but change its *context*:
 new argument values, a new request phrasing/style, and the seed's tools shuffled among extra
-distractor tools from the corpus' toolset. A new sample is single-turn: the seed's system messages
-and the new user request (the seed's earlier turns refer to the old values, so they are not carried
-over). Drafts come from a generator (``drafts.py``: programmatic; ``llm_drafts.py``: a model) and
+distractor tools from the corpus' toolset. The manifest's ``changeCalls`` / ``siblingTools`` let the
+structure change too, and ``keepContext`` (default on) keeps a multi-turn seed's earlier turns
+before the new request (``structure.py``); off, a new sample is single-turn. Drafts come from a generator (``drafts.py``: programmatic; ``llm_drafts.py``: a model) and
 every draft is checked (``drafts.check_draft``) before it is kept.
 
 A rejected draft is retried (up to ``maxAttempts`` drafts per requested sample), then counted as
@@ -169,8 +169,8 @@ def prepare_drafts(seed: Seed, tasks: list[tuple[int, int]], drafts: list[Draft]
                    base_seed: int, round: int, pool: list[Tool], generator: str) -> list[Prepared]:
     """Check each ``(slot, attempt)`` task's draft and build its sample: pure, so it may run anywhere."""
     out: list[Prepared] = []
+    structure = StructureOptions.from_spec(config)
     for (slot, attempt), draft in zip(tasks, drafts):
-        structure = StructureOptions.from_spec(config)
         reason, detail = check_draft(seed, draft, config.requireGrounded, structure)
         if reason:
             out.append((reason, detail))
