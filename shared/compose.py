@@ -1,29 +1,44 @@
 """Round composition (paper, Eq. 5) and dataset diffs between rounds.
 
 ``compose_next_round`` assembles the next round's training data from this round's probe results,
-the judge's verdicts, the EDDE expansions and (optionally) fresh seed samples:
+the judge's verdicts, the EDDE expansions and this round's fresh seed samples. Eq. 5: model-wrong +
+label-fixed + EDDE + high-perplexity + fresh seed samples; mastered and both-wrong samples leave.
+Each choice is a ``compose`` field (defaults = the paper):
 
-=====================  ===================================================================
-probe outcome/verdict  next round
-=====================  ===================================================================
-mastered               dropped when ``spec.dropMastered`` (kept otherwise)
-borderline             kept (correct but unsure: high perplexity, or inconsistent sampling)
-failed, label_wrong    kept with the judge's corrected label (``reference := corrected``, also
-                       when the judge already wrote it; the old label is taken from
-                       ``meta["label_before_judge"]`` or the probe results;
-                       no corrected calls → the model's calls; a correction that does not
-                       validate against the tools is not applied: the sample goes by the
-                       ``unclear`` policy and counts as ``relabel_rejected``)
-failed, model_wrong    kept, label unchanged (the model must learn it)
-failed, both_acceptable kept, label unchanged
-failed, unclear        ``unclear_policy``: ``keep`` (label unchanged) or ``drop``
-failed, not judged     kept, label unchanged (``failed_unjudged``: e.g. a round without JGLV)
-EDDE expansions        kept
-fresh seed samples     ``round(spec.freshSeedFraction × |everything above|)`` of them, in order
-=====================  ===================================================================
+=======================  =================================================================
+probe outcome/verdict    next round
+=======================  =================================================================
+mastered                 dropped when ``dropMastered`` (kept otherwise)
+high perplexity          kept (borderline with a correct greedy answer: perplexity above the
+                         threshold, or some sampled attempts wrong; ``keepHighPerplexity: false``
+                         → treated as mastered). ``probe.highPerplexity: {percentile: p}``:
+                         composition marks correct greedy answers above the round's p-th
+                         percentile of their perplexities
+borderline (sampled)     kept (greedy wrong but some sampled attempts right)
+failed, label_wrong      kept with the judge's corrected label (``reference := corrected``, also
+                         when the judge already wrote it; the old label is taken from
+                         ``meta["label_before_judge"]`` or the probe results;
+                         no corrected calls → the model's calls; a correction that does not
+                         validate against the tools is not applied: the sample goes by the
+                         ``unclear`` policy and counts as ``relabel_rejected``)
+failed, model_wrong      kept, label unchanged (the model must learn it)
+failed, both_acceptable  ``bothAcceptable``: ``mastered`` (like an exact match: dropped when
+                         ``dropMastered``) or ``keep``
+failed, both_wrong       ``bothWrong``: ``drop`` (paper) or ``keep``
+failed, unclear          ``unclear_policy`` (``judge.unclearPolicy``): ``keep`` (label unchanged) or
+                         ``drop``. Unclear = the judge cannot tell; not the same as both_wrong
+failed, not judged       kept, label unchanged (``failed_unjudged``: e.g. ``judge.enabled: false``)
+EDDE expansions          kept
+fresh seed samples       this round's fresh synthesized samples not kept above, in order, at most
+                         ``round(freshSeedFraction × |everything above|)``: ones the probe never
+                         saw, and ones dropped as mastered (seed data the next round keeps
+                         seeing); ones dropped as wrong (both_wrong, unclear, rejected fix) never.
+                         Default 0: in the loop, Eq. 5's fresh seed term is the next round's own
+                         synthesis, which ``stage_synthesize`` adds to the composed data
+=======================  =================================================================
 
 Every sample keeps its lineage and gets one ``compose`` event (``kept`` / ``relabelled`` /
-``dropped``) with the round and a reason that starts with its category (``borderline: …``).
+``dropped``) with the round and a reason that starts with its category (``high_perplexity: …``).
 Samples are written in a deterministic order (probe order, then expansions, then fresh); a repeated
 id is written once (``duplicates``). Dropped samples, with their ``dropped`` event, go to a sibling
 dataset (``<out_uri>-dropped`` by default). Counts per category come back and are stored in the manifest's
@@ -41,7 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Literal
 
-from looptool.shared.loop.manifest import ComposeSpec
+from looptool.shared.loop.manifest import ComposeSpec, PerplexityThreshold
 from looptool.shared.records import (
     DatasetRef,
     Decision,
@@ -63,15 +78,20 @@ COUNT_KEYS = (
     "mastered_kept",
     "borderline",
     "high_perplexity",
+    "high_perplexity_dropped",
     "relabelled",
     "relabel_rejected",
     "model_wrong",
     "both_acceptable",
+    "both_wrong_kept",
+    "both_wrong_dropped",
     "unclear_kept",
     "unclear_dropped",
     "failed_unjudged",
     "expanded",
     "fresh",
+    "fresh_placed",
+    "fresh_rejected",
     "duplicates",
     "dropped",
     "total",
@@ -138,14 +158,31 @@ def _iter_refs(ref: DatasetRef | str | None, model: type, s3: Any) -> Iterator[A
     return open_dataset(ref, s3).iter(model)
 
 
+# Why a dropped sample left. Only "mastered" ones may come back as fresh seed samples.
+_MASTERED, _WRONG = "mastered", "wrong"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0 < p < 100) with linear interpolation between ranks (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        return float("inf")
+    pos = (len(xs) - 1) * p / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
 class _Composer:
-    def __init__(self, round: int, spec: ComposeSpec, unclear_policy: str):
+    def __init__(self, round: int, spec: ComposeSpec, unclear_policy: str, ppl_threshold: float | None = None):
         if unclear_policy not in ("drop", "keep"):
             raise ValueError(f"unclear_policy must be 'drop' or 'keep', got {unclear_policy!r}")
         self.round, self.spec, self.unclear_policy = round, spec, unclear_policy
+        self.ppl_threshold = ppl_threshold  # calibrated (percentile) threshold; None = the probe's outcome stands
         self.counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
         self.kept: list[Sample] = []
         self.dropped: list[Sample] = []
+        self.dropped_why: dict[str, str] = {}  # id → _MASTERED / _WRONG
         self.seen: set[str] = set()
 
     def _keep(self, s: Sample, action: str, reason: str, parent: str = "") -> None:
@@ -158,11 +195,21 @@ class _Composer:
         s.add_lineage(self.round, STAGE, action, reason=reason, parent_id=parent)
         self.kept.append(s)
 
-    def _drop(self, s: Sample, reason: str) -> None:
+    def _drop(self, s: Sample, reason: str, why: str = _WRONG) -> None:
         s.id = s.id or s.content_id()
         s.add_lineage(self.round, STAGE, "dropped", reason=reason)
         self.dropped.append(s)
+        self.dropped_why.setdefault(s.id, why)
         self.counts["dropped"] += 1
+
+    def _mastered(self, s: Sample, category: str, why: str) -> None:
+        """An answer the model already gives: dropped when ``dropMastered``."""
+        if self.spec.dropMastered:
+            self.counts["mastered_dropped"] += category == "mastered"
+            self._drop(s, f"{category}: {why} (dropMastered)", _MASTERED)
+        else:
+            self.counts["mastered_kept"] += category == "mastered"
+            self._keep(s, "kept", f"{category}: {why} (dropMastered=false)")
 
     def _unclear(self, s: Sample, reason: str) -> None:
         if self.unclear_policy == "keep":
@@ -182,24 +229,27 @@ class _Composer:
         assert probe is not None
         s = probe.sample.model_copy(deep=True)
         ppl = f"perplexity {probe.perplexity:.2f}"
-        if probe.outcome == ProbeOutcome.MASTERED:
-            if self.spec.dropMastered:
-                self.counts["mastered_dropped"] += 1
-                self._drop(s, f"mastered: greedy answer correct, {ppl} (dropMastered)")
-            else:
-                self.counts["mastered_kept"] += 1
-                self._keep(s, "kept", f"mastered: greedy answer correct, {ppl} (dropMastered=false)")
-        elif probe.outcome == ProbeOutcome.BORDERLINE:
-            self.counts["borderline"] += 1
-            if probe.correct:
-                self.counts["high_perplexity"] += 1
-                why = f"correct but unsure, {ppl}"
-            else:
-                why = f"{probe.sampled_correct}/{probe.sampled_total} sampled attempts correct, {ppl}"
-            self._keep(s, "kept", f"borderline: {why}")
-        else:
+        if probe.outcome == ProbeOutcome.FAILED:
             self.counts["failed_unjudged"] += 1
             self._keep(s, "kept", f"failed_unjudged: no verdict, label unchanged ({_short(probe.reason, 120)})")
+        elif probe.outcome == ProbeOutcome.BORDERLINE and not probe.correct:
+            self.counts["borderline"] += 1
+            self._keep(s, "kept", f"borderline: {probe.sampled_correct}/{probe.sampled_total} sampled attempts correct, {ppl}")
+        elif probe.outcome == ProbeOutcome.BORDERLINE or (
+            self.ppl_threshold is not None and probe.correct and probe.perplexity > self.ppl_threshold
+        ):
+            # correct but unsure: the probe's absolute threshold, or the round's calibrated percentile
+            where = f" > {self.ppl_threshold:.2f} (round percentile)" if probe.outcome != ProbeOutcome.BORDERLINE else ""
+            why = f"correct but unsure, {ppl}{where}"
+            if self.spec.keepHighPerplexity:
+                self.counts["borderline"] += 1
+                self.counts["high_perplexity"] += 1
+                self._keep(s, "kept", f"high_perplexity: {why}")
+            else:
+                self.counts["high_perplexity_dropped"] += self.spec.dropMastered
+                self._mastered(s, "high_perplexity", f"{why}; keepHighPerplexity=false treats it as mastered")
+        else:
+            self._mastered(s, "mastered", f"greedy answer correct, {ppl}")
 
     def _route_verdict(self, s: Sample, j: JudgedSample, original: list[ToolCall] | None) -> None:
         v: Verdict = j.verdict
@@ -226,9 +276,47 @@ class _Composer:
             self._keep(s, "kept", f"model_wrong: label kept; judge: {why}")
         elif v.decision == Decision.BOTH_ACCEPTABLE:
             self.counts["both_acceptable"] += 1
-            self._keep(s, "kept", f"both_acceptable: label kept; judge: {why}")
+            if self.spec.bothAcceptable == "mastered":
+                self._mastered(s, "both_acceptable", f"the prediction is also right, treated as mastered; judge: {why}")
+            else:
+                self._keep(s, "kept", f"both_acceptable: label kept (bothAcceptable=keep); judge: {why}")
+        elif v.decision == Decision.BOTH_WRONG:
+            if self.spec.bothWrong == "drop":
+                self.counts["both_wrong_dropped"] += 1
+                self._drop(s, f"both_wrong: label and prediction wrong (bothWrong=drop); judge: {why}")
+            else:
+                self.counts["both_wrong_kept"] += 1
+                self._keep(s, "kept", f"both_wrong: label kept (bothWrong=keep); judge: {why}")
         else:
             self._unclear(s, f"judge: {why}")
+
+    def fresh(self, samples: Iterable[Sample], want: int) -> None:
+        """Fresh seed samples (see the module docstring), in order, until ``want`` are in."""
+        readmit = {s.id: i for i, s in enumerate(self.dropped) if self.dropped_why.get(s.id) == _MASTERED}
+        back: set[str] = set()
+        for s in samples:
+            sid = s.id or s.content_id()
+            if sid in self.seen:
+                self.counts["fresh_placed"] += 1  # already kept by the rule above
+                continue
+            if sid in self.dropped_why and sid not in readmit:
+                self.counts["fresh_rejected"] += 1  # dropped as wrong: never seed data
+                continue
+            if self.counts["fresh"] >= want:
+                continue
+            s = s.model_copy(deep=True)
+            if sid in readmit:
+                last = self.dropped[readmit[sid]].lineage[-1].reason
+                back.add(sid)
+                reason = f"fresh: seed sample of this round, kept as seed data although {_short(last, 160)}"
+            else:
+                reason = "fresh: new seed sample"
+            before = len(self.kept)
+            self._keep(s, "kept", reason)
+            self.counts["fresh"] += len(self.kept) - before
+        if back:  # re-admitted: no longer dropped
+            self.dropped = [s for s in self.dropped if s.id not in back]
+            self.counts["dropped"] -= len(back)  # mastered_dropped etc. still say what the probe/judge found
 
 
 def compose_next_round(
@@ -242,9 +330,12 @@ def compose_next_round(
     unclear_policy: Literal["drop", "keep"] = "keep",
     dropped_uri: str | None = "",
     s3: Any = None,
+    high_perplexity: PerplexityThreshold | None = None,
 ) -> tuple[DatasetRef, dict[str, int]]:
     """Write the next round's dataset to ``out_uri``; returns its reference and counts per category
     (see the module docstring). ``verdicts`` / ``expansions`` / ``fresh`` may be None (stage off).
+    ``high_perplexity`` (``probe.highPerplexity``) in percentile mode: the threshold is that
+    percentile of the perplexities of this round's correct greedy answers.
 
     Dropped samples (with their ``dropped`` lineage event) go to ``dropped_uri``; the default ``""``
     means ``<out_uri>-dropped``, ``None`` writes none. The main manifest's ``meta.dropped_uri`` names
@@ -257,7 +348,11 @@ def compose_next_round(
         ds = open_dataset(out_uri, s3)
         return ds.ref, {k: int(v) for k, v in (ds.manifest.get("meta") or {}).get("counts", {}).items()}
 
-    comp = _Composer(round, spec, unclear_policy)
+    threshold = None
+    if high_perplexity is not None and high_perplexity.percentile is not None:
+        ppls = [p.perplexity for p in _iter_refs(probe_results, ProbeResult, s3) if p.correct]
+        threshold = percentile(ppls, high_perplexity.percentile) if ppls else None
+    comp = _Composer(round, spec, unclear_policy, threshold)
     judged: dict[str, JudgedSample] = {}
     for j in _iter_refs(verdicts, JudgedSample, s3):
         sid = j.probe.sample.id or j.verdict.sample_id
@@ -277,14 +372,8 @@ def compose_next_round(
         parent = s.meta.get("edde_seed", "")
         comp._keep(s, "kept", f"expanded: EDDE sample{' from ' + parent if parent else ''}", parent)
     base = len(comp.kept)
-    want = int(round_half_up(spec.freshSeedFraction * base)) if fresh is not None else 0
-    if want:
-        for s in _iter_refs(fresh, Sample, s3):
-            if comp.counts["fresh"] >= want:
-                break
-            before = len(comp.kept)
-            comp._keep(s, "kept", "fresh: new seed sample")
-            comp.counts["fresh"] += len(comp.kept) - before
+    if fresh is not None:
+        comp.fresh(_iter_refs(fresh, Sample, s3), int(round_half_up(spec.freshSeedFraction * base)))
     comp.counts["total"] = len(comp.kept)
     counts = {k: int(comp.counts[k]) for k in comp.counts}
 
@@ -303,6 +392,7 @@ def compose_next_round(
             "round": round,
             "spec": spec.model_dump(mode="json"),
             "unclear_policy": unclear_policy,
+            "perplexity_threshold": threshold,
             "counts": counts,
             "dropped_uri": dropped_uri or "",
         },

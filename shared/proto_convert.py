@@ -133,6 +133,8 @@ def verdict_to_pb(v: Verdict) -> pb.Verdict:
         votes=v.votes,
         total_votes=v.total_votes,
         raw=v.raw,
+        analysis=v.analysis,
+        correct_approach=v.correct_approach,
     )
 
 
@@ -145,6 +147,8 @@ def verdict_from_pb(m: pb.Verdict) -> Verdict:
         votes=m.votes,
         total_votes=m.total_votes,
         raw=m.raw,
+        analysis=m.analysis,
+        correct_approach=m.correct_approach,
     )
 
 

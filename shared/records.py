@@ -146,7 +146,8 @@ class Decision(str, Enum):
     LABEL_WRONG = "label_wrong"
     MODEL_WRONG = "model_wrong"
     BOTH_ACCEPTABLE = "both_acceptable"
-    UNCLEAR = "unclear"
+    BOTH_WRONG = "both_wrong"  # the judge is sure neither side is right (paper: dropped)
+    UNCLEAR = "unclear"  # the judge cannot tell (or its answer was unusable)
 
 
 class Verdict(Record):
@@ -154,6 +155,9 @@ class Verdict(Record):
     decision: Decision
     reason: str = ""
     corrected: list[ToolCall] = Field(default_factory=list)
+    # The paper's judge also returns an error analysis and the correct approach; EDDE's generator reads both.
+    analysis: str = ""
+    correct_approach: str = ""
     votes: int = 1
     total_votes: int = 1
     raw: str = ""

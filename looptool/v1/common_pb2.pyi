@@ -107,7 +107,7 @@ class Dialog(_message.Message):
     def __init__(self, id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., plan_json: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("sample_id", "decision", "reason", "corrected", "votes", "total_votes", "raw")
+    __slots__ = ("sample_id", "decision", "reason", "corrected", "votes", "total_votes", "raw", "analysis", "correct_approach")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,8 @@ class Verdict(_message.Message):
     VOTES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_VOTES_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    ANALYSIS_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_APPROACH_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     decision: str
     reason: str
@@ -122,7 +124,9 @@ class Verdict(_message.Message):
     votes: int
     total_votes: int
     raw: str
-    def __init__(self, sample_id: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., corrected: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., votes: _Optional[int] = ..., total_votes: _Optional[int] = ..., raw: _Optional[str] = ...) -> None: ...
+    analysis: str
+    correct_approach: str
+    def __init__(self, sample_id: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., corrected: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., votes: _Optional[int] = ..., total_votes: _Optional[int] = ..., raw: _Optional[str] = ..., analysis: _Optional[str] = ..., correct_approach: _Optional[str] = ...) -> None: ...
 
 class DatasetRef(_message.Message):
     __slots__ = ("uri", "content_hash", "record_count", "format", "kind")

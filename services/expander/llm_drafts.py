@@ -88,8 +88,9 @@ def llm_prompt(seed: Seed, variation: str, structure: StructureOptions | None = 
         f"## Original conversation\n{_context_text(seed.sample)}\n\n"
         f"## Correct call{'s' if n > 1 else ''}\n{_calls_json(seed.correct)}\n\n"
         f"## {wrong_title}\n{wrong}\n\n"
-        f"## Why it is wrong\n{seed.reason.strip() or '(no analysis given)'}\n\n"
-        f"## Scenario variation\n{variation}\n\n"
+        f"## Why it is wrong (the judge's error analysis)\n{(seed.analysis or seed.reason).strip() or '(no analysis given)'}\n\n"
+        + (f"## The correct approach\n{seed.correct_approach.strip()}\n\n" if seed.correct_approach.strip() else "")
+        + f"## Scenario variation\n{variation}\n\n"
         "## Rules\n"
         + _structure_rule(seed, structure) +
         "- Use new, realistic values (different entities, numbers, dates) that differ from the original.\n"

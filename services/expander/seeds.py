@@ -3,8 +3,11 @@
 - ``model_wrong``: the label is right → the correct calls are the sample's reference;
 - ``label_wrong``: the judge's corrected label is right (``verdict.corrected``, falling back to the
   model's calls when the judge left it empty);
-- ``both_acceptable`` is not an error (skipped); ``unclear`` is skipped unless ``includeUnclear``
-  (then the unchallenged reference counts as correct).
+- ``both_acceptable`` is not an error (skipped); ``both_wrong`` has no correct side to vary (skipped,
+  ``not_error``); ``unclear`` is skipped unless ``includeUnclear`` (then the unchallenged reference
+  counts as correct).
+
+The judge's ``analysis`` and ``correct_approach`` travel with the seed into the LLM generator's prompt.
 
 A seed whose correct calls do not validate against its tools is skipped (``invalid_label``).
 """
@@ -29,6 +32,8 @@ class Seed:
     wrong: list[ToolCall]
     wrong_text: str
     reason: str
+    analysis: str = ""  # the judge's error analysis (paper: the generator reads it)
+    correct_approach: str = ""  # the judge's account of the correct approach
 
     @property
     def tools(self) -> list[Tool]:
@@ -62,7 +67,7 @@ def seed_from_judged(j: JudgedSample, include_unclear: bool = False) -> tuple[Se
             return None, "invalid_label"  # the "correct" side does not validate: nothing safe to vary
     except ToolSchemaError:
         return None, "invalid_tool"
-    return Seed(sid, v.decision, sample, correct, list(wrong), wrong_text, v.reason), ""
+    return Seed(sid, v.decision, sample, correct, list(wrong), wrong_text, v.reason, v.analysis, v.correct_approach), ""
 
 
 

@@ -6,8 +6,10 @@ Classification (``classify``):
 - **failed** — the greedy answer is wrong (reward check says not correct). Goes to the judge (JGLV).
 - **borderline** — the greedy answer is right, but the model is not reliably right: some of the
   ``k`` sampled attempts (temperature ``spec.temperature``) are wrong, or the greedy answer's
-  perplexity ``exp(-mean token logprob)`` is above ``spec.highPerplexity``. Kept for the next round
-  (the paper's "high-perplexity samples").
+  perplexity ``exp(-mean token logprob)`` is above ``spec.highPerplexity.absolute``. Kept for the next round
+  (the paper's "high-perplexity samples"). With ``highPerplexity: {percentile: p}`` the probe marks no
+  sample borderline for perplexity (the threshold needs the whole round): composition
+  (``shared.compose``) applies the round's percentile to the correct greedy answers.
 - **mastered** — right greedily, every sampled attempt right, perplexity at or below the threshold.
 
 Output: one ``ProbeResult`` per sample (kind ``probe_results``), each sample carrying a lineage event
@@ -285,7 +287,7 @@ def _probe_chunk(gen, chunk: list[Sample], spec: ProbeSpec, round: int, score_sa
             code, msg = split_error(sampled.error)
             events.append(ErrorInfo(code=code, message=f"sampled attempts failed (greedy kept): {msg}", item_id=s.id))
         ppl = perplexity(comp.mean_logprob)
-        outcome, why = classify(rr.correct, sampled_ok, sampled_n, ppl, spec.highPerplexity)
+        outcome, why = classify(rr.correct, sampled_ok, sampled_n, ppl, spec.highPerplexity.fixed())
         sample = s.model_copy(deep=True)
         sample.add_lineage(round, "probe", "probed", reason=outcome.value)
         results.append(

@@ -62,4 +62,5 @@ def check_judge(req: Any, limits: LimitsSettings) -> None:
 def check_judge_spec(spec: Any, limits: LimitsSettings) -> None:
     check_int("JudgeRequest.config_json.votes", spec.votes, 1, limits.n, "n")
     check_int("JudgeRequest.config_json.candidates", spec.candidates, 0, limits.n, "n")
+    check_int("JudgeRequest.config_json.models (panel size)", len(spec.models), 0, limits.n, "n")
     check_int("JudgeRequest.config_json.candidateMaxTokens", spec.candidateMaxTokens, 0, limits.max_tokens, "max_tokens")

@@ -10,6 +10,7 @@ raises ``DEADLINE_EXCEEDED``, any other early stop ``ABORTED`` (finished chunks 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 
@@ -20,7 +21,7 @@ from looptool.shared.records import DatasetRef, ErrorInfo, Progress, StageResult
 from looptool.shared.workers import pool_size
 
 from .backends import Backend, BoundGenerator, CancelToken
-from .judge import CandidateSampler, GroundingJudge, LLMJudge, run_judge
+from .judge import CandidateSampler, GroundingJudge, Judge, LLMJudge, PanelJudge, run_judge
 from .pool import ModelPool
 from .probe import run_probe
 
@@ -131,6 +132,17 @@ class StageRuns:
                 processes = pool_size(None, self.cfg.services.inference.processes)  # CPU-bound: every core
                 events = run_judge(GroundingJudge(), probe_results, out, spec, round, batch_size=batch,
                                    s3=s3, cancel=call.cancel, candidates=sampler, processes=processes if processes >= 2 else 0)
+            elif spec.models:
+                # a panel (the reference's list of judges): each model leased for one chunk at a time,
+                # so a panel larger than the model pool still runs
+                @contextlib.contextmanager
+                def member(model: str) -> Iterator[Judge]:
+                    with self.pool.lease(model) as backend:
+                        yield LLMJudge(BoundGenerator(backend, call.cancel, call.deadline), votes=1, seed=round)
+
+                panel = PanelJudge([(m, functools.partial(member, m)) for m in spec.models])
+                events = run_judge(panel, probe_results, out, spec, round, batch_size=batch,
+                                   s3=s3, cancel=call.cancel, candidates=sampler)
             else:
                 backend = stack.enter_context(self._judge_lease(spec))
                 judge = LLMJudge(BoundGenerator(backend, call.cancel, call.deadline), votes=spec.votes, seed=round)

@@ -194,20 +194,68 @@ class TrainingSpec(Spec):
     _queue_name = field_validator("queueName", mode="before")(check_label_value)
 
 
+class PerplexityThreshold(Spec):
+    """Where "high perplexity" starts. An absolute value suits one model; a percentile of the round's
+    perplexities (of correct greedy answers) adapts to the model's size and the data's difficulty."""
+
+    absolute: float | None = Field(None, ge=1, description="a fixed perplexity (exp of the mean negative token log-probability)")
+    percentile: float | None = Field(
+        None, gt=0, lt=100, description="the round's percentile of correct greedy answers' perplexities (composition computes it)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            raise ValueError(f"write {{absolute: {data}}} (or {{percentile: 90}}) instead of a bare number")
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> "PerplexityThreshold":
+        if self.absolute is not None and self.percentile is not None:
+            raise ValueError("set one of absolute or percentile, not both")
+        if self.absolute is None and self.percentile is None:
+            self.absolute = 1.5  # the historical default
+        return self
+
+    def fixed(self) -> float:
+        """The threshold the probe applies per sample: the absolute one, or +inf in percentile mode
+        (every correct greedy answer is ``mastered`` there; composition applies the percentile)."""
+        return self.absolute if self.absolute is not None else float("inf")
+
+
 class ProbeSpec(Spec):
     k: int = Field(0, ge=0, description="extra sampled attempts per sample (borderline detection)")
     temperature: float = Field(0.7, ge=0)
     maxTokens: int = Field(96, ge=8)
-    highPerplexity: float = Field(1.5, ge=1, description="correct greedy answers above this perplexity stay as borderline")
+    highPerplexity: PerplexityThreshold = Field(
+        default_factory=PerplexityThreshold,
+        description="correct greedy answers above this perplexity are kept as high-perplexity (correct but unsure): "
+        "{absolute: 1.5} or {percentile: 90} (the round's least confident 10% of correct answers; scales with the model)",
+    )
 
 
 class JudgeSpec(Spec):
+    enabled: bool = Field(True, description="false: no JGLV (ablation): the Verifying phase writes no verdicts, labels stay as they are")
+    # grounding by default: llm needs a judge model other than the policy (see judge.model), which only the user can name
     backend: Literal["llm", "grounding"] = Field(
-        "llm", description="llm: a judge model; grounding: rule-based check of values against the context"
+        "grounding", description="llm: a judge model (judge.model / judge.models); grounding: rule-based check of values against the context"
     )
-    votes: int = Field(1, ge=1)
-    unclearPolicy: Literal["drop", "keep"] = "keep"
-    model: str = Field("", description="judge model URI/name (default: the inference server's model)")
+    votes: int = Field(1, ge=1, description="self-consistency: judgements sampled from one judge model, majority wins (1 = greedy)")
+    unclearPolicy: Literal["drop", "keep"] = Field(
+        "keep", description="verdict 'unclear' (the judge cannot tell; not 'both_wrong'): keep the sample with its label, or drop it"
+    )
+    model: str = Field(
+        "", description="judge model URI/name; backend llm needs one other than the policy (paper: a stronger model) unless allowSelfJudge"
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="a panel of judge models instead of judge.model: each judges greedily, a strict majority decides "
+        "(the reference needs 2 of 3); no majority = unclear",
+    )
+    allowSelfJudge: bool = Field(
+        False, description="backend llm without judge.model: the policy's own model (or the judge service's) judges; off by default"
+    )
     candidates: int = Field(
         0, ge=0, le=32,
         description="sampled answers drawn from the probed model for a failed sample whose greedy answer leaves the "
@@ -239,8 +287,23 @@ class ExpandSpec(Spec):
 
 
 class ComposeSpec(Spec):
+    """The next round's data (paper, Eq. 5): model-wrong + label-fixed + EDDE + high-perplexity + fresh seed."""
+
     dropMastered: bool = Field(True, description="drop samples mastered at high confidence from the next round")
-    freshSeedFraction: float = Field(1.0, ge=0, description="fresh synthesized samples added, relative to the kept set")
+    # 0 = the paper: Eq. 5's "fresh seed" term is the next round's own synthesis (added to its training
+    # set); > 0 also carries this round's fresh samples the rule did not keep (mastered ones) as seed data.
+    freshSeedFraction: float = Field(
+        0.0, ge=0,
+        description="extra seed data: this round's fresh synthesized samples the rule did not keep (mastered or never "
+        "probed; never ones dropped as wrong), up to this fraction of the kept set (0 = none: the next round synthesizes new ones)",
+    )
+    bothWrong: Literal["drop", "keep"] = Field("drop", description="verdict both_wrong (label and prediction wrong): paper drops them")
+    bothAcceptable: Literal["mastered", "keep"] = Field(
+        "mastered", description="verdict both_acceptable: 'mastered' (paper: like an exact match, dropped when dropMastered) or keep"
+    )
+    keepHighPerplexity: bool = Field(
+        True, description="keep correct-but-unsure (high-perplexity) samples; false (ablation) treats them as mastered"
+    )
 
 
 class EvalSpec(Spec):
@@ -291,7 +354,42 @@ class LoopRoundSpec(Spec):
         t = self.training
         if t.backend == "verl" and t.gpus < 1:
             raise ValueError("spec.training.gpus must be >= 1 for the verl backend")
+        problem = ablation_conflict(self)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def ablation_conflict(spec: "LoopRoundSpec") -> str:
+    """The first contradiction between switches (paper ablations) and other fields, as one line naming
+    both fields and the fix; "" when consistent."""
+    j, t = spec.judge, spec.training
+    if not j.enabled:
+        if j.candidates > 0:
+            return (f"spec.judge.candidates is {j.candidates} but spec.judge.enabled is false (candidates are judged): "
+                    "set judge.candidates: 0 or judge.enabled: true")
+        if spec.expand.factor > 0:
+            return (f"spec.expand.factor is {spec.expand.factor} but spec.judge.enabled is false (EDDE expands judged errors): "
+                    "set expand.factor: 0 or judge.enabled: true")
+    if t.grpoSteps == 0 and not t.sftWarmStart:
+        return "spec.training.grpoSteps is 0 and spec.training.sftWarmStart is false: nothing would train; enable one of them"
+    if j.models and j.model:
+        return "spec.judge.model and spec.judge.models are both set: name one judge (model) or a panel (models)"
+    if j.models and j.backend != "llm":
+        return f"spec.judge.models needs spec.judge.backend: llm (it is {j.backend!r})"
+    if j.models and j.votes > 1:
+        return (f"spec.judge.votes is {j.votes} with a spec.judge.models panel: each panel judge decodes greedily "
+                "and the panel votes; set judge.votes: 1")
+    if j.enabled and j.backend == "llm" and not j.allowSelfJudge:
+        policy = spec.baseModel.uri if spec.baseModel is not None else ""
+        judges = j.models or ([j.model] if j.model else [])
+        if not judges:
+            return ("spec.judge.model is empty with judge.backend: llm, so the policy would judge itself: name a judge model "
+                    "(paper: a stronger one), or set judge.allowSelfJudge: true, or judge.backend: grounding")
+        if policy and policy in judges:
+            return (f"spec.judge.model {policy!r} is the policy (spec.baseModel.uri): name another judge model "
+                    "or set judge.allowSelfJudge: true")
+    return ""
 
 
 class Metadata(Spec):

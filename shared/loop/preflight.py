@@ -59,8 +59,10 @@ def model_uses(spec: LoopRoundSpec, inference: InferenceSettings) -> list[ModelU
     if not spec.previousRound and bm is not None and not bm.builtin and not bm.uri.startswith("builtin:"):
         out.append(ModelUse("spec.baseModel.uri", bm.uri, "train"))
     judge = spec.judge
-    if judge.backend == "llm" and judge.model and loads_models_itself(inference):
-        out.append(ModelUse("spec.judge.model", judge.model, "serve"))
+    if judge.enabled and judge.backend == "llm" and loads_models_itself(inference):
+        if judge.model:
+            out.append(ModelUse("spec.judge.model", judge.model, "serve"))
+        out += [ModelUse(f"spec.judge.models[{i}]", m, "serve") for i, m in enumerate(judge.models)]
     return out
 
 

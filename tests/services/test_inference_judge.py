@@ -216,7 +216,7 @@ def test_grounding_judge_decisions():
     vs = j.judge([label_wrong, model_wrong, unparsable, both, neither, invalid_pred, missed, from_tool])
     assert [v.decision for v in vs] == [
         Decision.LABEL_WRONG, Decision.MODEL_WRONG, Decision.MODEL_WRONG, Decision.BOTH_ACCEPTABLE,
-        Decision.UNCLEAR, Decision.UNCLEAR, Decision.MODEL_WRONG, Decision.MODEL_WRONG,
+        Decision.BOTH_WRONG, Decision.BOTH_WRONG, Decision.MODEL_WRONG, Decision.MODEL_WRONG,
     ]
     assert vs[0].corrected == [paris3] and 'get_weather.city="Lyon" not found' in vs[0].reason
     assert 'Berlin' in vs[1].reason and "unparseable" in vs[2].reason
@@ -265,7 +265,8 @@ def test_run_judge_judges_failed_only_relabels_with_lineage_and_resumes(tmp_path
     res = [e for e in events if isinstance(e, StageResult)][0]
     assert not [e for e in events if isinstance(e, ErrorInfo)]
     assert res.counts["resumed"] == 6 and res.counts["not_failed"] == 2 and res.counts["judged"] == 10
-    assert (res.counts["label_wrong"], res.counts["model_wrong"], res.counts["unclear"], res.counts["both_acceptable"]) == (5, 4, 1, 0)
+    assert (res.counts["label_wrong"], res.counts["model_wrong"], res.counts["both_wrong"], res.counts["both_acceptable"]) == (5, 4, 1, 0)
+    assert res.counts["unclear"] == 0
     judged = list(open_dataset(res.outputs[0]).iter(JudgedSample))
     assert res.outputs[0].kind == "verdicts" and len(judged) == 10
     assert len({j.probe.sample.id for j in judged}) == 10
@@ -276,8 +277,8 @@ def test_run_judge_judges_failed_only_relabels_with_lineage_and_resumes(tmp_path
         assert json.loads(s.meta["label_before_judge"]) == [{"name": "get_weather", "arguments": {"city": "Lyon", "days": 3}}]
         ev = s.lineage[-1]
         assert (ev.round, ev.stage, ev.action) == (2, "judge", "relabelled") and "Lyon" in ev.reason
-    unclear = [j for j in judged if j.verdict.decision == Decision.UNCLEAR][0]
-    assert unclear.probe.sample.lineage[-1].action == "dropped"
+    both_wrong = [j for j in judged if j.verdict.decision == Decision.BOTH_WRONG][0]
+    assert not both_wrong.probe.sample.lineage  # composition decides (compose.bothWrong) and records why
     kept = [j for j in judged if j.verdict.decision == Decision.MODEL_WRONG][0]
     assert kept.probe.sample.reference == [paris3] and not kept.probe.sample.lineage
     # committed: a re-run is a no-op with the same counts
@@ -326,15 +327,15 @@ def test_candidates_settle_unclear_verdicts_with_the_first_valid_fix():
     results = [noisy, hopeless, settled_by_greedy]
     judge = GroundingJudge()
     first = judge.judge(results)
-    assert [v.decision for v in first] == [Decision.UNCLEAR, Decision.UNCLEAR, Decision.MODEL_WRONG]
+    assert [v.decision for v in first] == [Decision.BOTH_WRONG, Decision.BOTH_WRONG, Decision.MODEL_WRONG]
     verdicts, settled = settle_with_candidates(judge, results, first, sampler)
     assert settled == 1
     assert verdicts[0].decision == Decision.LABEL_WRONG and verdicts[0].corrected == [paris3]
     assert verdicts[0].reason.startswith(f"{CANDIDATE_REASON} 2/3 ") and verdicts[0].sample_id == noisy.sample.id
     assert "Oslo" in verdicts[0].reason  # why the greedy answer did not settle it
-    assert verdicts[1].decision == Decision.UNCLEAR and verdicts[1] is first[1]
+    assert verdicts[1].decision == Decision.BOTH_WRONG and verdicts[1] is first[1]
     assert verdicts[2] is first[2]
-    # only the unclear ones were sampled, seeded per sample and round, with the spec's knobs
+    # only the unsettled (both_wrong / unclear) ones were sampled, seeded per sample and round, with the spec's knobs
     assert [r.request_id for r in gen.requests] == [f"candidates:{noisy.sample.id}", f"candidates:{hopeless.sample.id}"]
     p = gen.requests[0].params
     assert (p.n, p.temperature, p.max_tokens) == (4, 0.9, 40)

@@ -86,7 +86,7 @@ def test_probe_classifies_scores_and_records_lineage(tmp_path):
 
     gen = ScriptedGenerator(script, logprob=lambda r, i: -1.0 if order.index(r.request_id.split("#")[0]) == 3 else -0.01)
     src = write_samples(str(tmp_path / "samples"), samples)
-    out = drain(run_probe(gen, src, str(tmp_path / "probe"), ProbeSpec(k=2, temperature=0.9, maxTokens=64, highPerplexity=1.5), round=3, batch_size=3))
+    out = drain(run_probe(gen, src, str(tmp_path / "probe"), ProbeSpec(k=2, temperature=0.9, maxTokens=64, highPerplexity={"absolute": 1.5}), round=3, batch_size=3))
     res = out["result"]
     assert res.counts["mastered"] == 3 and res.counts["borderline"] == 2 and res.counts["failed"] == 3
     assert res.counts["errors"] == 0 and not out["errors"]
@@ -233,7 +233,7 @@ def test_resumed_probe_with_the_real_backend_writes_the_same_bytes(tmp_path):
     try:
         samples = make_samples(14)
         src = write_samples(str(tmp_path / "samples"), samples)
-        spec = ProbeSpec(k=2, temperature=1.0, maxTokens=12, highPerplexity=1.5)
+        spec = ProbeSpec(k=2, temperature=1.0, maxTokens=12, highPerplexity={"absolute": 1.5})
         full = drain(run_probe(backend, src, str(tmp_path / "full"), spec, round=1, batch_size=4))["result"]
 
         class DiesAfter:

@@ -116,9 +116,10 @@ def test_each_category_is_routed(tmp_path):
     )
     out = load(ref.uri)
     assert ref.record_count == len(out) == counts["total"]
-    # mastered dropped; unclear dropped by policy, and so is a correction that does not validate
-    assert M.id not in out and F_UNCLEAR.id not in out and F_BADFIX.id not in out
-    for kept in (B1, B2, F_LABEL, F_MODEL, F_BOTH, F_UNJUDGED, F_TEXT):
+    # mastered dropped, and both_acceptable with it (paper: like mastered); unclear dropped by policy,
+    # and so is a correction that does not validate
+    assert M.id not in out and F_BOTH.id not in out and F_UNCLEAR.id not in out and F_BADFIX.id not in out
+    for kept in (B1, B2, F_LABEL, F_MODEL, F_UNJUDGED, F_TEXT):
         assert kept.id in out
     # label_wrong: the corrected label replaces the reference; id kept; lineage extended
     fixed = out[F_LABEL.id]
@@ -131,11 +132,11 @@ def test_each_category_is_routed(tmp_path):
     # text answer: no corrected calls, the model asked instead
     assert out[F_TEXT.id].reference == [] and out[F_TEXT.id].reference_text == "Which city do you mean?"
     assert counts["relabel_rejected"] == 1  # Bern/kelvin: not in the unit enum
-    # model_wrong / both_acceptable / borderline: labels unchanged
-    for sid, s in ((F_MODEL.id, F_MODEL), (F_BOTH.id, F_BOTH), (B1.id, B1), (B2.id, B2)):
+    # model_wrong / borderline: labels unchanged
+    for sid, s in ((F_MODEL.id, F_MODEL), (B1.id, B1), (B2.id, B2)):
         assert out[sid].reference == s.reference
         assert out[sid].lineage[-1].action == "kept"
-    assert out[B1.id].lineage[-1].reason.startswith("borderline: correct but unsure, perplexity 2.70")
+    assert out[B1.id].lineage[-1].reason.startswith("high_perplexity: correct but unsure, perplexity 2.70")
     assert out[F_MODEL.id].lineage[-1].reason.startswith("model_wrong:")
     # expansions kept with their parent; fresh = 0.5 × the kept set
     edde = [s for s in out.values() if s.source == "edde"]
@@ -144,11 +145,12 @@ def test_each_category_is_routed(tmp_path):
     assert counts["fresh"] == int(0.5 * base + 0.5)
     assert counts == counts | {
         "mastered_dropped": 1, "borderline": 2, "high_perplexity": 1, "relabelled": 2, "model_wrong": 1,
-        "both_acceptable": 1, "unclear_dropped": 2, "failed_unjudged": 1, "expanded": 3, "duplicates": 1, "dropped": 3,
+        "both_acceptable": 1, "unclear_dropped": 2, "failed_unjudged": 1, "expanded": 3, "duplicates": 1, "dropped": 4,
     }
     assert len({s.id for s in out.values()}) == len(out)
     dropped = load(f"{root}/dropped")
-    assert set(dropped) == {M.id, F_UNCLEAR.id, F_BADFIX.id}
+    assert set(dropped) == {M.id, F_BOTH.id, F_UNCLEAR.id, F_BADFIX.id}
+    assert dropped[F_BOTH.id].lineage[-1].reason.startswith("both_acceptable: the prediction is also right, treated as mastered")
     assert "corrected label rejected" in dropped[F_BADFIX.id].lineage[-1].reason
     assert dropped[M.id].lineage[-1].action == "dropped" and dropped[M.id].lineage[-1].reason.startswith("mastered:")
 
@@ -184,24 +186,26 @@ def test_diff_and_cli(tmp_path, capsys):
     ref, counts = compose_next_round(probes, verdicts, exp, fresh, f"{root}/next", ComposeSpec(freshSeedFraction=0.5), round=1,
                                      unclear_policy="drop")
     d = diff_datasets(train, ref, examples=3)
-    assert d.removed == 3  # mastered, unclear, rejected correction
+    assert d.removed == 4  # mastered, both_acceptable (as mastered), unclear, rejected correction
     assert d.relabelled == 2  # Lyon → Lima, and the text fix
     assert d.added == counts["expanded"] - 1 + counts["fresh"]
-    assert d.unchanged == 10 - 3 - 2
+    assert d.unchanged == 10 - 4 - 2
     assert d.by_source["edde"]["added"] == 2 and d.by_source["fresh"]["added"] == counts["fresh"]
-    assert d.by_source["synthesize"] == {"added": 0, "removed": 3, "relabelled": 2, "unchanged": 5}
+    assert d.by_source["synthesize"] == {"added": 0, "removed": 4, "relabelled": 2, "unchanged": 4}
     ex = {e.id: e for e in d.relabel_examples}
     assert ex[F_LABEL.id].old == [w("Lyon")] and ex[F_LABEL.id].new == [w("Lima")]
     assert "r1 compose/relabelled (label_wrong)" in d.lineage_b
     # why samples left comes from the composition's dropped dataset (<out>-dropped by default)
-    assert d.lineage_removed == {"r1 compose/dropped (unclear)": 2, "r1 compose/dropped (mastered)": 1}
+    assert d.lineage_removed == {
+        "r1 compose/dropped (unclear)": 2, "r1 compose/dropped (both_acceptable)": 1, "r1 compose/dropped (mastered)": 1,
+    }
     assert reference_key([w("a"), w("b")]) == reference_key([w("b"), w("a")])
 
     from looptool.cli import main
 
     assert main(["data", "diff", train.uri, ref.uri, "--show", "2"]) == 0
     text = capsys.readouterr().out
-    assert "relabelled        2" in text and "removed           3" in text
+    assert "relabelled        2" in text and "removed           4" in text
     assert 'get_weather(city="Lyon")' in text and 'get_weather(city="Lima")' in text
     assert "by source" in text and "edde" in text and "compose/kept (borderline)" in text
     assert text == format_diff(diff_datasets(train, ref, examples=2)) + "\n"

@@ -3,8 +3,11 @@ decide whether the *label* or the *model* is wrong. One module per job: ``verdic
 parser, label check), ``llm`` (LLMJudge), ``grounding`` (GroundingJudge), ``candidates`` (sampled
 candidates), ``stage`` (run_judge).
 
-Decisions: ``label_wrong`` (the prediction is right, the label is wrong → the label is replaced by
-the prediction's calls), ``model_wrong`` (keep the label), ``both_acceptable``, ``unclear``.
+Decisions (the paper's four, plus "cannot tell"): ``label_wrong`` (the prediction is right, the
+label is wrong → the label is replaced by the prediction's calls), ``model_wrong`` (keep the label),
+``both_acceptable``, ``both_wrong`` (composition drops it by default), ``unclear`` (the judge
+cannot tell, or its answer was unusable). Each verdict carries ``reason``, an error ``analysis`` and
+the ``correct_approach`` (the paper's judge output; EDDE's LLM generator reads both).
 
 Two judges behind one small interface (``Judge.judge(list[ProbeResult]) -> list[Verdict]``):
 
@@ -14,6 +17,8 @@ Two judges behind one small interface (``Judge.judge(list[ProbeResult]) -> list[
   different seed (temperature > 0), then counted as ``unclear``. Self-consistency: ``votes`` > 1
   samples that many judgements at temperature > 0 and takes the majority (a tie is ``unclear``).
   With one vote the judge decodes greedily, as in the paper.
+- ``PanelJudge`` (``JudgeSpec.models``): several judge models, each greedy; a strict majority of the
+  panel decides (the reference code needs 2 of 3), else ``unclear``.
 - ``GroundingJudge``: a rule-based *heuristic* verifier for CPU demos without a judge LLM. A call
   is *grounded* when it validates against its tool's schema and every argument value is supported by
   the conversation (see ``value_supported``). It cannot tell which of two grounded calls the user
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 from .candidates import CandidateSampler, settle_with_candidates
 from .grounding import Evidence, GroundingJudge, numbers_in, value_supported
-from .llm import LLMJudge, judge_messages
+from .llm import LLMJudge, PanelJudge, judge_messages
 from .stage import KIND, run_judge
 from .verdicts import CANDIDATE_REASON, JUDGE_ERROR, Judge, ParsedVerdict, corrected_calls, parse_verdict
 
@@ -55,6 +60,7 @@ __all__ = [
     "GroundingJudge",
     "Judge",
     "LLMJudge",
+    "PanelJudge",
     "ParsedVerdict",
     "corrected_calls",
     "judge_messages",

@@ -1,4 +1,4 @@
-"""Sampled candidates: when the greedy answer leaves a result ``unclear``, the probed model is asked
+"""Sampled candidates: when the greedy answer leaves a result ``unclear`` or ``both_wrong``, the probed model is asked
 for more answers and each is judged like the greedy one; the first valid fix settles it."""
 
 from __future__ import annotations
@@ -60,14 +60,17 @@ class CandidateSampler:
 def settle_with_candidates(
     judge: Judge, results: list[ProbeResult], verdicts: list[Verdict], sampler: CandidateSampler | None
 ) -> tuple[list[Verdict], int]:
-    """Re-judge ``unclear`` results with sampled candidates; returns (verdicts, how many settled).
+    """Re-judge ``unclear`` and ``both_wrong`` results with sampled candidates; returns (verdicts, how
+    many settled).
 
     Each candidate is judged as if it were the prediction; the first ``label_wrong`` verdict (a
-    valid fix) replaces the ``unclear`` one. Verdicts from a failing judge model are left alone.
+    valid fix) replaces the greedy one. Verdicts from a failing judge model are left alone.
     """
     if sampler is None or sampler.n <= 0:
         return verdicts, 0
-    todo = [i for i, v in enumerate(verdicts) if v.decision == Decision.UNCLEAR and not v.reason.startswith(JUDGE_ERROR)]
+    # both_wrong too: a sampled answer may be the right one that neither the label nor the greedy answer is
+    unsettled = (Decision.UNCLEAR, Decision.BOTH_WRONG)
+    todo = [i for i, v in enumerate(verdicts) if v.decision in unsettled and not v.reason.startswith(JUDGE_ERROR)]
     if not todo:
         return verdicts, 0
     candidates = sampler.sample([results[i] for i in todo])
@@ -83,7 +86,8 @@ def settle_with_candidates(
         if i in settled or alt.decision != Decision.LABEL_WRONG or not alt.corrected:
             continue
         settled.add(i)
-        alt.reason = f"{CANDIDATE_REASON} {j}/{n} of the probed model: {alt.reason} (greedy answer unclear: {verdicts[i].reason})"
+        alt.reason = (f"{CANDIDATE_REASON} {j}/{n} of the probed model: {alt.reason} "
+                      f"(greedy answer {verdicts[i].decision.value}: {verdicts[i].reason})")
         alt.sample_id = verdicts[i].sample_id
         out[i] = alt
     return out, len(settled)

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from looptool.shared.compose import format_calls
 from looptool.shared.records import Decision, ProbeResult, Sample, Tool, ToolCall, Verdict
 from looptool.shared.schema import ToolSchemaError, normalize_schema, validate_call
 from looptool.shared.textnorm import normalize_text_folded
@@ -130,8 +131,11 @@ class GroundingJudge:
     - label grounded, prediction not (or unparseable, or no call) → ``model_wrong``;
     - both grounded → ``both_acceptable``, except when the prediction makes fewer calls than the
       label with a subset of its function names (it missed calls) → ``model_wrong``;
-    - neither → ``unclear``.
+    - neither, and the label makes calls → ``both_wrong``;
+    - neither, and the label is text → ``unclear``.
     A text-only side (no call) counts as not grounded: this heuristic cannot judge free text.
+    Every verdict's ``analysis`` lists the rule's findings on the wrong side(s) and
+    ``correct_approach`` the grounded calls (or what a grounded call needs).
     """
 
     name = "grounding"
@@ -152,18 +156,36 @@ class GroundingJudge:
             return f"{side}: " + ("grounded" if not bad else "; ".join(bad[:4]))
 
         reason = f"{why('prediction', pred_bad)} | {why('label', label_bad)}"
+        grounded = "every argument value comes from the conversation and fits the tool's schema"
+        label_calls = format_calls(list(s.reference))
         if pred_ok and not label_ok:
             decision = Decision.LABEL_WRONG
+            analysis = f"the label is not grounded: {'; '.join(label_bad[:4])}"
+            approach = f"call {format_calls(pred_calls or [])}: {grounded}"
         elif label_ok and not pred_ok:
             decision = Decision.MODEL_WRONG
+            analysis = f"the prediction is not grounded: {'; '.join(pred_bad[:4])}"
+            approach = f"call {label_calls} (the label): {grounded}"
         elif pred_ok and label_ok:
             pn, ln = Counter(c.name for c in pred_calls or []), Counter(c.name for c in s.reference)
             if sum(pn.values()) < sum(ln.values()) and not (pn - ln):
                 decision = Decision.MODEL_WRONG
                 reason += " | prediction misses calls the label makes"
+                missing = ", ".join(sorted((ln - pn).elements()))
+                analysis = f"the prediction makes {sum(pn.values())} of the label's {sum(ln.values())} calls (missing: {missing})"
+                approach = f"make every call the request needs: {label_calls}"
             else:
                 decision = Decision.BOTH_ACCEPTABLE
+                analysis = "both sides are grounded; the rule cannot tell which one the user wanted"
+                approach = f"either {label_calls} or {format_calls(pred_calls or [])}"
+        elif s.reference:
+            decision = Decision.BOTH_WRONG
+            analysis = f"neither side is grounded: prediction: {'; '.join(pred_bad[:3])}; label: {'; '.join(label_bad[:3])}"
+            approach = f"call {', '.join(sorted({c.name for c in s.reference}))} with every argument value taken from the conversation (neither side does)"
         else:
-            decision = Decision.UNCLEAR
-        verdict = Verdict(sample_id=s.id, decision=decision, reason=reason, raw="")
+            decision = Decision.UNCLEAR  # a text label: this rule cannot judge free text
+            analysis = f"the label is text, which this rule cannot check; prediction: {'; '.join(pred_bad[:3])}"
+            approach = ""
+        verdict = Verdict(sample_id=s.id, decision=decision, reason=reason, analysis=analysis[:1000],
+                          correct_approach=approach[:1000], raw="")
         return apply_label_check(result, verdict)

@@ -1,10 +1,12 @@
 """The LLM judge: a judge model reads the context, the tools, the reference label and the
-prediction and answers strict JSON; retries on malformed answers, majority over ``votes``."""
+prediction and answers strict JSON (decision, reason, error analysis, correct approach); retries on
+malformed answers, majority over ``votes``. ``PanelJudge``: majority over several judge models."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import Callable, ContextManager
 
 from looptool.shared.generation import GenRequest, Generator, SamplingParams
 from looptool.shared.loop.manifest import JudgeSpec
@@ -12,7 +14,7 @@ from looptool.shared.records import Decision, Message, ProbeResult, Verdict
 from looptool.shared.toolcall_format import render_tool_calls
 
 from ..backends.base import raise_if_aborted
-from .verdicts import JUDGE_ERROR, ParsedVerdict, apply_label_check, parse_verdict
+from .verdicts import JUDGE_ERROR, Judge, ParsedVerdict, apply_label_check, parse_verdict
 
 JUDGE_INSTRUCTION = (
     "You are a meticulous reviewer of function-calling training data. You receive a conversation, "
@@ -25,11 +27,14 @@ JUDGE_INSTRUCTION = (
 
 JUDGE_TASK = (
     "Answer with ONLY one JSON object, no other text:\n"
-    '{"decision": "label_wrong" | "model_wrong" | "both_acceptable" | "unclear", "reason": "<one or two sentences>"}\n'
+    '{"decision": "label_wrong" | "model_wrong" | "both_acceptable" | "both_wrong" | "unclear", '
+    '"reason": "<one sentence>", "analysis": "<what the wrong side got wrong, and why>", '
+    '"correct_approach": "<what the correct answer does: which tools, which argument values from where>"}\n'
     "- label_wrong: the prediction is correct and the reference label is wrong.\n"
     "- model_wrong: the reference label is correct and the prediction is wrong.\n"
     "- both_acceptable: both are correct answers.\n"
-    "- unclear: both are wrong, or you cannot tell."
+    "- both_wrong: both are wrong (say in correct_approach what would be right).\n"
+    "- unclear: you cannot tell from the conversation and the tools."
 )
 
 
@@ -164,5 +169,52 @@ class LLMJudge:
                 raw=raw,
             )
         winner, n = ranked[0]
-        reason = next(p.reason for p in valid if p.decision == winner)
-        return Verdict(sample_id=sid, decision=winner, reason=reason, votes=n, total_votes=self.votes, raw=raw)
+        first = next(p for p in valid if p.decision == winner)
+        return Verdict(sample_id=sid, decision=winner, reason=first.reason, analysis=first.analysis,
+                       correct_approach=first.correct_approach, votes=n, total_votes=self.votes, raw=raw)
+
+
+class PanelJudge:
+    """A panel of judges (``judge.models``), as the reference code votes over a list of judge models:
+    each judges every result, and a decision wins with a strict majority of the panel (2 of 3, 3 of
+    4); otherwise the verdict is ``unclear`` (a split panel cannot tell). The winner's reason, analysis
+    and corrected label come from the first judge that voted for it. ``members`` are (name, judge)
+    pairs, or factories that open a judge for the call (a model leased for one chunk at a time)."""
+
+    name = "panel"
+
+    def __init__(self, members: list[tuple[str, Callable[[], ContextManager[Judge]]]]):
+        if not members:
+            raise ValueError("a judge panel needs at least one member")
+        self.members = members
+
+    def judge(self, results: list[ProbeResult]) -> list[Verdict]:
+        if not results:
+            return []
+        per_member: list[list[Verdict]] = []
+        for _, opener in self.members:
+            with opener() as judge:
+                per_member.append(judge.judge(results))
+        return [self._tally(r, [vs[i] for vs in per_member]) for i, r in enumerate(results)]
+
+    def _tally(self, result: ProbeResult, verdicts: list[Verdict]) -> Verdict:
+        names = [n for n, _ in self.members]
+        n = len(verdicts)
+        raw = json.dumps({name: v.decision.value for name, v in zip(names, verdicts)}, ensure_ascii=False)
+        if all(v.reason.startswith(JUDGE_ERROR) for v in verdicts):
+            out = verdicts[0].model_copy()
+            out.raw, out.total_votes = raw, n
+            return out
+        tally = Counter(v.decision for v in verdicts if not v.reason.startswith(JUDGE_ERROR))
+        winner, votes = tally.most_common(1)[0]
+        if votes * 2 <= n:
+            return Verdict(
+                sample_id=result.sample.id, decision=Decision.UNCLEAR, votes=votes, total_votes=n, raw=raw,
+                reason="no panel majority: " + ", ".join(f"{name} {v.decision.value}" for name, v in zip(names, verdicts)),
+            )
+        first = next(v for v in verdicts if v.decision == winner)
+        agree = [name for name, v in zip(names, verdicts) if v.decision == winner]
+        return first.model_copy(update={
+            "votes": votes, "total_votes": n, "raw": raw,
+            "reason": f"panel {votes}/{n} ({', '.join(agree)}): {first.reason}",
+        })

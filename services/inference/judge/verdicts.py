@@ -33,17 +33,28 @@ class ParsedVerdict:
     decision: Decision | None = None
     reason: str = ""
     error: str = ""
+    analysis: str = ""  # the paper's error analysis (optional in the answer)
+    correct_approach: str = ""  # what the correct answer does (optional in the answer)
 
     @property
     def ok(self) -> bool:
         return self.decision is not None and not self.error
 
 
+# The paper's wording of the four outcomes, accepted as synonyms.
+_SYNONYMS = {
+    "label_incorrect": Decision.LABEL_WRONG,
+    "prediction_incorrect": Decision.MODEL_WRONG,
+    "both_correct": Decision.BOTH_ACCEPTABLE,
+    "both_incorrect": Decision.BOTH_WRONG,
+}
+
+
 def _norm_decision(value: Any) -> Decision | None:
     if not isinstance(value, str):
         return None
     key = re.sub(r"[\s\-]+", "_", value.strip().lower())
-    return _DECISIONS.get(key)
+    return _DECISIONS.get(key) or _SYNONYMS.get(key)
 
 
 def parse_verdict(text: object) -> ParsedVerdict:
@@ -51,8 +62,9 @@ def parse_verdict(text: object) -> ParsedVerdict:
 
     Accepted: reasoning in ``<think>`` (ignored), prose or code fences around the JSON. Required:
     a JSON object with a string ``decision`` that is one of the four decisions (case, spaces and
-    hyphens ignored: ``"Label-Wrong"`` is ``label_wrong``); ``reason``, when present, must be a
-    string; other keys are ignored. Several objects with a ``decision`` must agree, else error.
+    hyphens ignored: ``"Label-Wrong"`` is ``label_wrong``; ``"both_incorrect"`` is ``both_wrong``);
+    ``reason``, ``analysis`` and ``correct_approach``, when present, must be strings (null = empty);
+    other keys are ignored. Several objects with a ``decision`` must agree, else error.
     """
     if not isinstance(text, str):
         return ParsedVerdict(error=f"judge output is {type(text).__name__}, not text")
@@ -88,12 +100,15 @@ def parse_verdict(text: object) -> ParsedVerdict:
             decisions.append(d)
         if len(set(decisions)) > 1:
             return ParsedVerdict(error=f"conflicting decisions {[d.value for d in decisions]}")
-        reason = found[0].get("reason", "")
-        if reason is None:
-            reason = ""
-        if not isinstance(reason, str):
-            return ParsedVerdict(error=f"'reason' must be a string, got {type(reason).__name__}")
-        return ParsedVerdict(decision=decisions[0], reason=reason.strip())
+        texts: dict[str, str] = {}
+        for key in ("reason", "analysis", "correct_approach"):
+            value = found[0].get(key, "")
+            if value is None:
+                value = ""
+            if not isinstance(value, str):
+                return ParsedVerdict(error=f"'{key}' must be a string, got {type(value).__name__}")
+            texts[key] = value.strip()
+        return ParsedVerdict(decision=decisions[0], **texts)
     except Exception as exc:  # totality
         return ParsedVerdict(error=f"unparseable judge output: {exc!r}")
 
