@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/looptool/v1/*.proto)
 
-.PHONY: setup proto proto-check crd demo test test-fast bench lint clean lock image image-test
+.PHONY: setup proto proto-check crd demo cluster-demo test test-fast bench lint clean lock image image-test
 
 $(STAMP): pyproject.toml locks/cpu.txt .ci/system-deps.sh
 	bash .ci/system-deps.sh
@@ -33,6 +33,11 @@ proto-check: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/looptool run examples/demo.yaml
+
+# The Kubernetes path on one machine: kubectl against the fake API, the chart's services and operator as
+# local processes, SeaweedFS, a local kubelet for the trainer Jobs (tests/support/cluster_box.py).
+cluster-demo: $(STAMP)
+	$(PY) tests/support/cluster_box.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -x --durations=15 tests

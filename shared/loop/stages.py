@@ -9,6 +9,7 @@ restarted round reuses finished outputs and services resume unfinished ones with
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 from dataclasses import dataclass, field
@@ -508,7 +509,9 @@ def record_training_result(status: RoundStatus, result: StageResult) -> None:
     if not result.checkpoint_uri:
         raise StageError("TrainingFailed", "trainer finished without a checkpoint")
     st.checkpointUri = status.checkpointUri = result.checkpoint_uri
-    st.metrics.update(result.metrics)
+    # Status is JSON, which has no NaN/Infinity (the Kubernetes API refuses the whole status patch, and
+    # the round would stay in Training): a metric that is not a number (entropy of no tokens) is left out.
+    st.metrics.update({k: v for k, v in result.metrics.items() if math.isfinite(v)})
     st.counts.update(result.counts)
 
 

@@ -189,10 +189,12 @@ RESOURCES = {
     "v1/configmaps": dict(kind="ConfigMap", namespaced=True, verbs={"create", "delete", "get", "list", "patch", "watch"}),
     "v1/persistentvolumeclaims": dict(kind="PersistentVolumeClaim", namespaced=True, verbs={"create", "delete", "get", "list", "patch", "watch"}),
     "v1/events": dict(kind="Event", namespaced=True, verbs={"create", "get", "list", "watch"}),
-    "v1/pods": dict(kind="Pod", namespaced=True, subresources={"status"}, verbs={"get", "list", "watch"}),
-    "v1/namespaces": dict(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}),
-    "apiextensions.k8s.io/v1/customresourcedefinitions": dict(kind="CustomResourceDefinition", namespaced=False,
-                                                              verbs={"get", "list", "watch"}),
+    # create/delete/patch on pods, namespaces and secrets: for the job runner of tests/support/cluster_box.py
+    "v1/pods": dict(kind="Pod", namespaced=True, subresources={"status"}, verbs={"create", "delete", "get", "list", "patch", "watch"}),
+    "v1/secrets": dict(kind="Secret", namespaced=True, verbs={"create", "delete", "get", "list", "patch", "watch"}),
+    "v1/namespaces": dict(kind="Namespace", namespaced=False, verbs={"create", "get", "list", "watch"}),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": dict(kind="CustomResourceDefinition", namespaced=False, shortnames={"crd", "crds"},
+                                                              verbs={"create", "get", "list", "patch", "watch"}),
 }
 CRD_DIR = Path(__file__).parent / "crds"  # vendored third-party CRDs (see crds/README.md)
 CRD_VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
@@ -237,8 +239,11 @@ class FakeKubeApi:
     objects are validated against the CRD's schema (422 Invalid).
     """
 
-    def __init__(self, validate_schema: bool = True, crds: Sequence[str | Path] = ()):
+    def __init__(self, validate_schema: bool = True, crds: Sequence[str | Path] = (), looptool_crds: bool = True):
         self.validate_schema = validate_schema
+        # False: the looptool.io resources exist only once their CRDs are created through the API
+        # (``kubectl apply -f charts/looptool/crds``), as on a fresh cluster.
+        self.looptool_crds = looptool_crds
         self.crds = [str(c) for c in crds]
         self.crd_paths: dict[tuple[str, str, str], str] = {}  # (group, version, plural) -> CRD file
         self.url = ""
@@ -293,7 +298,8 @@ class FakeKubeApi:
         self._stop = asyncio.Event()
         emulator = _make_emulator_class()(api=self)
         for key, info in RESOURCES.items():
-            emulator.resources[key] = kmock.ResourceInfo(**info)
+            if self.looptool_crds or not key.startswith("looptool.io/"):
+                emulator.resources[key] = kmock.ResourceInfo(**info)
         for path in self.crds:
             crd = load_crd(path)
             spec = crd["spec"]
@@ -375,6 +381,7 @@ class FakeKubeApiProcess(FakeKubeApi):
         import sys
 
         args = [sys.executable, __file__] + ([] if self.validate_schema else ["--no-schema"]) + [f"--crd={c}" for c in self.crds]
+        args += [] if self.looptool_crds else ["--no-looptool-crds"]
         self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):
@@ -399,7 +406,8 @@ def _serve_forever(argv: list[str]) -> int:
     import signal
     import sys
 
-    api = FakeKubeApi(validate_schema="--no-schema" not in argv, crds=[a.split("=", 1)[1] for a in argv if a.startswith("--crd=")])
+    api = FakeKubeApi(validate_schema="--no-schema" not in argv, crds=[a.split("=", 1)[1] for a in argv if a.startswith("--crd=")],
+                      looptool_crds="--no-looptool-crds" not in argv)
     print(api.start(), flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -425,6 +433,11 @@ def _make_emulator_class():
     import attrs
     import kmock
 
+    try:
+        from support import kubectl_api
+    except ImportError:  # run as a script: tests/support/ is sys.path[0]
+        import kubectl_api  # type: ignore[no-redef]
+
     class _ForgetfulHistory(kmock.RawHandler):
         """kmock matches every request against its reactions by iterating the *whole* request history
         (O(requests served) per request, so a long run slows to a crawl). Our API needs no history:
@@ -445,6 +458,18 @@ def _make_emulator_class():
                 import aiohttp.web
 
                 return aiohttp.web.json_response({"requests_served": self.api.requests_served, "creates": dict(self.api.creates)})
+            if request.url.path.startswith("/openapi/"):  # kubectl: does the server validate fields?
+                import aiohttp.web
+
+                doc = kubectl_api.openapi(request.url.path)
+                if doc is None:
+                    raise kmock.KubernetesError(status=404, reason="NotFound", message=f"{request.url.path} not found")
+                return aiohttp.web.json_response(doc)
+            if request.body and (b"NaN" in request.body or b"Infinity" in request.body):
+                try:  # JSON has no NaN/Infinity: a real API server refuses the body (Python's json writes them)
+                    json.loads(request.body, parse_constant=_no_constant)
+                except ValueError as exc:
+                    raise kmock.KubernetesError(status=400, reason="BadRequest", message=f"the body is not valid JSON: {exc}")
             res = request.resource
             action = getattr(request.action, "name", str(request.action)).upper() if request.action else ""
             if res is not None and isinstance(request.data, (dict, list)):
@@ -465,12 +490,19 @@ def _make_emulator_class():
 
                             errors = validation_errors(request.data)
                             if errors:
-                                raise kmock.KubernetesError(status=422, reason="Invalid", message="; ".join(errors))
+                                raise _invalid(kmock, "LoopRound", res.group, meta.get("name", ""), errors)
                     crd_path = self.api.crd_paths.get((res.group, res.version, res.plural))
                     if crd_path is not None:
                         errors = crd_errors(crd_path, res.version, request.data)
                         if errors:
                             raise kmock.KubernetesError(status=422, reason="Invalid", message="; ".join(errors[:5]))
+                    elif res.plural == "customresourcedefinitions":  # `kubectl apply` of a CRD: serve its resources
+                        for key, info in kubectl_api.crd_resources(request.data):
+                            self.resources[key] = kmock.ResourceInfo(**info)
+                    elif res.group and (crd := kubectl_api.find_crd(self.objects, res.group, res.plural)) is not None:
+                        errors = kubectl_api.schema_errors(crd, res.version, request.data)
+                        if errors:
+                            raise _invalid(kmock, crd["spec"]["names"]["kind"], res.group, meta.get("name", ""), errors[:5])
                 elif action == "UPDATE" and request.name:
                     data = request.data
                     if isinstance(data, dict):
@@ -493,9 +525,60 @@ def _make_emulator_class():
                             if op.get("op") == "test" and _pointer(current, op.get("path", "")) != op.get("value"):
                                 raise kmock.KubernetesError(status=422, reason="Invalid", message=f"test of {op.get('path')} failed")
                         data.append({"op": "add", "path": "/metadata/resourceVersion", "value": self.api.next_rv()})
-            return await super()._handle(request)
+            response = await super()._handle(request)
+            if res is not None and action in ("LIST", "FETCH") and getattr(response, "body", None) and response.status == 200:
+                response = self._for_kubectl(request, res, action, response)
+            return response
+
+        async def _serve_version(self, request):  # type: ignore[override]
+            # kmock copies short names to subresources ("looprounds/status"): kubectl warns they are ambiguous
+            # and serves the core group as "/v1"; kubectl needs "v1", singular names and the usual short names
+            payload = await super()._serve_version(request)
+            payload["groupVersion"] = payload["groupVersion"].lstrip("/")
+            for r in payload["resources"]:
+                if "/" in r["name"]:
+                    r["shortNames"], r["categories"] = [], []
+                    continue
+                if r["singularName"] == r["name"]:
+                    r["singularName"] = r["kind"].lower()
+                r["shortNames"] = r["shortNames"] or kubectl_api.SHORT_NAMES.get(r["name"], [])
+            return payload
+
+        def _for_kubectl(self, request, res, action, response):
+            """Typed lists, field selectors and (on ``Accept: ...;as=Table``) Tables, as kubectl expects."""
+            import aiohttp.web
+
+            try:
+                payload = json.loads(response.body)
+            except (TypeError, ValueError):
+                return response
+            kind = self.resources[res].kind if res in self.resources else ""
+            if action == "LIST" and isinstance(payload, dict) and "items" in payload:
+                selector = request.params.get("fieldSelector", "")
+                items = [o for o in payload["items"] if not selector or kubectl_api.field_selector_match(o, selector)]
+                for o in items:
+                    o.setdefault("kind", kind)
+                    o.setdefault("apiVersion", f"{res.group}/{res.version}" if res.group else res.version)
+                payload = {**payload, "items": items, "kind": f"{kind}List",
+                           "apiVersion": f"{res.group}/{res.version}" if res.group else res.version}
+            if "as=Table" in request.headers.get("Accept", ""):
+                crd = kubectl_api.find_crd(self.objects, res.group, res.plural) if res.group else None
+                items = payload["items"] if action == "LIST" else [payload]
+                payload = kubectl_api.to_table(items, kind, crd, res.version)
+            return aiohttp.web.json_response(payload)
 
     return _Emulator
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value ({name})")
+
+
+def _invalid(kmock: Any, kind: str, group: str, name: str, errors: list[str]) -> Exception:
+    """422 Invalid with the causes in ``details``: kubectl prints ``The <Kind> "<name>" is invalid: ...``."""
+    causes = [{"reason": "FieldValueInvalid", "field": e.split(": ", 1)[0], "message": e.split(": ", 1)[-1]} for e in errors]
+    return kmock.KubernetesError(status=422, reason="Invalid", message=f'{kind}.{group} "{name}" is invalid: ' + "; ".join(errors),
+                                 details={"name": name, "group": group, "kind": kind, "causes": causes})
 
 
 def _pointer(doc: Any, path: str) -> Any:

@@ -95,6 +95,8 @@ class SeaweedServer(S3Endpoint):
     endpoint: str = ""
     workdir: str = ""
     log_path: str = ""
+    # SeaweedFS identities as JSON (e.g. the chart's rendered s3.json); empty = one admin identity with the keys above
+    s3_config: str = ""
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -109,7 +111,7 @@ class SeaweedServer(S3Endpoint):
         data.mkdir(parents=True, exist_ok=True)
         s3_config = Path(self.workdir, "s3.json")
         s3_config.write_text(
-            json.dumps(
+            self.s3_config or json.dumps(
                 {
                     "identities": [
                         {

@@ -1,0 +1,221 @@
+"""The cluster path end to end on one machine (tests/support/cluster_box.py): the chart's services and
+operator as local processes against the fake Kubernetes API, SeaweedFS for S3, a local kubelet for
+the trainer Jobs and Prometheus scraping what the chart's ServiceMonitor/PodMonitor select.
+
+The user's flow: ``kubectl apply`` of a small CPU LoopRound -> Succeeded with real datasets and a real
+checkpoint in S3; ``kubectl get`` shows the printer columns, ``kubectl describe`` the events; every
+dashboard query returns data; the operator killed mid-round and the trainer's process killed once
+still give the same dataset and checkpoint hashes; ``kubectl delete`` removes the round's Job and
+nothing else; a LoopRound that violates the CRD schema is refused by ``kubectl apply``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from looptool.operators import dashboard
+
+from support import REPO
+from support.cluster_box import ClusterBox
+
+pytestmark = pytest.mark.slow
+
+ROUND = """\
+apiVersion: looptool.io/v1alpha1
+kind: LoopRound
+metadata:
+  name: {name}
+spec:
+  round: 1
+  baseModel: {{builtin: tiny, tinyHiddenSize: 64, tinyLayers: 2, tinyVocabSize: 600}}
+  toolset: {{bfcl: {{category: simple_python, limit: 4}}}}
+  synthesis: {{numDialogues: 12, concurrency: 2, seed: 3, heldoutFraction: 0.25, labelNoise: 0.2}}
+  training: {{backend: cpu, gpus: 0, sftEpochs: 1, grpoSteps: 2, groupSize: 2, promptsPerStep: 2, maxResponseTokens: 24}}
+  probe: {{maxTokens: 24}}
+  judge: {{backend: grounding, candidates: 2, candidateMaxTokens: 24}}
+  expand: {{factor: 2}}
+  eval: {{heldout: true, bfclCategories: [simple_python], bfclLimit: 4, maxTokens: 24}}
+"""
+NS, FAULTS = "looptool", "faults"
+# Queries that have data only when something goes wrong or with a backend this box does not run:
+# failures, errors, rejections, retries (the remote OpenAI-compatible backend), invalid specs.
+ONLY_ON_TROUBLE = re.compile(r"failures|errors_total|code!=\"OK\"|rejections|rejected|remote_retries|invalid_specs")
+
+
+def _apply(box: ClusterBox, name: str, ns: str) -> None:
+    path = box.workdir / f"{ns}-{name}.yaml"
+    path.write_text(ROUND.format(name=name))
+    out = box.kubectl("apply", "-n", ns, "-f", str(path)).stdout
+    assert out.strip() == f"loopround.looptool.io/{name} created", out
+
+
+def _dataset_hashes(status: dict[str, Any]) -> dict[str, str]:
+    return {f"{stage}.{out}": ref["content_hash"] for stage, s in status["stages"].items() for out, ref in (s.get("outputs") or {}).items()}
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    with ClusterBox(tmp_path_factory.mktemp("box"), namespace=NS, extra_namespaces=(FAULTS,), prometheus=True) as b:
+        b.t0 = time.time()  # type: ignore[attr-defined]
+        yield b
+
+
+@pytest.fixture(scope="module")
+def undisturbed(box):
+    _apply(box, "tiny-r1", NS)
+    st = box.wait_round("tiny-r1", NS, timeout=420)
+    assert st["phase"] == "Succeeded", json.dumps(st)[:3000]
+    return st
+
+
+def test_a_round_that_violates_the_crd_schema_is_refused_by_kubectl_apply(box):
+    bad = REPO / "examples" / "invalid" / "unknown-field.yaml"
+    p = box.kubectl("apply", "-f", str(bad), check=False)
+    assert p.returncode != 0
+    assert 'The LoopRound "typo" is invalid' in p.stderr and "numDialogs" in p.stderr, p.stderr
+    assert box.round("typo") is None
+    p = box.kubectl("apply", "-f", str(REPO / "examples" / "invalid" / "out-of-range.yaml"), check=False)
+    assert p.returncode != 0 and "spec.synthesis.heldoutFraction" in p.stderr and "spec.training.gpus" in p.stderr, p.stderr
+
+
+def test_round_succeeds_with_real_datasets_and_checkpoint_in_s3(box, undisturbed):
+    st = undisturbed
+    assert {"synthesize", "train", "probe", "judge", "expand", "evaluate"} <= set(st["stages"])
+    for stage, s in st["stages"].items():
+        for out, ref in (s.get("outputs") or {}).items():
+            assert ref["uri"].startswith("s3://looptool/"), (stage, out, ref)
+            assert box.object_hashes(ref["uri"]), f"{stage}.{out}: nothing in SeaweedFS under {ref['uri']}"
+    ckpt = box.object_hashes(st["checkpointUri"])
+    assert any(k.endswith(".safetensors") or k.endswith(".bin") or k.endswith(".pt") for k in ckpt), ckpt
+    assert 0.0 <= st["accuracy"]["heldout"] <= 1.0
+    job = box.api.list("batch/v1", "jobs", NS)
+    assert len(job) == 1 and job[0]["status"]["succeeded"] == 1 and job[0]["status"]["failed"] == 0
+
+
+def test_kubectl_get_prints_the_printer_columns_with_real_values(box, undisturbed):
+    out = box.kubectl("get", "looprounds").stdout.splitlines()
+    assert out[0].split() == ["NAME", "ROUND", "PHASE", "PROGRESS", "ACCURACY", "AGE"], out
+    row = next(line for line in out if line.startswith("tiny-r1 "))
+    cells = row.split()
+    assert cells[1] == "1" and cells[2] == "Succeeded" and float(cells[-2]) == pytest.approx(undisturbed["accuracy"]["heldout"]), row
+    assert re.fullmatch(r"\d+(s|m\d*s?)", cells[-1]), row
+    wide = box.kubectl("get", "lr", "tiny-r1", "-o", "wide").stdout
+    assert "CHECKPOINT" in wide and undisturbed["checkpointUri"] in wide, wide
+
+
+def test_kubectl_describe_shows_the_events(box, undisturbed):
+    out = box.kubectl("describe", "loopround", "tiny-r1").stdout
+    events = [e for e in box.api.list("v1", "events", NS) if e["involvedObject"]["name"] == "tiny-r1"]
+    assert events
+    section = out[out.index("Events:"):]
+    for e in events:
+        assert e["reason"] in section, (e["reason"], section)
+    assert "Succeeded" in out
+
+
+def _query_range(base: str, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query_range?" + urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": "2"})
+    with urllib.request.urlopen(url, timeout=20) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def _concrete(expr: str) -> str:
+    for k, v in {"$__rate_interval": "1m", "$__range": "15m", "$__interval": "10s"}.items():
+        expr = expr.replace(k, v)
+    return re.sub(r"\$\{?(namespace|round)\}?", ".*", expr)
+
+
+def test_every_dashboard_query_returns_data_for_the_stages_that_ran(box, undisturbed):
+    """Grafana's view: each panel query over the run's time range (as a time-series panel asks)."""
+    time.sleep(3)  # the last scrape after the round finished
+    board = json.loads(dashboard.CHART_DASHBOARD.read_text())
+    empty, checked = [], 0
+    for panel in board["panels"]:
+        for t in panel.get("targets", []):
+            expr = _concrete(t["expr"])
+            if ONLY_ON_TROUBLE.search(expr):
+                continue
+            checked += 1
+            if not _query_range(box.prometheus_url, expr, box.t0, time.time()):
+                empty.append(f"{panel['title']}: {re.findall(r'looptool_[a-z_]+', expr)}")
+    assert checked > 40
+    assert not empty, "dashboard panels with no data:\n" + "\n".join(empty)
+
+
+def test_operator_and_trainer_killed_still_give_the_same_hashes(box, undisturbed):
+    """The trainer's process is SIGKILLed once (the Job retries within backoffLimit) and the operator is
+    SIGKILLed mid-round and restarted: same dataset and checkpoint hashes as the undisturbed round."""
+    kills: list[str] = []
+
+    def kill_trainer_once(st) -> None:  # the kubelet hook: runs right after a pod's process started
+        if st.namespace != FAULTS or kills:
+            return
+        kills.append(st.pod_name)
+
+        def later() -> None:
+            time.sleep(2.0)
+            if st.pod is not None and st.pod.proc is not None:
+                st.pod.proc.kill()
+
+        threading.Thread(target=later, daemon=True).start()
+
+    box.kubelet.on_pod_started = kill_trainer_once
+    restarted: list[str] = []
+
+    def kill_operator_in_probing(status: dict[str, Any]) -> None:
+        if status.get("phase") == "Probing" and not restarted:
+            restarted.append("Probing")
+            box.kill_operator()
+            box.start_operator()
+
+    try:
+        _apply(box, "tiny-r1", FAULTS)
+        st = box.wait_round("tiny-r1", FAULTS, timeout=420, on_poll=kill_operator_in_probing)
+    finally:
+        box.kubelet.on_pod_started = None
+    assert st["phase"] == "Succeeded", json.dumps(st)[:3000]
+    assert kills and restarted == ["Probing"]
+    (job,) = box.api.list("batch/v1", "jobs", FAULTS)
+    assert job["status"]["failed"] == 1 and job["status"]["succeeded"] == 1, job["status"]
+    pods = [p for p in box.api.list("v1", "pods", FAULTS) if p["metadata"]["labels"].get("job-name") == job["metadata"]["name"]]
+    codes = sorted(p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods)
+    assert codes == [0, 137], codes
+    assert _dataset_hashes(st) == _dataset_hashes(undisturbed)
+    assert box.object_hashes(st["checkpointUri"]) == box.object_hashes(undisturbed["checkpointUri"])
+
+
+def test_kubectl_delete_removes_the_job_and_nothing_else(box, undisturbed):
+    def snapshot(ns: str) -> dict[str, set[str]]:
+        return {plural: {o["metadata"]["name"] for o in box.api.list(v, plural, ns)}
+                for v, plural in (("batch/v1", "jobs"), ("v1", "configmaps"), ("v1", "persistentvolumeclaims"), ("v1", "secrets"),
+                                  ("looptool.io/v1alpha1", "looprounds"))}
+
+    before, other_before = snapshot(NS), snapshot(FAULTS)
+    (job,) = before["jobs"]
+    data_uri = undisturbed["stages"]["synthesize"]["outputs"]["train"]["uri"]
+    objects_before = box.object_hashes(data_uri)
+    out = box.kubectl("delete", "loopround", "tiny-r1").stdout
+    assert 'loopround.looptool.io "tiny-r1" deleted' in out, out
+    deadline = time.monotonic() + 60
+    while box.round("tiny-r1") is not None and time.monotonic() < deadline:
+        time.sleep(0.3)
+    after = snapshot(NS)
+    assert after["looprounds"] == before["looprounds"] - {"tiny-r1"}
+    assert after["jobs"] == set(), after
+    gone_cms = before["configmaps"] - after["configmaps"]
+    assert gone_cms == {job}, gone_cms  # the Job's request ConfigMap; the chart's config stays
+    assert after["secrets"] == before["secrets"]
+    assert snapshot(FAULTS) == other_before
+    assert box.object_hashes(data_uri) == objects_before  # datasets and checkpoints stay in S3
+    assert box.kubectl("get", "jobs").stderr.strip() == f"No resources found in {NS} namespace."
