@@ -1,4 +1,7 @@
-"""``looptool eval``: BFCL AST categories and held-out synthesized data for one model.
+"""``looptool eval``: BFCL categories (AST and multi-turn) and held-out synthesized data for one model.
+
+Multi-turn categories (``multi_turn_*``) run BFCL's classes on the tool simulator: a running one
+(``--toolsim HOST:PORT``) or one embedded in this process.
 
 Scores every entry of each category (``--limit N``: a seeded sample of N), prints the per-category
 results and BFCL's leaderboard aggregates (``shared/bfcl_scores.py``), and with ``--out DIR`` writes
@@ -18,7 +21,9 @@ from looptool.shared.config import SecuritySettings
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory / checkpoint URI (or model name for openai backends)")
     p.add_argument("--server", type=address, default="", help="use a running inference server at HOST:PORT instead of loading in-process")
-    p.add_argument("--bfcl", default="", help="comma-separated BFCL categories, e.g. simple_python,multiple,parallel,irrelevance")
+    p.add_argument("--bfcl", default="", help="comma-separated BFCL categories, e.g. simple_python,multiple,parallel,irrelevance,multi_turn_base")
+    p.add_argument("--toolsim", type=address, default="",
+                   help="tool simulator at HOST:PORT for BFCL multi-turn categories (default: one embedded in this process)")
     p.add_argument("--limit", type=count(), default=0, help="score a seeded sample of N entries per BFCL category (default: all)")
     p.add_argument("--heldout", default="", help="held-out samples dataset URI")
     p.add_argument("--max-tokens", type=count(1), default=256, help="most new tokens per answer (at most limits.max_tokens)")
@@ -86,6 +91,30 @@ def _exclude_functions(text: str) -> list[str] | None:
     return names
 
 
+def _tool_executor(args: argparse.Namespace, cats: list[str]):
+    """BFCL's classes on the tool simulator, for multi-turn categories (else None)."""
+    from looptool.shared.bfcl_multiturn import is_multi_turn
+
+    if not any(is_multi_turn(c) for c in cats):
+        return None
+    from looptool.services.toolsim.bfcl_env import ToolSimBfclExecutor
+
+    if not args.toolsim:
+        return ToolSimBfclExecutor()
+    import socket
+
+    from looptool.services.toolsim.client import ToolSimClient
+    from looptool.shared.errors import InputError
+
+    host, _, port = args.toolsim.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise InputError("--toolsim", f"no tool simulator answers at {args.toolsim} ({exc.strerror or exc})",
+                         "start one (looptool serve toolsim), fix --toolsim, or leave it out to use an embedded one") from None
+    return ToolSimBfclExecutor(ToolSimClient(args.toolsim, security=args.cfg.security))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     import os
 
@@ -103,13 +132,14 @@ def run(args: argparse.Namespace) -> int:
     if not cats and not args.heldout:
         raise InputError("--bfcl/--heldout", "nothing to evaluate", "name BFCL categories or a held-out dataset")
     if cats:
-        from looptool.shared import bfcl
+        from looptool.shared import bfcl, bfcl_multiturn
 
         for c in cats:
             try:
-                bfcl.resolve_category(c)
+                bfcl_multiturn.resolve_category(c) if bfcl_multiturn.is_multi_turn(c) else bfcl.resolve_category(c)
             except ValueError as exc:
                 raise InputError("--bfcl", str(exc)) from None
+    tool_executor = _tool_executor(args, cats)
     from looptool.shared.limits import check_int
 
     check_int("--max-tokens", args.max_tokens, 1, args.cfg.limits.max_tokens, "max_tokens")
@@ -150,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate(gen, heldout=heldout, bfcl_categories=cats, bfcl_limit=args.limit, max_tokens=args.max_tokens,
-                          s3=args.cfg.storage.s3, bfcl_exclude_functions=exclude, store=store, on_category=told)
+                          s3=args.cfg.storage.s3, bfcl_exclude_functions=exclude, store=store, on_category=told,
+                          tool_executor=tool_executor)
     except EndpointDown as exc:
         kept = f"; finished categories are kept in {out / 'categories'}, rerun to resume" if out is not None else ""
         raise InputError("model endpoint", str(exc), "bring it back and rerun" + kept) from None

@@ -297,3 +297,22 @@ def test_long_context_loads_the_long_scenario(executor):
 def test_evaluate_needs_an_executor_for_multi_turn():
     with pytest.raises(ValueError, match="tool executor"):
         evaluate(ReplayGenerator([]), bfcl_categories=["multi_turn_base"], bfcl_limit=1)
+
+
+def test_replay_over_the_toolsim_service_matches_embedded(executor):
+    """The same loop with the classes on a running tool simulator (gRPC): the same trajectories."""
+    from looptool.services.toolsim import server as toolsim_server
+    from looptool.services.toolsim.client import ToolSimClient
+    from looptool.shared.grpc_util import wait_healthy
+
+    entries = [mt.load_entries(c, limit=1)[0] for c in CATEGORIES]
+    running = toolsim_server.start(None, port=0)
+    try:
+        wait_healthy(running.address, timeout=20)
+        with ToolSimClient(running.address) as client:
+            remote = mt.run_entries(ReplayGenerator(entries), entries, ToolSimBfclExecutor(client), max_tokens=64)
+    finally:
+        running.stop(0)
+    local = mt.run_entries(ReplayGenerator(entries), entries, executor, max_tokens=64)
+    assert [t.messages for t in remote] == [t.messages for t in local]
+    assert all(mt.score(e, t.responses)[0] for e, t in zip(entries, remote))
