@@ -32,7 +32,7 @@ import logging
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, BinaryIO, Iterable, Iterator, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -172,6 +172,18 @@ def _decode(lines: bytes) -> Iterator[dict[str, Any]]:
     return jsoncodec.iter_lines(lines)
 
 
+_READ_CHUNK = 4 << 20
+
+
+def _read_all(raw: BinaryIO) -> bytes:
+    """A stream's bytes in 4 MiB reads: ``read()`` without a size reads a raw stream 8 KiB at a
+    time, and each read of an S3 response costs a trip through urllib3."""
+    chunks = []
+    while chunk := raw.read(_READ_CHUNK):
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 @dataclass
 class _Part:
     """A fetched and verified part."""
@@ -196,7 +208,7 @@ def _checked_part(store: ObjectStore, key: str, fmt: str, sha256: str, records: 
     nothing about the data."""
     try:
         with store.open_read(key) as raw:
-            data = raw.read()
+            data = _read_all(raw)
     except NotFound:
         return "is missing"
     try:
