@@ -324,3 +324,13 @@ def test_manifest_defaults_and_llm_prompt_rules():
     assert "drop, add or reorder" in llm_prompt(seed, "v", StructureOptions(change_calls=True))
     assert "earlier turns of the conversation are kept" in llm_prompt(seed_of(S_MULTI), "v", StructureOptions())
     assert "earlier turns" not in llm_prompt(seed_of(S_MULTI), "v", StructureOptions(keep_context=False))
+
+
+def test_worker_processes_give_the_same_structured_output(data):
+    """The structure options travel with the drafter into the worker processes (shared.workers)."""
+    root, verdicts, corpus = data
+    cfg = ExpandConfig(changeCalls=True, siblingTools=True, rewriteContext=True)
+    here = Expander(cfg).run(verdicts, f"{root}/here", 4, 2, 1, corpus)
+    pooled = Expander(cfg, processes=2).run(verdicts, f"{root}/pooled", 4, 2, 1, corpus)
+    assert pooled.outputs[0].content_hash == here.outputs[0].content_hash and pooled.counts == here.counts
+    assert any(s.meta.get("edde_structure") for s in open_dataset(f"{root}/pooled").iter(Sample))
