@@ -17,6 +17,7 @@ import threading
 from typing import Any, Callable, Protocol
 
 from looptool.services.inference.client import InferenceClient
+from looptool.services.toolsim import bfcl_env
 from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 from looptool.shared.loop import stages
 from looptool.shared.loop.chain import round_base_uri
@@ -81,6 +82,7 @@ class ServiceExecutor:
             endpoints=self._endpoints(),
             base_uri=round_base_uri(round, self.config),
             generator=InferenceClient,
+            tool_executor=bfcl_env.connect,
             previous=previous,
         )
 

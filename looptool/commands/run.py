@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from looptool.runner import LocalServices, StatusStore, drive_round, hold_rounds, preflight_rounds
     from looptool.services.inference.client import InferenceClient
+    from looptool.services.toolsim import bfcl_env
     from looptool.shared.limits import check_round_numbers
     from looptool.shared.loop.chain import round_base_uri
     from looptool.shared.loop.lease import LeaseHeld
@@ -111,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             if r.spec.previousRound:
                 previous, _ = statuses.load(r.spec.previousRound)
             ctx = StageContext(
-                round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, generator=InferenceClient, previous=previous
+                round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, generator=InferenceClient, previous=previous,
+                tool_executor=bfcl_env.connect,
             )
             status = drive_round(r, ctx, statuses, _UI(r.name, args.quiet))
             results.append((r, status))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from looptool.shared.config import SecuritySettings
 from looptool.shared.records import Tool, ToolCall
 
 from . import executable
@@ -101,3 +102,16 @@ class ToolSimBfclExecutor:
                 self.backend.close_session(sid)
             raise
         return BfclSession(self.backend, sessions, routes)
+
+    def close(self) -> None:
+        """Close a client backend's channel (an embedded simulator has nothing to close)."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+
+def connect(address: str, *, security: SecuritySettings | None = None) -> ToolSimBfclExecutor:
+    """The executor on the toolsim service at ``address`` (``stages.ToolExecutorFactory``)."""
+    from .client import ToolSimClient
+
+    return ToolSimBfclExecutor(ToolSimClient(address, security=security))

@@ -90,6 +90,13 @@ class GeneratorFactory(Protocol):
     def __call__(self, address: str, *, model: str, timeout_s: float, security: SecuritySettings | None = None) -> Generator: ...
 
 
+class ToolExecutorFactory(Protocol):
+    """BFCL's multi-turn classes on the tool simulator service at ``address`` (a
+    ``bfcl_multiturn.BfclExecutor``; supplied by the runner/operator like ``GeneratorFactory``)."""
+
+    def __call__(self, address: str, *, security: SecuritySettings | None = None) -> Any: ...
+
+
 class StageError(RuntimeError):
     """A stage failed; ``reason`` is a CamelCase Kubernetes-style reason."""
 
@@ -111,6 +118,8 @@ class StageContext:
     # service name → the replicas its data stage shards over (``services.<name>.endpoints``);
     # a service not named here: its one address above
     endpoints: dict[str, list[str]] = field(default_factory=dict)
+    # BFCL multi-turn categories in spec.eval.bfclCategories run on the toolsim service through this
+    tool_executor: ToolExecutorFactory | None = None
 
     @property
     def spec(self):
@@ -684,17 +693,26 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
 
 
 def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
+    from looptool.shared.bfcl_multiturn import is_multi_turn
+
     spec = ctx.spec.eval
-    return evaluate(
-        gen,
-        heldout=heldout,
-        bfcl_categories=spec.bfclCategories,
-        bfcl_limit=spec.bfclLimit,
-        max_tokens=spec.maxTokens,
-        s3=ctx.config.storage.s3,
-        on_progress=on_progress,
-        bfcl_exclude_functions=trained_functions(ctx, status),
-    )
+    executor = None
+    if ctx.tool_executor is not None and any(is_multi_turn(c) for c in spec.bfclCategories):
+        executor = ctx.tool_executor(ctx.targets("toolsim")[0], security=ctx.config.security)
+    try:
+        return evaluate(
+            gen,
+            heldout=heldout,
+            bfcl_categories=spec.bfclCategories,
+            bfcl_limit=spec.bfclLimit,
+            max_tokens=spec.maxTokens,
+            s3=ctx.config.storage.s3,
+            on_progress=on_progress,
+            bfcl_exclude_functions=trained_functions(ctx, status),
+            tool_executor=executor,
+        )
+    finally:
+        getattr(executor, "close", lambda: None)()
 
 
 def _record_overlap(ctx: StageContext, status: RoundStatus, st: StageStatus) -> None:

@@ -316,3 +316,38 @@ def test_replay_over_the_toolsim_service_matches_embedded(executor):
     local = mt.run_entries(ReplayGenerator(entries), entries, executor, max_tokens=64)
     assert [t.messages for t in remote] == [t.messages for t in local]
     assert all(mt.score(e, t.responses)[0] for e, t in zip(entries, remote))
+
+
+def test_evaluate_stage_runs_multi_turn_on_the_toolsim_it_is_given(tmp_path):
+    """The loop's evaluate stage: a multi-turn category runs through ``ctx.tool_executor`` (the
+    runner/operator pass the toolsim client's factory); without one it is a clear spec error."""
+    from looptool.shared.config import LoopToolConfig, StorageSettings
+    from looptool.shared.loop.manifest import parse_round
+    from looptool.shared.loop.stages import StageContext, StageError, stage_evaluate
+    from looptool.shared.loop.state import RoundStatus
+
+    every = mt.load_entries("multi_turn_base")
+    rnd = parse_round({
+        "apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound", "metadata": {"name": "r1"},
+        "spec": {"baseModel": {"builtin": "tiny"}, "toolset": {"bfcl": {"category": "simple_python", "limit": 10}},
+                 "eval": {"bfclCategories": ["multi_turn_base"], "bfclLimit": 2, "maxTokens": 8}},
+    })
+    asked: list[str] = []
+
+    def factory(address, *, security=None):
+        asked.append(address)
+        return ToolSimBfclExecutor()
+
+    def ctx(tool_executor):
+        return StageContext(round=rnd, config=LoopToolConfig(storage=StorageSettings(root=str(tmp_path / "store"))),
+                            addresses={"inference": "127.0.0.1:1", "toolsim": "127.0.0.1:2"},
+                            base_uri=(tmp_path / "store").as_uri(),
+                            generator=lambda address, **kw: ReplayGenerator(every), tool_executor=tool_executor)
+
+    status = RoundStatus()
+    stage_evaluate(ctx(factory), status, lambda p: None)
+    st = status.stage("evaluate")
+    assert asked == ["127.0.0.1:2"]
+    assert st.counts["n_bfcl_multi_turn_base"] == 2 and st.metrics["accuracy_bfcl_multi_turn_base"] == 1.0
+    with pytest.raises(StageError, match="tool executor"):
+        stage_evaluate(ctx(None), RoundStatus(), lambda p: None)
