@@ -856,4 +856,5 @@ def demo() -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the box's processes on `kill` too
     sys.exit(demo())
