@@ -237,9 +237,12 @@ class ProbeSpec(Spec):
 
 class JudgeSpec(Spec):
     enabled: bool = Field(True, description="false: no JGLV (ablation): the Verifying phase writes no verdicts, labels stay as they are")
-    # grounding by default: llm needs a judge model other than the policy (see judge.model), which only the user can name
+    # Default: llm when the manifest names a judge model, else grounding (llm needs a judge other than the
+    # policy, which only the user can name). No CRD default, so the API server does not fill one in first.
     backend: Literal["llm", "grounding"] = Field(
-        "grounding", description="llm: a judge model (judge.model / judge.models); grounding: rule-based check of values against the context"
+        default_factory=lambda: "grounding",
+        description="llm: a judge model (judge.model / judge.models); grounding: rule-based check of values against the "
+        "context. Default: llm when judge.model or judge.models is set, else grounding",
     )
     votes: int = Field(1, ge=1, description="self-consistency: judgements sampled from one judge model, majority wins (1 = greedy)")
     unclearPolicy: Literal["drop", "keep"] = Field(
@@ -263,6 +266,13 @@ class JudgeSpec(Spec):
     )
     candidateTemperature: float = Field(1.0, gt=0, le=2, description="sampling temperature of those candidates")
     candidateMaxTokens: int = Field(96, ge=8, description="most new tokens per candidate (like probe.maxTokens)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backend" not in data and (data.get("model") or data.get("models")):
+            return {**data, "backend": "llm"}  # naming a judge model means judging with it
+        return data
 
 
 class ExpandSpec(Spec):
@@ -375,8 +385,9 @@ def ablation_conflict(spec: "LoopRoundSpec") -> str:
         return "spec.training.grpoSteps is 0 and spec.training.sftWarmStart is false: nothing would train; enable one of them"
     if j.models and j.model:
         return "spec.judge.model and spec.judge.models are both set: name one judge (model) or a panel (models)"
-    if j.models and j.backend != "llm":
-        return f"spec.judge.models needs spec.judge.backend: llm (it is {j.backend!r})"
+    if (j.models or j.model) and j.backend != "llm":
+        which = "spec.judge.models" if j.models else "spec.judge.model"
+        return f"{which} is set but spec.judge.backend is {j.backend!r}, which uses no model: set judge.backend: llm or remove {which}"
     if j.models and j.votes > 1:
         return (f"spec.judge.votes is {j.votes} with a spec.judge.models panel: each panel judge decodes greedily "
                 "and the panel votes; set judge.votes: 1")

@@ -180,8 +180,9 @@ def test_llm_judge_needs_a_model_other_than_the_policy():
     assert parse_round(manifest({"backend": "llm", "model": "s3://models/qwen3-32b"})).spec.judge.model.endswith("32b")
     panel_spec = parse_round(manifest({"backend": "llm", "models": ["s3://a", "s3://b", "s3://c"]})).spec.judge
     assert panel_spec.models == ["s3://a", "s3://b", "s3://c"]
-    # the default backend needs no model; a disabled judge needs none either
+    # the default backend needs no model; naming one selects the llm judge; a disabled judge needs none
     assert parse_round(manifest({})).spec.judge.backend == "grounding"
+    assert parse_round(manifest({"model": "s3://models/qwen3-32b"})).spec.judge.backend == "llm"
     off = manifest({"enabled": False, "backend": "llm"})
     off["spec"]["expand"] = {"factor": 0}
     assert not parse_round(off).spec.judge.enabled
