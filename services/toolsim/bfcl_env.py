@@ -77,7 +77,7 @@ class ToolSimBfclExecutor:
     """``BfclExecutor`` over an embedded simulator (default: a fresh one) or a toolsim client."""
 
     def __init__(self, backend: Any = None):
-        self.backend = backend if backend is not None else ToolSimulator()
+        self.backend: Any = backend if backend is not None else ToolSimulator()  # ToolSimulator | ToolSimClient
 
     def _open(self, tools: list[Tool], environment: str, state: dict[str, Any]) -> str:
         opened = self.backend.open_session(tools, mode="executable", environment=environment, initial_state=state)

@@ -22,6 +22,7 @@ from looptool.shared.compose import compose_next_round, dropped_uri
 from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.conversion import dialogs_to_samples, split_of
 from looptool.shared.bfcl_scores import NODES, aggregate
+from looptool.shared.bfcl_multiturn import is_multi_turn
 from looptool.shared.evaluation import EndpointDown, evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import channel
@@ -693,8 +694,6 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
 
 
 def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
-    from looptool.shared.bfcl_multiturn import is_multi_turn
-
     spec = ctx.spec.eval
     executor = None
     if ctx.tool_executor is not None and any(is_multi_turn(c) for c in spec.bfclCategories):
