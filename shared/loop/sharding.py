@@ -192,14 +192,13 @@ def dispatch(
         with reporting:
             on_progress(Progress(stage=stage, done=done, total=total, message=msg))
 
-    def worker(slot: _Slot, workers_left: list[int]) -> None:
+    def worker(slot: _Slot) -> None:
         nonlocal retries, finished
         while True:
             with q.cond:
                 while not q.pending and q.in_flight and q.fatal is None and slot.target not in dead:
                     q.cond.wait()
                 if not q.pending or q.fatal is not None or slot.target in dead:
-                    workers_left[0] -= 1
                     q.cond.notify_all()
                     return
                 shard = q.pending.popleft()
@@ -248,8 +247,7 @@ def dispatch(
                 q.cond.notify_all()
 
     slot_list = [_Slot(t) for t in targets for _ in range(max(1, slots(t)))]
-    workers_left = [len(slot_list)]
-    threads = [threading.Thread(target=worker, args=(s, workers_left), name=f"shard-{stage}-{i}", daemon=True)
+    threads = [threading.Thread(target=worker, args=(s,), name=f"shard-{stage}-{i}", daemon=True)
                for i, s in enumerate(slot_list)]
     for t in threads:
         t.start()
