@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from looptool.shared import metrics
-from looptool.shared.workers import WorkerCrashed, WorkerPool, worker_state
 from looptool.shared.records import DatasetRef, Dialog, ErrorInfo, Message, Progress, StageResult, Tool, ToolCall, content_key
+from looptool.shared.workers import WorkerCrashed, WorkerPool, worker_state
 
 from .agents import Agents, NeedState, ProgrammaticAgents, ToolOutcome, _error_type
 from .config import SynthesisConfig
@@ -86,7 +86,7 @@ def worker_backend_factory(backend: ToolBackend) -> BackendFactory | None:
 
 @dataclass
 class _WorkerRun:
-    """A synthesis worker's state for one run (built once per worker process)."""
+    """A synthesis worker's state for one run (built by each worker on its first task of the run)."""
 
     toolset: list[Tool]
     cfg: SynthesisConfig
@@ -298,8 +298,8 @@ def iter_synthesis(
 
     ``processes`` >= 1 runs programmatic agents in that many worker processes, each with the backend
     ``backend_factory`` (default :func:`worker_backend_factory`) builds; without one, or with llm
-    agents, ``concurrency`` threads run the dialogues. A worker process that dies is retried on a
-    fresh pool once; a second death ends the run with ``WORKER_CRASHED`` (finished parts are kept).
+    agents, ``concurrency`` threads run the dialogues. A worker process that dies is replaced and its
+    work redone once; a second death ends the run with ``WORKER_CRASHED`` (finished parts are kept).
     """
     from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
 
