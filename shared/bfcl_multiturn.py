@@ -327,37 +327,47 @@ def run_entries(
     batch: int = BATCH,
     where: str = "BFCL multi-turn",
 ) -> list[Trajectory]:
-    """Run every entry, ``batch`` entries' steps per ``generate`` call (in lockstep). Raises
-    ``EndpointDown`` when a whole batch fails to reach the model."""
+    """Run every entry; each ``generate`` call carries the next step of up to ``batch`` entries
+    (an entry that finishes makes room for the next one). Trajectories come back in entry order.
+    Raises ``EndpointDown`` when a whole batch fails to reach the model."""
     from looptool.shared.evaluation import _check_batch
 
     out: list[Trajectory | None] = [None] * len(entries)
+    waiting = iter(enumerate(entries))
+    live: dict[int, tuple[PyGenerator[GenRequest, GenResult, Trajectory], GenRequest, BfclEnvironment]] = {}
     done = 0
-    for start in range(0, len(entries), batch):
-        group = list(enumerate(entries))[start : start + batch]
-        envs = {i: executor.open(e.involved_classes, e.initial_config, long_context(e.category)) for i, e in group}
-        try:
-            live: dict[int, tuple[PyGenerator[GenRequest, GenResult, Trajectory], GenRequest]] = {}
-            for i, e in group:
-                co = run_entry(e, envs[i], max_tokens)
-                live[i] = (co, next(co))
-            while live:
-                order = list(live)
-                results = gen.generate([live[i][1] for i in order])
-                _check_batch(results, where)
-                for i, res in zip(order, results):
-                    co = live[i][0]
-                    try:
-                        live[i] = (co, co.send(res))
-                    except StopIteration as stop:
-                        out[i] = stop.value
-                        del live[i]
-                        done += 1
-                        if on_done:
-                            on_done(done)
-        finally:
-            for env in envs.values():
-                env.close()
+
+    def start_more() -> None:
+        while len(live) < batch:
+            nxt = next(waiting, None)
+            if nxt is None:
+                return
+            i, e = nxt
+            env = executor.open(e.involved_classes, e.initial_config, long_context(e.category))
+            co = run_entry(e, env, max_tokens)
+            live[i] = (co, next(co), env)
+
+    try:
+        start_more()
+        while live:
+            order = list(live)
+            results = gen.generate([live[i][1] for i in order])
+            _check_batch(results, where)
+            for i, res in zip(order, results):
+                co, _, env = live[i]
+                try:
+                    live[i] = (co, co.send(res), env)
+                except StopIteration as stop:
+                    out[i] = stop.value
+                    del live[i]
+                    env.close()
+                    done += 1
+                    if on_done:
+                        on_done(done)
+            start_more()
+    finally:
+        for _, _, env in live.values():
+            env.close()
     return [t for t in out if t is not None]
 
 

@@ -351,3 +351,33 @@ def test_evaluate_stage_runs_multi_turn_on_the_toolsim_it_is_given(tmp_path):
     assert st.counts["n_bfcl_multi_turn_base"] == 2 and st.metrics["accuracy_bfcl_multi_turn_base"] == 1.0
     with pytest.raises(StageError, match="tool executor"):
         stage_evaluate(ctx(None), RoundStatus(), lambda p: None)
+
+
+def test_batching_keeps_entry_order_and_results(executor):
+    entries = mt.load_entries("multi_turn_base", limit=5)
+    sizes: list[int] = []
+
+    class Counting(ReplayGenerator):
+        def generate(self, requests):
+            sizes.append(len(requests))
+            return super().generate(requests)
+
+    small = mt.run_entries(Counting(entries), entries, executor, max_tokens=64, batch=2)
+    assert max(sizes) == 2
+    whole = mt.run_entries(ReplayGenerator(entries), entries, executor, max_tokens=64)
+    assert [t.entry_id for t in small] == [e.id for e in entries]
+    assert [t.responses for t in small] == [t.responses for t in whole]
+
+
+def test_a_generation_error_fails_the_entry(executor):
+    entries = mt.load_entries("multi_turn_base", limit=2)
+
+    class Failing:
+        def generate(self, requests):
+            return [GenResult(error="INVALID_ARGUMENT: prompt too long") for _ in requests[:1]] + [
+                GenResult(completions=[Completion(text=NO_CALL)]) for _ in requests[1:]]
+
+    res = mt.evaluate_multi_turn(Failing(), "multi_turn_base", executor, limit=2, max_tokens=8)
+    assert res.result.total == 2 and res.result.correct == 0
+    assert any("inference_error" in f["reason"] for f in res.failures)
+    assert entries  # the category has entries to fail
