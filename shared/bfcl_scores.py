@@ -190,10 +190,11 @@ def overlap_line(allow_overlap: bool, excluded_functions: int | None) -> str:
 
 def scorecard(results: Mapping[str, CategoryResult], model: str, overlap: str, extra: Mapping[str, CategoryResult] | None = None) -> dict[str, Any]:
     """The scorecard as JSON: header, per-category results, and the leaderboard tables (values in
-    [0, 1]; ``"N/A"`` where nothing was run; ``partial`` lists the figures over only some parts)."""
+    [0, 1]; ``"N/A"`` where nothing was run; ``partial``: table → the columns over only some of
+    their categories)."""
     scores = aggregate(results)
     tables: dict[str, dict[str, Any]] = {}
-    partial: set[str] = set()
+    partial: dict[str, list[str]] = {}
     for table, cols in table_columns().items():
         if table != "overall" and all(scores.get(k) is None for _, k in cols if k != "@model"):
             continue  # nothing of this table was run: left out (its figures are N/A in "overall")
@@ -205,7 +206,7 @@ def scorecard(results: Mapping[str, CategoryResult], model: str, overlap: str, e
             s = scores.get(key)
             row[name] = "N/A" if s is None else round(s.accuracy, 6)
             if s is not None and not s.complete:
-                partial.add(name)
+                partial.setdefault(table, []).append(name)
         tables[table] = row
     header = f"BFCL scorecard — model: {model}; {overlap}"
     return {
@@ -216,7 +217,7 @@ def scorecard(results: Mapping[str, CategoryResult], model: str, overlap: str, e
         "other": {k: v.to_json() for k, v in (extra or {}).items()},
         "groups_run": [g for g in GROUPS if scores.get(g) is not None],
         "tables": tables,
-        "partial": sorted(partial),
+        "partial": partial,
     }
 
 
@@ -229,7 +230,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     for table, row in card["tables"].items():
         cols = [c for c in row if c != "Model"]
         lines += [f"## {table.replace('_', '-')}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines.append("| " + " | ".join(_pct(row[c]) + ("*" if c in card["partial"] else "") for c in cols) + " |")
+        marked = card["partial"].get(table, [])
+        lines.append("| " + " | ".join(_pct(row[c]) + ("*" if c in marked else "") for c in cols) + " |")
         lines.append("")
     if card["partial"]:
         lines += ["\\* over the categories run only (bfcl-eval's leaderboard would count a category not run as 0).", ""]

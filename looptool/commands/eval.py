@@ -208,7 +208,7 @@ def _print_and_write(args: argparse.Namespace, report, exclude: list[str] | None
         print(card["header"])
         for column, value in card["tables"]["overall"].items():
             if column != "Model" and value != "N/A":
-                print(f"  {column}: {100 * value:.2f}%{'  (over the categories run)' if column in card['partial'] else ''}")
+                print(f"  {column}: {100 * value:.2f}%{'  (over the categories run)' if column in card['partial'].get('overall', []) else ''}")
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump(report.to_json(), fh, indent=1)

@@ -175,7 +175,8 @@ def _scorecard_lines(reports: list[RoundReport]) -> list[str]:
         if all(v == "N/A" for v in cells):
             continue  # a group no round ran
         lines.append(f"| {col} | " + " | ".join(
-            ("N/A" if v == "N/A" else f"{100 * v:.2f}") + ("*" if col in c["partial"] else "") for v, (_, c) in zip(cells, cards)) + " |")
+            ("N/A" if v == "N/A" else f"{100 * v:.2f}") + ("*" if col in c["partial"].get("overall", []) else "")
+            for v, (_, c) in zip(cells, cards)) + " |")
     lines += ["", "N/A: not run (never counted as 0). \\* over the categories run only."]
     return lines
 

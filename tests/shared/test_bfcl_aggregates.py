@@ -56,7 +56,7 @@ def test_every_column_matches_bfcl_eval_when_every_category_is_run(seed, tmp_pat
     results = random_results(seed, ALL)
     official = official_tables(results, tmp_path)
     card = bfcl_scores.scorecard(results, model="m", overlap="overlap: none")
-    assert card["partial"] == []
+    assert card["partial"] == {}
     compared = 0
     for table, row in card["tables"].items():
         for column, ours in row.items():
@@ -98,7 +98,11 @@ def test_a_group_run_in_part_is_averaged_over_its_parts_and_marked_partial(tmp_p
     assert overall["Non-Live AST Acc"] == pytest.approx((sp + mu) / 2, abs=1e-6)
     ls, lm = results["live_simple"], results["live_multiple"]
     assert overall["Live Acc"] == pytest.approx((ls.correct + lm.correct) / (ls.total + lm.total), abs=1e-6)
-    assert {"Non-Live AST Acc", "Non-Live Simple AST", "Live Acc", "Overall Acc"} <= set(card["partial"])
+    assert {"Non-Live AST Acc", "Non-Live Simple AST", "Live Acc", "Overall Acc"} <= set(card["partial"]["overall"])
+    # per table: the live table's "Irrelevance Detection" (live_irrelevance, not run) is N/A, not partial
+    assert card["tables"]["live"]["Irrelevance Detection"] == "N/A"
+    assert "Irrelevance Detection" not in card["partial"].get("live", [])
+    assert card["partial"]["non_live"] == ["Non-Live Overall Acc", "AST Summary", "Simple AST"]
     # bfcl-eval shows the non-live summary as N/A, and its live figure counts the live categories
     # not run as 0 (weighted by their full entry counts): lower than ours
     assert official["overall"]["Non-Live AST Acc"] == "N/A"
