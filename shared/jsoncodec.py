@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 from typing import Any, Callable, Iterable, Iterator
 
@@ -148,7 +149,7 @@ def iter_canonical(lines: list[bytes], blob: bytes) -> Iterator[Any]:
             return
         except orjson.JSONDecodeError:
             # map took the failing line from ``it`` before orjson refused it
-            yield _std_loads(lines[len(lines) - it.__length_hint__() - 1])
+            yield _std_loads(lines[len(lines) - operator.length_hint(it) - 1])
 
 
 def loads_lines(blob: bytes) -> list[Any]:

@@ -32,7 +32,7 @@ import logging
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator, TypeVar
+from typing import Any, BinaryIO, Iterable, Iterator, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -368,7 +368,7 @@ class DatasetWriter:
                 for r in chunk:  # models (or bad records): one by one, exactly as ``write``
                     self.write(r)
                 continue
-            self._buf.extend(chunk)
+            self._buf.extend(cast("list[dict[str, Any]]", chunk))  # all plain dicts, checked above
             if len(self._buf) >= self.part_size:
                 self._flush(wait=False)
 
