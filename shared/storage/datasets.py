@@ -14,6 +14,14 @@ no whitespace, UTF-8), in order, one per line. It depends neither on the format 
 records were split into parts. JSONL parts hold exactly those canonical lines, so writing a JSONL
 part and hashing it are one serialisation.
 
+Every read of a committed dataset is verified: the manifest must be consistent (part hashes
+match part names, part record counts add up), each part is fetched whole and its canonical lines
+must hash to the manifest's ``sha256`` (and hold its record count) before any of its records is
+yielded, and after the last part the whole content hash and record count must match. A mismatch
+raises ``DatasetCorrupt`` (a ``StorageError``) naming the dataset URI, the part and the fix; the
+data stages turn it into a ``StageError``. JSON is written and read by ``shared/jsoncodec.py``
+(orjson, byte-identical to the standard library's canonical JSON).
+
 Parquet parts use native columns when the records survive a Parquet round trip exactly (regular
 records such as verl's ``prompt`` / ``reward_model`` / ``extra_info`` rows). Irregular records
 (arguments of varying types, dicts with varying keys, empty objects) would be changed by Arrow's
