@@ -256,7 +256,7 @@ class WorkerPool:
         _discard(broken)
         if self.restarts >= self.max_restarts:
             raise WorkerCrashed(
-                f"a worker process died while running {what} ({exc}); gave up after {self.restarts} restart(s). "
+                f"a worker process died while running {what}: {exc} Gave up after {self.restarts} restart(s). "
                 "Check the pod's memory limit and logs; finished work is kept and a rerun resumes after it"
             ) from exc
         self.restarts += 1
@@ -282,7 +282,9 @@ class WorkerPool:
                 try:
                     result, deltas = fut.result()
                 except BrokenProcessPool as exc:
-                    self._restart(ex, label(args), exc)
+                    # which task killed its worker is not known: name the ones in flight
+                    what = label(args) if len(pending) == 1 else f"{label(args)} … {label(pending[-1][0])} ({len(pending)} in flight)"
+                    self._restart(ex, what, exc)
                     # tasks are pure: resubmit every unfinished one, in order, to the fresh processes
                     pending = deque((a, sub if _succeeded(sub[0]) else self._submit(fn, a)) for a, sub in pending)
                     continue
