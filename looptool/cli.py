@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("looptool.commands.serve", "run one gRPC service (inference, toolsim, synthesizer, expander, trainer)"),
     "operator": ("looptool.commands.operator", "run the Kubernetes operator that reconciles LoopRound resources"),
     "run": ("looptool.commands.run", "run LoopRound manifest(s) on this machine: services, storage and training locally"),
+    "ablate": ("looptool.commands.ablate", "run a round chain as the paper's ablation variants and print the comparison table"),
     "eval": ("looptool.commands.eval", "evaluate a model on BFCL AST categories and held-out synthesized data"),
     "tools": ("looptool.commands.tools", "import, validate and list toolsets"),
     "data": ("looptool.commands.data", "inspect, verify, convert and diff datasets"),

@@ -23,7 +23,7 @@ from typing import Callable
 from looptool.shared.config import SERVICE_NAMES, LoopToolConfig
 from looptool.shared.grpc_util import wait_healthy
 from looptool.shared.logs import get_logger
-from looptool.shared.loop.chain import classify_failure
+from looptool.shared.loop.chain import StopDecision, classify_failure, mark_stopped, not_run_status, stop_decision
 from looptool.shared.loop.lease import DEFAULT_TTL_S, RoundLease, StatusStore
 from looptool.shared.loop.manifest import LoopRound
 from looptool.shared.loop.preflight import Problem, preflight
@@ -222,3 +222,47 @@ def drive_round(
         if stop_after is not None and phase == stop_after:
             break
     return status
+
+
+@dataclass
+class ChainRun:
+    """What ``drive_chain`` did: each round it drove with its status, and why it stopped early."""
+
+    results: list[tuple[LoopRound, RoundStatus]] = field(default_factory=list)
+    stopped: StopDecision | None = None  # spec.stopWhen ended the chain after that round
+    not_run: list[str] = field(default_factory=list)  # rounds after the stop
+
+    @property
+    def succeeded(self) -> bool:
+        return all(s.phase == Phase.SUCCEEDED for _, s in self.results)
+
+
+def drive_chain(
+    rounds: list[LoopRound],
+    context: Callable[[LoopRound, RoundStatus | None], StageContext],
+    statuses: StatusStore,
+    ui: Callable[[LoopRound], ProgressUI],
+) -> ChainRun:
+    """Drive ``rounds`` in order (``drive_round``); ``context(round, previous status)`` builds each
+    round's StageContext. Stops at the first failed round, or early where a round's
+    ``spec.stopWhen`` says its held-out gain was too small (``chain.stop_decision``): that round keeps
+    a ``ChainStop`` condition, the rounds after it are saved as not run with reason ``ChainStopped``.
+    A rerun decides the same from the saved statuses, so it stops at the same round."""
+    out = ChainRun()
+    for i, r in enumerate(rounds):
+        previous = statuses.load(r.spec.previousRound)[0] if r.spec.previousRound else None
+        status = drive_round(r, context(r, previous), statuses, ui(r))
+        out.results.append((r, status))
+        if status.phase != Phase.SUCCEEDED:
+            break
+        decision = stop_decision(r.name, r.spec.stopWhen, status, previous)
+        if decision.stop:
+            mark_stopped(status, decision)
+            statuses.save(r.name, status, spec_hash(r))
+            for later in rounds[i + 1:]:
+                saved, _ = statuses.load(later.name)
+                if saved is None or saved.phase != Phase.SUCCEEDED:  # a round that ran before keeps its result
+                    statuses.save(later.name, not_run_status(decision), spec_hash(later))
+            out.stopped, out.not_run = decision, [later.name for later in rounds[i + 1:]]
+            break
+    return out

@@ -5,6 +5,10 @@ A plan creates ``<plan>-r1 … <plan>-rN`` at once (deterministic names, owned b
 ``previousRound: <plan>-r(i-1)``, so it waits for its predecessor and starts from its checkpoint and
 dataset — the chaining the LoopRound reconciler already does. The plan's status summarises its
 rounds (phase, current round, accuracy per round); deleting the plan deletes its rounds.
+
+With ``spec.template.stopWhen.minHeldoutGain`` the plan creates round i only after round i-1
+succeeded, and stops (phase Succeeded, reason ``ChainStopped``, later rounds ``NotRun``) when a round's
+held-out gain over the round before it falls below the threshold (``shared/loop/chain.stop_decision``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from looptool.operators.kube import KubeError, owner_reference
 from looptool.operators.reconciler import Runtime, parse_status
+from looptool.shared.loop.chain import CHAIN_STOPPED, StopDecision, stop_decision
 from looptool.shared.loop.manifest import API_VERSION, KIND, LoopRoundSpec
 from looptool.shared.loop.state import Condition, Phase
 from looptool.shared.records import utcnow
@@ -26,6 +31,7 @@ PLAN_KIND = "LoopPlan"
 PLAN_PLURAL = "loopplans"
 LABEL_PLAN = "looptool.io/plan"
 MAX_ROUNDS = 50
+NOT_RUN = "NotRun"  # a plan round's phase after the plan stopped early (spec.template.stopWhen)
 
 log = logging.getLogger("looptool.operator.plan")
 
@@ -191,13 +197,29 @@ class PlanReconciler:
             return 3600.0
         if self.status.reason == "InvalidSpec":
             self.status.reason = self.status.message = ""
-        # Desired: every child round exists (create the missing ones; never modify existing ones).
+        # Desired: every child round exists (create the missing ones; never modify existing ones). With
+        # spec.template.stopWhen, round i is created only once round i-1 succeeded and gained enough, so a
+        # stopped chain never starts a round it would have to cancel.
         existing = {r["metadata"]["name"]: r for r in await self.rt.kube.list(API_VERSION, "looprounds", self.ns, {LABEL_PLAN: self.name})}
-        for child in child_rounds(obj, spec):
-            if child["metadata"]["name"] not in existing:
+        statuses = [parse_status((existing.get(round_name(self.name, i)) or {}).get("status")) for i in range(1, spec.rounds + 1)]
+        stop = spec.template.stopWhen
+        lazy = stop.minHeldoutGain is not None
+        stopped: StopDecision | None = None
+        stopped_at = 0  # the round (1-based) whose gain stopped the plan
+        for i, child in enumerate(child_rounds(obj, spec)):
+            name = child["metadata"]["name"]
+            if lazy and i > 0:
+                decision = stop_decision(round_name(self.name, i), stop, statuses[i - 1], statuses[i - 2] if i > 1 else None)
+                if decision.stop:
+                    stopped, stopped_at = decision, i
+                    break
+                if statuses[i - 1].phase != Phase.SUCCEEDED:
+                    break
+            if name not in existing:
                 created, _ = await self.rt.kube.create(API_VERSION, "looprounds", self.ns, child)
-                existing[child["metadata"]["name"]] = created
-        await self.event("Normal", "RoundsCreated", f"{spec.rounds} chained LoopRounds: {round_name(self.name, 1)} … {round_name(self.name, spec.rounds)}")
+                existing[name] = created
+        if not lazy:
+            await self.event("Normal", "RoundsCreated", f"{spec.rounds} chained LoopRounds: {round_name(self.name, 1)} … {round_name(self.name, spec.rounds)}")
 
         rounds = []
         for i in range(1, spec.rounds + 1):
@@ -205,7 +227,19 @@ class PlanReconciler:
             st = parse_status(r.get("status"))
             rounds.append(PlanRound(name=round_name(self.name, i), round=i, phase=st.phase.value, progress=st.progress,
                                     reason=st.reason, accuracy=st.accuracy, checkpointUri=st.checkpointUri))
+            if stopped is not None and i > stopped_at and not r:
+                rounds[-1].phase, rounds[-1].reason = NOT_RUN, CHAIN_STOPPED
         self.status.rounds = rounds
+        if stopped is not None:
+            self.status.completed = sum(r.phase == Phase.SUCCEEDED.value for r in rounds)
+            self.status.currentRound = stopped.round
+            self.status.progress = f"{self.status.completed}/{spec.rounds} rounds (stopped early)"
+            self.status.phase, self.status.reason = "Succeeded", CHAIN_STOPPED
+            self.status.message = f"stopped after {stopped.round}: {stopped.message}"
+            self.status.set_condition("Ready", True, CHAIN_STOPPED, self.status.message)
+            await self.write()
+            await self.event("Normal", CHAIN_STOPPED, self.status.message)
+            return None
         self.status.completed = sum(r.phase == Phase.SUCCEEDED.value for r in rounds)
         failed = next((r for r in rounds if r.phase == Phase.FAILED.value), None)
         current = next((r for r in rounds if r.phase != Phase.SUCCEEDED.value), None)

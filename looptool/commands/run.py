@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `configure` stays cheap for every other sub-command (cli.py).
     from pathlib import Path
 
-    from looptool.runner import LocalServices, StatusStore, drive_round, hold_rounds, preflight_rounds
+    from looptool.runner import LocalServices, StatusStore, drive_chain, hold_rounds, preflight_rounds
     from looptool.services.inference.client import InferenceClient
     from looptool.services.toolsim import bfcl_env
     from looptool.shared.limits import check_round_numbers
@@ -104,30 +104,35 @@ def run(args: argparse.Namespace) -> int:
 
     root = Path(cfg.storage.root).resolve()
     started = time.monotonic()
-    results = []
+    contexts: list[StageContext] = []
+
+    def context(r, previous):
+        ctx = StageContext(
+            round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, generator=InferenceClient, previous=previous,
+            tool_executor=bfcl_env.connect,
+        )
+        contexts.append(ctx)
+        return ctx
+
     with leases, LocalServices(cfg, root / "logs") as services:
         print(f"services up: {', '.join(f'{k}@{v}' for k, v in services.addresses.items())}", flush=True)
-        for r in rounds:
-            previous = None
-            if r.spec.previousRound:
-                previous, _ = statuses.load(r.spec.previousRound)
-            ctx = StageContext(
-                round=r, config=cfg, addresses=services.addresses, base_uri=base_uri, generator=InferenceClient, previous=previous,
-                tool_executor=bfcl_env.connect,
-            )
-            status = drive_round(r, ctx, statuses, _UI(r.name, args.quiet))
-            results.append((r, status))
-            if ctx.item_errors:
-                print(f"  {r.name}: {len(ctx.item_errors)} per-item errors (first: {ctx.item_errors[0].message[:120]})")
-            if status.phase != Phase.SUCCEEDED:
-                print(f"round {r.name} failed: {status.reason}: {status.message}", file=sys.stderr)
-                break
+        chain = drive_chain(rounds, context, statuses, lambda r: _UI(r.name, args.quiet))
+    results = chain.results
+    for ctx in contexts:
+        if ctx.item_errors:
+            print(f"  {ctx.round.name}: {len(ctx.item_errors)} per-item errors (first: {ctx.item_errors[0].message[:120]})")
+    last = results[-1][1] if results else None
+    if last is not None and last.phase != Phase.SUCCEEDED:
+        print(f"round {results[-1][0].name} failed: {last.reason}: {last.message}", file=sys.stderr)
     report_dir = Path(args.report_dir) if args.report_dir else root / "report"
     path, reports = write_report(results, report_dir)
     print()
     print(summary(reports))
+    if chain.stopped is not None:
+        print(f"chain stopped after {chain.stopped.round}: {chain.stopped.message} (not run: {', '.join(chain.not_run)})")
     print(f"report: {path}  (total {time.monotonic() - started:.0f}s)")
-    return 0 if all(s.phase == Phase.SUCCEEDED for _, s in results) and len(results) == len(rounds) else 1
+    done = len(results) + len(chain.not_run) == len(rounds)
+    return 0 if chain.succeeded and done else 1
 
 
 def summary(reports) -> str:

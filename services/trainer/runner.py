@@ -11,7 +11,8 @@
    ``<output_prefix>/result.json`` with the same key and a committed model → return it, no work.
 3. **Resume**: a committed checkpoint of the same key → continue from it (SFT or GRPO, mid-phase).
 4. Train with the configured backend (``cpu``: SFT warm start + torch GRPO; ``verl``: subprocess),
-   upload the final HF model directory to ``<output_prefix>/model``, write ``result.json``.
+   upload the final HF model directory to ``<output_prefix>/model`` (and, CPU backend with SFT and
+   GRPO, the post-SFT policy to ``<output_prefix>/model_sft``), write ``result.json``.
 
 ``StageResult`` of a run: ``checkpoint_uri`` = the model artifact URI; ``metrics``: last-step
 ``reward_mean``/``reward_std``/``accuracy``/``loss``/``kl``, ``tokens_per_second`` (mean over
@@ -42,6 +43,7 @@ from looptool.services.trainer.common import TrainCancelled, TrainFailed
 from looptool.shared.config import LoopToolConfig, TrainerSettings, load_config
 from looptool.shared.errors import InputError
 from looptool.shared.logs import get_logger
+from looptool.shared.loop.chain import SFT_MODEL
 from looptool.shared.loop.manifest import TrainingSpec
 from looptool.shared.records import DatasetRef, Progress, StageResult, content_key, result_to_stage, utcnow
 from looptool.shared.storage import open_dataset, split_uri
@@ -349,6 +351,8 @@ class CpuRun:
                 resuming_grpo = latest is not None and latest.phase == "grpo"
                 start = latest.step if latest is not None and resuming_grpo else 0
                 if not resuming_grpo:
+                    if sft is not None:  # before the SFT-done marker: a resumed GRPO run has it already
+                        self._upload_sft_model(model, tok, ckpt)
                     # the GRPO starting policy: SFT-done marker, resume point and KL reference
                     ckpt.save("grpo", 0, model, tok, None, None, self.state)
                 ref_model = None
@@ -400,6 +404,22 @@ class CpuRun:
             return self._outcome(model_uri, time.perf_counter() - t_run)
         finally:
             torch.set_num_threads(prev_threads)
+
+    def _upload_sft_model(self, model, tok, ckpt) -> None:
+        """Commit the post-SFT policy at ``<output_prefix>/model_sft`` (``chain.SFT_MODEL``): the
+        evaluate stage scores it next to the final model, so a report shows what GRPO added."""
+        from looptool.services.trainer.checkpoints import write_extras
+        from looptool.services.trainer.modeling import save_model
+
+        prep = self.prep
+        out = self.workdir / f"final-sft-{prep.key[:16]}"  # "final-": a killed run's leftover is cleaned up
+        shutil.rmtree(out, ignore_errors=True)
+        meta = {"run_id": prep.job.run_id, "round": prep.job.round, "key": prep.key, "phase": "sft"}
+        save_model(model, tok, out, meta=meta)
+        write_extras(out, ckpt.model_extras)
+        upload_dir(prep.store, f"{prep.prefix}/{SFT_MODEL}", out, meta=meta)
+        shutil.rmtree(out, ignore_errors=True)
+        self.counts["sft_model"] = 1
 
     def _outcome(self, model_uri: str, seconds: float) -> dict[str, Any]:
         g, s = self.state["last_grpo"], self.state["last_sft"]

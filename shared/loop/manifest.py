@@ -328,6 +328,17 @@ class EvalSpec(Spec):
     splitSeed: int = Field(0, description="seed of the function split (keep it across chained rounds)")
 
 
+class StopSpec(Spec):
+    """When a chain stops early (paper: gains flatten after a few iterations). Checked after this
+    round succeeds, against the round before it in the chain (round 1 has nothing to compare with)."""
+
+    minHeldoutGain: float | None = Field(
+        None, ge=0, le=1,
+        description="stop the chain after this round when its held-out accuracy gained less than this over the "
+        "previous round's (a fraction: 0.01 = one point); later rounds are not run. Unset = never stop",
+    )
+
+
 class Resources(Spec):
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
@@ -354,6 +365,7 @@ class LoopRoundSpec(Spec):
     expand: ExpandSpec = Field(default_factory=ExpandSpec)
     compose: ComposeSpec = Field(default_factory=ComposeSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    stopWhen: StopSpec = Field(default_factory=StopSpec, description="stop the chain early after this round")
     resources: Resources = Field(default_factory=Resources)
     storage: str = Field("", description="base URI for this round's outputs (default: the configured storage)")
 
@@ -367,6 +379,9 @@ class LoopRoundSpec(Spec):
         problem = ablation_conflict(self)
         if problem:
             raise ValueError(problem)
+        if self.stopWhen.minHeldoutGain is not None and not self.eval.heldout:
+            raise ValueError("spec.stopWhen.minHeldoutGain needs held-out accuracy but spec.eval.heldout is false: "
+                             "set eval.heldout: true or remove stopWhen")
         return self
 
 

@@ -26,7 +26,7 @@ from looptool.shared.bfcl_multiturn import is_multi_turn
 from looptool.shared.evaluation import EndpointDown, evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import channel
-from looptool.shared.loop.chain import run_uri
+from looptool.shared.loop.chain import HELDOUT, HELDOUT_AFTER_SFT, run_uri, sft_model_uri
 from looptool.shared.logs import get_logger
 from looptool.shared.loop.manifest import LoopRound, SynthesisSpec
 from looptool.shared.loop.sharding import (
@@ -65,6 +65,7 @@ from looptool.shared.records import (
     content_key,
 )
 from looptool.shared.storage import DatasetCorrupt, dataset_exists, open_dataset, split_uri, writer_for_uri
+from looptool.shared.storage.artifacts import artifact_exists
 from looptool.shared.verl_format import sample_to_verl_row
 from looptool.v1 import (
     expander_pb2,
@@ -121,6 +122,9 @@ class StageContext:
     endpoints: dict[str, list[str]] = field(default_factory=dict)
     # BFCL multi-turn categories in spec.eval.bfclCategories run on the toolsim service through this
     tool_executor: ToolExecutorFactory | None = None
+    # the round folder stage outputs go to (default: this round's name). Outputs are content-keyed, so
+    # rounds sharing a folder share every output of equal inputs and settings (``looptool ablate``'s variants)
+    outputs_round: str = ""
 
     @property
     def spec(self):
@@ -144,7 +148,7 @@ class StageContext:
         return ep.shard_size if ep is not None else type(self.config.services.inference).model_fields["shard_size"].default
 
     def out(self, name: str) -> str:
-        return run_uri(self.base_uri, self.round.name, name)
+        return run_uri(self.base_uri, self.outputs_round or self.round.name, name)
 
     def channel(self, service: str) -> grpc.Channel:
         if service not in self.addresses:
@@ -487,7 +491,7 @@ def training_request(ctx: StageContext, status: RoundStatus) -> dict[str, Any]:
     base = base_model_uri(ctx)
     key = key_of(data.content_hash, base, config)
     return {
-        "run_id": f"{ctx.round.name}-{key}",
+        "run_id": f"{ctx.outputs_round or ctx.round.name}-{key}",
         "dataset": data.model_dump(mode="json"),
         "base_checkpoint_uri": base,
         "output_prefix": ctx.out(f"train-{key}"),
@@ -691,6 +695,39 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     if spec.bfclCategories:
         _record_overlap(ctx, status, st)
     _evaluate_tail(ctx, status, st, report)
+    after_sft = _heldout_after_sft(ctx, status, heldout, on_progress) if HELDOUT in report.accuracy else None
+    if after_sft is not None:  # beside accuracy_heldout (after GRPO): GRPO's share of the round's gain
+        st.metrics[f"accuracy_{HELDOUT_AFTER_SFT}"] = after_sft
+        status.accuracy[HELDOUT_AFTER_SFT] = round(after_sft, 4)
+
+
+
+def _heldout_after_sft(ctx: StageContext, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> float | None:
+    """Held-out accuracy of the round's post-SFT policy (the trainer's ``model_sft``); an SFT-only
+    round's final model is that policy. None: no SFT this round, or a run that did not keep it."""
+    counts = status.stage("train").counts
+    if heldout is None or not counts.get("sft_steps"):
+        return None
+    if not counts.get("grpo_steps"):
+        return status.accuracy.get(HELDOUT)
+    uri = sft_model_uri(status.checkpointUri)
+    store, key = split_uri(uri, ctx.config.storage.s3)
+    if not artifact_exists(store, key):
+        return None
+    gen = ShardedGenerator(
+        "evaluate", ctx.targets("inference"),
+        lambda t: ctx.generator(t, model=uri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
+    )
+    try:
+        report = evaluate(gen, heldout=heldout, bfcl_categories=[], max_tokens=ctx.spec.eval.maxTokens,
+                          s3=ctx.config.storage.s3, on_progress=on_progress)
+    except ShardingError as exc:
+        raise StageError(exc.reason, exc.message) from None
+    except EndpointDown as exc:
+        raise StageError("InferenceUnavailable", str(exc)) from None
+    finally:
+        gen.close()
+    return report.accuracy.get(HELDOUT)
 
 
 def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
