@@ -561,6 +561,7 @@ class ClusterBox:
 
     def __init__(self, workdir: Path | None = None, namespace: str = "looptool", extra_namespaces: tuple[str, ...] = (),
                  values: dict[str, Any] | None = None, prometheus: bool = False, log: Callable[[str], None] = lambda s: None):
+        self._own_dir = workdir is None  # removed on stop()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="looptool-box-"))
         self.namespace = namespace
         self.namespaces = [namespace, *extra_namespaces]
@@ -762,6 +763,8 @@ class ClusterBox:
             self.api.stop()
         if self.s3 is not None:
             self.s3.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --------------------------------------------------------------------------------------- reads
 
