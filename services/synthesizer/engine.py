@@ -101,9 +101,23 @@ def _worker_init(toolset: list[Tool], cfg: SynthesisConfig, seed: int, round: in
     return _WorkerRun(toolset, cfg, seed, round, agents, backend_factory())
 
 
-def _worker_dialog(index: int) -> "Outcome":
+def _worker_dialogs(indices: list[int]) -> list["Outcome"]:
     st: _WorkerRun = worker_state()
-    return synthesize_dialog(index, st.seed, st.toolset, st.cfg, st.agents, st.backend, st.round)
+    return [synthesize_dialog(i, st.seed, st.toolset, st.cfg, st.agents, st.backend, st.round) for i in indices]
+
+
+_TASK_DIALOGS = 4  # dialogues per worker task: a task's hand-off costs about a tenth of a dialogue
+
+
+def _chunks(items: Iterable[int], n: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    for i in items:
+        chunk.append(i)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _threaded(fn: Callable[[int], "Outcome"], items: Iterable[int], threads: int) -> Iterator["Outcome"]:
@@ -348,7 +362,10 @@ def iter_synthesis(
         if factory is not None:
             pool = stack.enter_context(WorkerPool(processes, _worker_init, (toolset, cfg, seed, round, agents, factory),
                                                   preload=[__name__, "looptool.services.toolsim.simulator"]))
-            results = pool.imap(_worker_dialog, ((i,) for i in feed()), label=lambda a: f"dialogue {a[0]}")
+            chunks = pool.imap(_worker_dialogs, ((c,) for c in _chunks(feed(), _TASK_DIALOGS)), window=4 * processes,
+                               label=lambda a: f"dialogues {a[0][0]}-{a[0][-1]}")
+            stack.enter_context(contextlib.closing(chunks))  # type: ignore[type-var]
+            results = (out for chunk in chunks for out in chunk)
         else:
             results = _threaded(lambda i: synthesize_dialog(i, seed, toolset, cfg, agents, backend, round), feed(),
                                 max(1, concurrency))

@@ -164,7 +164,7 @@ def test_synthesis_worker_that_keeps_dying_ends_the_run_with_a_clear_error_and_r
                                    concurrency=2, processes=2)
     assert res is None
     assert [e.code for e in errors] == ["WORKER_CRASHED"]
-    assert re.search(r"worker process died while running dialogue \d+.*Gave up after 1 restart", errors[0].message)
+    assert re.search(r"worker process died while running dialogues \d+-\d+.*Gave up after 1 restart", errors[0].message)
     # the dialogues before it are durable: a rerun resumes after them and commits the same bytes
     again, _, errors = run_synthesis(bfcl_tools, 24, 7, uri, cfg, make_agents(cfg), LocalToolBackend(),
                                      concurrency=2, processes=2)
