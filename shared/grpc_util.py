@@ -18,7 +18,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -334,11 +334,12 @@ def wait_for_termination(running: RunningServer) -> None:
     running.stop(grace=5.0)
 
 
-def channel(address: str, security: SecuritySettings | None = None) -> grpc.Channel:
+def channel(address: str, security: SecuritySettings | None = None, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
     """A client channel to ``address`` with ``security``'s credentials (None = plaintext, no token):
-    every client of every service opens its channels here."""
+    every client of every service opens its channels here. ``extra_options``: e.g. a load-balancing
+    policy for a target that resolves to several replicas."""
     creds = channel_credentials(security)
-    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+    options: list[tuple[str, Any]] = [*CHANNEL_OPTIONS, *extra_options]
     if security is not None and security.tls_server_name:
         options.append(("grpc.ssl_target_name_override", security.tls_server_name))
     ch = grpc.secure_channel(address, creds, options=options) if creds is not None else grpc.insecure_channel(address, options=options)

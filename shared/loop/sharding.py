@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import grpc
 
-from looptool.shared.grpc_util import CHANNEL_OPTIONS, channel
+from looptool.shared.grpc_util import channel
 from looptool.shared.logs import get_logger
 from looptool.shared.records import DatasetRef, Progress, text_key
 from looptool.shared.storage import dataset_exists, open_dataset, split_uri, writer_for_uri
@@ -107,14 +107,10 @@ def target_slots(target: str) -> int:
 
 
 def open_channel(target: str, security: Any = None) -> grpc.Channel:
-    """A client channel: ``round_robin`` over a balanced target's addresses (the default policy,
-    pick_first, would pin every RPC to one pod), else the services' usual channel. With TLS or a
-    token configured a balanced target gets the usual channel (its options are not ours to add)."""
-    secured = security is not None and any(
-        getattr(security, f, "") for f in ("tls_ca_file", "tls_cert_file", "token_file"))
-    if is_balanced(target) and not secured:
-        return grpc.insecure_channel(target, options=[*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")])
-    return channel(target, security) if security is not None else channel(target)
+    """A client channel with the configured credentials: ``round_robin`` over a balanced target's
+    addresses (the default policy, pick_first, would pin every RPC to one pod)."""
+    balanced = [("grpc.lb_policy_name", "round_robin")] if is_balanced(target) else []
+    return channel(target, security, extra_options=balanced)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -197,3 +197,39 @@ def test_metrics_bind_to_loopback_by_default(serve):
     ip = _non_loopback_ip()
     if ip is not None:  # a host with another interface: metrics must not be reachable on it
         assert not _listening(ip, port)
+
+
+def test_balanced_target_spreads_over_replicas_with_tls_and_token(pki):
+    """Sharded stages open one round_robin channel over a headless Service's addresses; with TLS
+    and a token configured the channel must still balance (not fall back to one replica)."""
+    from looptool.shared.loop.sharding import open_channel
+
+    hits: list[str] = []
+    servers: list[RunningServer] = []
+
+    def register_as(name: str):
+        def reg(server: grpc.Server) -> list[str]:
+            def handle(req, ctx):
+                hits.append(name)
+                return b"ok"
+
+            h = grpc.unary_unary_rpc_method_handler(handle)
+            server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("looptool.test.Echo", {"Say": h})])
+            return ["looptool.test.Echo"]
+
+        return reg
+
+    sec = SecuritySettings(tls_cert_file=pki["cert"], tls_key_file=pki["key"], tls_ca_file=pki["ca"], token_file=pki["token"])
+    try:
+        for name in ("a", "b"):
+            servers.append(start_server("sectest", register_as(name), port=0, security=sec))
+        target = "ipv4:" + ",".join(s.address for s in servers)
+        # an ipv4: list has no single host name to check the certificate against
+        client = sec.model_copy(update={"tls_server_name": "localhost"})
+        with open_channel(target, client) as ch:
+            for _ in range(20):
+                assert ch.unary_unary(METHOD)(b"hi", timeout=10) == b"ok"
+    finally:
+        for s in servers:
+            s.stop(0)
+    assert set(hits) == {"a", "b"}, hits
