@@ -196,6 +196,11 @@ def render_markdown(reports: list[RoundReport], images: list[str]) -> str:
             lines.append(
                 f"| {c} | " + " | ".join(f"{100 * r.accuracy[c]:.1f}" if c in r.accuracy else "–" for r in reports) + " |"
             )
+        if any({"heldout", "heldout_after_sft"} <= set(r.accuracy) for r in reports):
+            # held-out after SFT and after GRPO (the evaluate stage scores both): what GRPO added
+            lines.append("| GRPO's share of held-out (points) | " + " | ".join(
+                f"{100 * (r.accuracy['heldout'] - r.accuracy['heldout_after_sft']):+.1f}"
+                if {"heldout", "heldout_after_sft"} <= set(r.accuracy) else "–" for r in reports) + " |")
     lines += _scorecard_lines(reports)
     noisy = [r for r in reports if r.noise_recovery]
     if noisy:

@@ -701,7 +701,6 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
         status.accuracy[HELDOUT_AFTER_SFT] = round(after_sft, 4)
 
 
-
 def _heldout_after_sft(ctx: StageContext, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> float | None:
     """Held-out accuracy of the round's post-SFT policy (the trainer's ``model_sft``); an SFT-only
     round's final model is that policy. None: no SFT this round, or a run that did not keep it."""
