@@ -45,6 +45,22 @@ spec:
   expand: {{factor: 2}}
   eval: {{heldout: true, bfclCategories: [simple_python], bfclLimit: 4, maxTokens: 24}}
 """
+ROUND2 = """\
+apiVersion: looptool.io/v1alpha1
+kind: LoopRound
+metadata:
+  name: tiny-r2
+spec:
+  round: 2
+  previousRound: tiny-r1
+  toolset: {bfcl: {category: simple_python, limit: 4}}
+  synthesis: {numDialogues: 6, concurrency: 2, seed: 3}
+  training: {backend: cpu, gpus: 0, sftEpochs: 1, grpoSteps: 2, groupSize: 2, promptsPerStep: 2, maxResponseTokens: 24}
+  probe: {maxTokens: 24}
+  judge: {backend: grounding}
+  expand: {factor: 1}
+  eval: {heldout: true, maxTokens: 24}
+"""
 NS, FAULTS = "looptool", "faults"
 # Queries that have data only when something goes wrong or with a backend this box does not run:
 # failures, errors, rejections, retries (the remote OpenAI-compatible backend), invalid specs.
@@ -207,6 +223,26 @@ def test_operator_and_trainer_killed_still_give_the_same_hashes(box, undisturbed
     assert {k: v for k, v in disturbed.items() if k not in meta} == {k: v for k, v in calm.items() if k not in meta}
 
 
+def _job_of(box: ClusterBox, round_name: str, ns: str) -> dict[str, Any]:
+    (job,) = [j for j in box.api.list("batch/v1", "jobs", ns) if j["metadata"]["labels"].get("looptool.io/round") == round_name]
+    return job
+
+
+def test_a_second_round_chains_from_the_first(box, undisturbed):
+    """previousRound: round 2 trains from round 1's checkpoint (its Job's request says so)."""
+    path = box.workdir / "tiny-r2.yaml"
+    path.write_text(ROUND2)
+    box.kubectl("apply", "-f", str(path))
+    st = box.wait_round("tiny-r2", NS, timeout=420)
+    assert st["phase"] == "Succeeded", json.dumps(st)[:3000]
+    job = _job_of(box, "tiny-r2", NS)
+    request = json.loads(box.api.get("v1", "configmaps", job["metadata"]["name"], NS)["data"]["request.json"])
+    assert request["base_checkpoint_uri"] == undisturbed["checkpointUri"]
+    assert st["checkpointUri"] != undisturbed["checkpointUri"] and box.object_hashes(st["checkpointUri"])
+    out = box.kubectl("get", "looprounds").stdout
+    assert re.search(r"^tiny-r2\s+2\s+Succeeded\s", out, flags=re.M), out
+
+
 def test_kubectl_delete_removes_the_job_and_nothing_else(box, undisturbed):
     def snapshot(ns: str) -> dict[str, set[str]]:
         return {plural: {o["metadata"]["name"] for o in box.api.list(v, plural, ns)}
@@ -214,7 +250,7 @@ def test_kubectl_delete_removes_the_job_and_nothing_else(box, undisturbed):
                                   ("looptool.io/v1alpha1", "looprounds"))}
 
     before, other_before = snapshot(NS), snapshot(FAULTS)
-    (job,) = before["jobs"]
+    job = _job_of(box, "tiny-r1", NS)["metadata"]["name"]
     data_uri = undisturbed["stages"]["synthesize"]["outputs"]["train"]["uri"]
     objects_before = box.object_hashes(data_uri)
     out = box.kubectl("delete", "loopround", "tiny-r1").stdout
@@ -224,10 +260,11 @@ def test_kubectl_delete_removes_the_job_and_nothing_else(box, undisturbed):
         time.sleep(0.3)
     after = snapshot(NS)
     assert after["looprounds"] == before["looprounds"] - {"tiny-r1"}
-    assert after["jobs"] == set(), after
+    assert after["jobs"] == before["jobs"] - {job}, after  # round 2's Job stays
     gone_cms = before["configmaps"] - after["configmaps"]
     assert gone_cms == {job}, gone_cms  # the Job's request ConfigMap; the chart's config stays
     assert after["secrets"] == before["secrets"]
     assert snapshot(FAULTS) == other_before
     assert box.object_hashes(data_uri) == objects_before  # datasets and checkpoints stay in S3
-    assert box.kubectl("get", "jobs").stderr.strip() == f"No resources found in {NS} namespace."
+    jobs = box.kubectl("get", "jobs").stdout
+    assert job not in jobs and _job_of(box, "tiny-r2", NS)["metadata"]["name"] in jobs, jobs

@@ -751,8 +751,15 @@ class ClusterBox:
     def stop(self) -> None:
         if self.kubelet is not None:
             self.kubelet.stop()
-        for proc in self.deployments.values():
-            proc.stop(grace=5)
+        running = [d.proc for d in self.deployments.values() if d.proc is not None and d.proc.poll() is None]
+        for proc in running:  # all at once, as a namespace deletion would
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
         if self.prometheus is not None:
             self.prometheus.terminate()
             try:

@@ -296,6 +296,7 @@ class FakeKubeApi:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        _watch_streams_as_json()
         emulator = _make_emulator_class()(api=self)
         for key, info in RESOURCES.items():
             if self.looptool_crds or not key.startswith("looptool.io/"):
@@ -568,6 +569,25 @@ def _make_emulator_class():
             return aiohttp.web.json_response(payload)
 
     return _Emulator
+
+
+def _watch_streams_as_json() -> None:
+    """kmock streams watch events as application/octet-stream; client-go (``kubectl delete``/``wait``
+    watch for the deletion) only decodes a watch with a JSON content type, as the API server sends.
+    Patched once per process, for responses to ``?watch=true`` requests only."""
+    import aiohttp.web
+
+    if getattr(aiohttp.web.StreamResponse.prepare, "_looptool_watch_json", False):
+        return
+    original = aiohttp.web.StreamResponse.prepare
+
+    async def prepare(self, request):  # type: ignore[no-untyped-def]
+        if request.query.get("watch") in ("true", "1") and self.content_type == "application/octet-stream":
+            self.content_type = "application/json"
+        return await original(self, request)
+
+    prepare._looptool_watch_json = True  # type: ignore[attr-defined]
+    aiohttp.web.StreamResponse.prepare = prepare  # type: ignore[method-assign]
 
 
 def _no_constant(name: str) -> Any:
