@@ -290,10 +290,10 @@ def plot(rows: list[Row], path: Path) -> bool:
         mine = [r for r in rows if r.variant == v.key and r.heldout is not None]
         if not mine:
             continue
-        line, = ax.plot([r.round for r in mine], [100 * r.heldout for r in mine], marker="o", label=v.label)
+        line, = ax.plot([r.round for r in mine], [100 * (r.heldout or 0.0) for r in mine], marker="o", label=v.label)
         sft = [r for r in mine if r.heldout_after_sft is not None]
         if sft:
-            ax.plot([r.round for r in sft], [100 * r.heldout_after_sft for r in sft], linestyle="--", marker=".",
+            ax.plot([r.round for r in sft], [100 * (r.heldout_after_sft or 0.0) for r in sft], linestyle="--", marker=".",
                     color=line.get_color(), alpha=0.6)
     ax.set_xlabel("round")
     ax.set_ylabel("held-out accuracy (%)  (dashed: after SFT)")
