@@ -35,8 +35,15 @@ from looptool.operators.executor import StageExecutor
 from looptool.operators.kube import Kube, KubeError
 from looptool.operators.metrics import OperatorMetrics
 from looptool.operators.settings import OperatorSettings, TrainerJobSettings
-from looptool.shared.loop.chain import GATE_REASONS, PREVIOUS_FAILED, PreviousGate, classify_failure
-from looptool.shared.loop.manifest import LoopRound, ManifestError, parse_round
+from looptool.shared.loop.chain import (
+    CHAIN_STOPPED,
+    GATE_REASONS,
+    PREVIOUS_FAILED,
+    PreviousGate,
+    classify_failure,
+    stop_decision,
+)
+from looptool.shared.loop.manifest import LoopRound, ManifestError, StopSpec, parse_round
 from looptool.shared.loop.preflight import PreflightFailed
 from looptool.shared.loop.state import (
     STAGE_OF,
@@ -350,7 +357,9 @@ class RoundReconciler:
         prev = await self.rt.kube.get_round(self.ns, prev_name)
         gate = PreviousGate(prev_name, None if prev is None else parse_status(prev.get("status")))
         if gate.open:
-            if self.status.reason in GATE_REASONS:
+            if self.status.phase == Phase.PENDING and prev is not None and await self._chain_stopped(prev_name, prev, gate.status):
+                return None
+            if self.status.reason in GATE_REASONS or self.status.reason == CHAIN_STOPPED:
                 self.status.reason = self.status.message = ""
             return gate.status
         if gate.status is None:
@@ -363,6 +372,33 @@ class RoundReconciler:
         self.status.set_condition("Ready", False, gate.reason, msg)
         self.status.progress = f"waiting for {prev_name}"
         return None
+
+    async def _chain_stopped(self, prev_name: str, prev: dict[str, Any], prev_status: RoundStatus | None) -> bool:
+        """Did the round this one continues from end the chain (its ``spec.stopWhen``: a held-out gain
+        below the threshold, ``shared/loop/chain.stop_decision``)? Then this round is not started: it
+        stays Pending with reason ChainStopped (a LoopPlan does the same by not creating it)."""
+        spec = prev.get("spec") or {}
+        try:
+            stop = StopSpec.model_validate(spec.get("stopWhen") or {})
+        except ValidationError:
+            return False
+        if stop.minHeldoutGain is None or prev_status is None:
+            return False
+        before = None
+        if spec.get("previousRound"):
+            earlier = await self.rt.kube.get_round(self.ns, spec["previousRound"])
+            before = parse_status(earlier.get("status")) if earlier else None
+        decision = stop_decision(prev_name, stop, prev_status, before)
+        if not decision.stop:
+            return False
+        first = self.status.reason != CHAIN_STOPPED
+        self.status.reason = CHAIN_STOPPED
+        self.status.message = f"not run: the chain stopped after {prev_name}: {decision.message}"
+        self.status.set_condition("Ready", False, CHAIN_STOPPED, self.status.message)
+        self.status.progress = f"chain stopped after {prev_name}"
+        if first:
+            await self.event("Normal", CHAIN_STOPPED, self.status.message)
+        return True
 
     # ------------------------------------------------------------------------------ data stages
 

@@ -1,7 +1,8 @@
 """Stopping a round chain early (``spec.stopWhen.minHeldoutGain``): the shared decision, the local
 runner's chain (``looptool.runner.drive_chain``: the reason in the statuses, a rerun stops at the same
-round) and the operator's LoopPlan (rounds created one by one, the plan Succeeded with reason
-ChainStopped, later rounds never created) against the fake Kubernetes API."""
+round), the operator's LoopPlan (rounds created one by one, the plan Succeeded with reason
+ChainStopped, later rounds never created) and hand-chained LoopRounds (the next round stays Pending
+with reason ChainStopped) against the fake Kubernetes API."""
 
 from __future__ import annotations
 
@@ -199,3 +200,25 @@ def test_loopplan_stops_early_and_never_creates_the_later_rounds(tmp_path):
     assert "stopped after sp-r2" in st["message"] and "spec.stopWhen.minHeldoutGain 0.2" in st["message"]
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["reason"] == CHAIN_STOPPED
+
+
+def test_hand_chained_looprounds_stop_too_the_next_round_stays_pending_with_the_reason(tmp_path):
+    from support.fake_kube import FakeKubeApi, TestStageExecutor
+    from support.waiting import wait_for
+
+    def lr(name: str, **spec: Any) -> dict[str, Any]:
+        body = {"toolset": {"bfcl": {"category": "simple_python", "limit": 20}}, "training": {"backend": "verl", "gpus": 4},
+                "resources": {"trainerImage": TRAINER_IMAGE}, **spec}
+        return {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound", "metadata": {"name": name}, "spec": body}
+
+    with FakeKubeApi() as api, operator(api, TestStageExecutor(tmp_path / "store")):
+        api.create(*LR, lr("h1", baseModel={"uri": "s3://looptool/models/qwen3-8b"}))
+        api.create(*LR, lr("h2", round=2, previousRound="h1", stopWhen={"minHeldoutGain": 0.2}))
+        api.create(*LR, lr("h3", round=3, previousRound="h2"))
+        finish_job(api, "h1")
+        finish_job(api, "h2")
+        st = wait_for(lambda: ((api.get(*LR, "h3") or {}).get("status") or {}).get("reason") == CHAIN_STOPPED
+                      and api.get(*LR, "h3")["status"], what="h3 not started")
+        assert not [j for j in api.list("batch/v1", "jobs") if (j["metadata"].get("labels") or {}).get("looptool.io/round") == "h3"]
+    assert st["phase"] == "Pending" and "stopped after h2" in st["message"] and "minHeldoutGain 0.2" in st["message"]
+    assert any(c["type"] == "Ready" and c["reason"] == CHAIN_STOPPED for c in st["conditions"]), st["conditions"]
