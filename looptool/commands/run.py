@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(summary(reports))
     if chain.stopped is not None:
-        print(f"chain stopped after {chain.stopped.round}: {chain.stopped.message} (not run: {', '.join(chain.not_run)})")
+        print(f"chain stopped: {chain.stopped.message}: {', '.join(chain.not_run)}")
     print(f"report: {path}  (total {time.monotonic() - started:.0f}s)")
     done = len(results) + len(chain.not_run) == len(rounds)
     return 0 if chain.succeeded and done else 1
