@@ -103,6 +103,28 @@ def normalize_schema(schema: Any) -> Any:
 
 def check_tool(tool: Tool) -> None:
     """Raise ToolSchemaError when the tool cannot be used."""
+    try:
+        params_key = json.dumps(tool.parameters, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON at all: the uncached check names the field
+        _check_tool(tool)
+        return
+    problem = _tool_problem(tool.name, tool.description, params_key)
+    if problem is not None:
+        raise ToolSchemaError(*problem)
+
+
+# Every simulator session, probe and expansion re-checks its tools; the meta-schema check dominated
+# a synthesized dialogue's CPU, and the same few tools come back again and again.
+@functools.lru_cache(maxsize=4096)
+def _tool_problem(name: str, description: str, params_json: str) -> tuple[str, str, str] | None:
+    try:
+        _check_tool(Tool(name=name, description=description, parameters=json.loads(params_json)))
+    except ToolSchemaError as exc:
+        return exc.tool, exc.field, exc.problem
+    return None
+
+
+def _check_tool(tool: Tool) -> None:
     if not tool.name or not tool.name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum():
         raise ToolSchemaError(tool.name or "<unnamed>", "name", "must be non-empty letters, digits, '_', '.', '-'")
     if not tool.description.strip():

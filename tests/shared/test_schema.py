@@ -223,3 +223,20 @@ def test_refs_resolve():
     check_tool(tool)
     assert validate_call(ToolCall(name="pts", arguments={"p": {"x": 1.5}}), [tool]) == []
     assert fields(validate_call(ToolCall(name="pts", arguments={"p": {}}), [tool])) == ["arguments.p.x"]
+
+
+def test_check_tool_cache_keeps_verdicts_per_definition():
+    """check_tool memoises by definition: the same name with another schema is checked afresh,
+    and a cached failure is raised again with the same message."""
+    import pytest
+
+    from looptool.shared.records import Tool
+    from looptool.shared.schema import ToolSchemaError, check_tool
+
+    good = Tool(name="cached_tool", description="d", parameters={"type": "object", "properties": {"a": {"type": "string"}}})
+    bad = Tool(name="cached_tool", description="d", parameters={"type": "object", "properties": {"a": {"type": 7}}})
+    for _ in range(2):
+        check_tool(good)
+        with pytest.raises(ToolSchemaError) as err:
+            check_tool(bad)
+        assert "cached_tool" in str(err.value) and "properties" in err.value.field
