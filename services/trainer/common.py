@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 
 import torch
+
+from looptool.shared.workers import available_cpus
 
 
 class TrainCancelled(RuntimeError):
@@ -62,39 +63,11 @@ def step_seed(seed: int, phase: str, step: int) -> int:
     return (seed * 1_000_003 + base * 7_919 + step * 104_729) % (2**31 - 1)
 
 
-def cpu_quota() -> int | None:
-    """CPUs allowed by a cgroup CPU quota (Kubernetes ``resources.limits.cpu``), if any."""
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]  # cgroup v2
-        if quota != "max":
-            return max(1, int(int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    try:
-        quota_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())  # cgroup v1
-        period_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
-        if quota_us > 0 and period_us > 0:
-            return max(1, quota_us // period_us)
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def configure_threads(threads: int | None = None) -> int:
     """Torch threads = ``threads`` (the ``trainer.torch_threads`` setting) or else the CPUs this
     process may use (affinity, capped by a cgroup quota: a pod limited to 2 CPUs on a 64-core node
     must not run 64 threads)."""
-    if threads is not None:
-        n = threads
-    else:
-        try:
-            n = len(os.sched_getaffinity(0))
-        except AttributeError:  # no sched_getaffinity (macOS)
-            n = os.cpu_count() or 1
-        q = cpu_quota()
-        if q:
-            n = min(n, q)
-    n = max(1, n)
+    n = max(1, threads if threads is not None else available_cpus())
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
