@@ -545,6 +545,33 @@ def _make_emulator_class():
                 r["shortNames"] = r["shortNames"] or kubectl_api.SHORT_NAMES.get(r["name"], [])
             return payload
 
+        async def _serve_watch(self, request):  # type: ignore[override]
+            """kmock's watch plus field selectors and, for ``sendInitialEvents=true`` (client-go's
+            streaming list, used by ``kubectl delete``/``wait``), the BOOKMARK that ends the initial events."""
+            yield b""
+            selector = request.params.get("fieldSelector", "")
+            res = request.resource
+            check = self._KubernetesEmulator__check  # kmock's own namespace/name filter
+
+            def wanted(event):
+                return not selector or kubectl_api.field_selector_match(event.get("object") or {}, selector)
+
+            async with self._lock:
+                objs = [o for o in self._KubernetesEmulator__get_objs(request, strict=False) if not o.deleted]
+                initial = [{"type": "ADDED", "object": o.raw} for o in objs]
+            for event in initial:
+                if wanted(event):
+                    yield event
+            if request.params.get("sendInitialEvents") == "true":
+                kind = self.resources[res].kind if res in self.resources else ""
+                yield {"type": "BOOKMARK", "object": {
+                    "kind": kind, "apiVersion": f"{res.group}/{res.version}" if res.group else res.version,
+                    "metadata": {"resourceVersion": str(self.api._rv), "annotations": {"k8s.io/initial-events-end": "true"}}}}
+            async for event in self._buses[res]:
+                meta = (event.get("object") or {}).get("metadata") or {}
+                if check(request, res, meta.get("namespace"), meta.get("name"), strict=False) and wanted(event):
+                    yield event
+
         def _for_kubectl(self, request, res, action, response):
             """Typed lists, field selectors and (on ``Accept: ...;as=Table``) Tables, as kubectl expects."""
             import aiohttp.web
