@@ -7,6 +7,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from typing import NoReturn
 
 from looptool import __version__
 
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
     """Bad arguments end in one line naming the argument (no usage block): the same shape as every
     other bad-input error. Sub-parsers inherit the class."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
