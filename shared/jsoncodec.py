@@ -43,6 +43,7 @@ _STD_DECODE = json.JSONDecoder().decode
 _orjson_dumps: Callable[..., bytes] = orjson.dumps
 _orjson_loads: Callable[[bytes | str], Any] = orjson.loads
 _dumps_fast = functools.partial(orjson.dumps, option=_OPTIONS)
+_LINE_BREAK = orjson.Fragment(b"\n")  # a raw newline between values in one orjson.dumps call
 _SMALL_FLOAT = re.compile(rb"\de-")  # (with "0.0000") where orjson writes a float below 1e-4 differently
 # An integer orjson may read as a float (beyond 64 bits) has 19+ digits. Found by mapping every
 # digit to "0" and looking for 19 of them: much faster than a regular expression over a part.
@@ -87,19 +88,24 @@ def dumps_lines(values: Iterable[Any]) -> bytes:
     values = values if isinstance(values, list) else list(values)
     if not values:
         return b""
+    # One orjson call for the whole batch (a third cheaper than one call per value): the values
+    # interleaved with a raw newline fragment come out as ``[v1,\n,v2,\n,...,vn,\n]``. Compact
+    # JSON never holds a raw newline (strings escape it), so ``,\n,`` only ever separates values.
+    interleaved: list[Any] = [_LINE_BREAK] * (2 * len(values))
+    interleaved[::2] = values
     try:
-        encoded = list(map(_dumps_fast, values))  # map + partial: no Python step per value
+        out = _orjson_dumps(interleaved, option=_OPTIONS)
     except orjson.JSONEncodeError:  # some value orjson refuses: value by value
         encoded = [dumps(v) for v in values]
         encoded.append(b"")
         return b"\n".join(encoded)
+    encoded = out[1:-3].split(b",\n,")
+    if len(encoded) != len(values):  # an orjson.Fragment among the values: value by value
+        encoded = list(map(_dumps_fast, values))
+    if _suspect(out):  # checked once per batch (fast substring search); then value by value
+        encoded = [_std_dumps(v) if _suspect(e) else e for v, e in zip(values, encoded)]
     encoded.append(b"")
-    blob = b"\n".join(encoded)
-    if _suspect(blob):  # checked once per batch (fast substring search); then value by value
-        redone = [_std_dumps(v) if _suspect(e) else e for v, e in zip(values, encoded)]
-        redone.append(b"")
-        blob = b"\n".join(redone)
-    return blob
+    return b"\n".join(encoded)
 
 
 def loads(text: bytes | str) -> Any:

@@ -490,7 +490,8 @@ class DatasetWriter:
 
 
 class Dataset:
-    """A committed dataset: its manifest, and streaming record access (one part at a time)."""
+    """A committed dataset: its manifest, and streaming record access (part by part, the next
+    part fetched ahead while the current one is decoded)."""
 
     def __init__(self, store: ObjectStore, prefix: str, manifest: dict[str, Any]):
         self.store, self.prefix, self.manifest = store, prefix.strip("/"), manifest
@@ -515,15 +516,36 @@ class Dataset:
 
     def _parts(self) -> Iterator[tuple[str, _Part]]:
         """Each part's key and the part, checked against the manifest before it is handed out;
-        after the last part, the content hash and record count of the whole dataset too."""
+        after the last part, the content hash and record count of the whole dataset too.
+
+        The next part is fetched and checked by a background thread while the caller decodes the
+        current one (the socket reads and hashlib release the GIL), so at most two parts are in
+        memory. The thread checks parts strictly in order and feeds the content hash as it goes;
+        a damaged part is still reported when the caller reaches it, before any of its records."""
         m, h = self.manifest, RecordHasher()
-        for entry in m["parts"]:
-            rel = entry["key"]
-            part = _checked_part(self.store, f"{self.prefix}/{rel}", m["format"], entry["sha256"], entry["records"])
-            if isinstance(part, str):
-                raise DatasetCorrupt(self.uri, f"part {rel}", part)
-            h.update_lines(part.lines, part.count)
-            yield rel, part
+        entries: list[dict[str, Any]] = m["parts"]
+
+        def fetch(entry: dict[str, Any]) -> _Part | str:
+            part = _checked_part(self.store, f"{self.prefix}/{entry['key']}", m["format"], entry["sha256"], entry["records"])
+            if not isinstance(part, str):
+                h.update_lines(part.lines, part.count)  # one worker, parts submitted in order
+            return part
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="looptool-prefetch") if len(entries) > 1 else None
+        try:
+            ahead: Future[_Part | str] | None = pool.submit(fetch, entries[0]) if pool else None
+            for i, entry in enumerate(entries):
+                if ahead is None:
+                    part = fetch(entry)
+                else:
+                    part = ahead.result()
+                    ahead = pool.submit(fetch, entries[i + 1]) if pool and i + 1 < len(entries) else None
+                if isinstance(part, str):
+                    raise DatasetCorrupt(self.uri, f"part {entry['key']}", part)
+                yield entry["key"], part
+        finally:
+            if pool is not None:  # a caller that stops early: drop the part fetched ahead
+                pool.shutdown(wait=False, cancel_futures=True)
         if h.hexdigest() != m["content_hash"] or h.count != m["record_count"]:
             raise DatasetCorrupt(
                 self.uri,

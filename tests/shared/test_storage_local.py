@@ -456,11 +456,11 @@ def test_reads_stream_part_by_part(tmp_path, fmt):
     it = ds.iter_dicts()
     assert next(it) == {"i": 0}
     parts_opened = [k for k in store.opened if "/parts/" in k]
-    assert len(parts_opened) == 1  # only the first of ten parts is open
+    assert 1 <= len(parts_opened) <= 2  # the first of ten parts, and at most the next one fetched ahead
     assert not [k for k in store.fetched if "/parts/" in k]  # parts are streamed, not fetched whole
     for _ in range(150):
         next(it)
-    assert len([k for k in store.opened if "/parts/" in k]) == 2
+    assert 2 <= len([k for k in store.opened if "/parts/" in k]) <= 3
     it.close()
 
 
