@@ -184,8 +184,11 @@ _READ_CHUNK = 4 << 20
 
 
 def _read_all(raw: BinaryIO) -> bytes:
-    """A stream's bytes in 4 MiB reads: ``read()`` without a size reads a raw stream 8 KiB at a
-    time, and each read of an S3 response costs a trip through urllib3."""
+    """A stream's bytes: in one read where the stream reads whole objects at once (files, whose
+    size is known; S3 responses, whose ``readall`` reads the body in one go), else in 4 MiB reads
+    (``read()`` of a plain raw stream goes 8 KiB at a time)."""
+    if isinstance(raw, (io.BufferedReader, io.FileIO)):
+        return raw.read()
     chunks = []
     while chunk := raw.read(_READ_CHUNK):
         chunks.append(chunk)

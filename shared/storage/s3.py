@@ -236,6 +236,14 @@ class _ResponseReader(io.RawIOBase):
         b[:n] = data
         return n
 
+    def readall(self) -> bytes:
+        """The rest of the body in one read (urllib3 reads Content-Length bytes into one buffer);
+        ``RawIOBase.readall`` would go 8 KiB at a time, copying each chunk twice."""
+        try:
+            return self._resp.read()
+        except _NET_ERRORS as exc:
+            raise self._store._wrap(self._key, exc) from exc
+
     def close(self) -> None:
         if not self.closed:
             try:
