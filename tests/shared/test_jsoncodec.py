@@ -101,6 +101,22 @@ def test_random_values_are_byte_identical():
     assert jsoncodec.dumps_lines(records) == b"".join(stdlib(r) + b"\n" for r in records)
 
 
+def test_batched_lines_match_value_by_value():
+    """dumps_lines encodes a batch in one orjson call and splits it at the newline fragments:
+    separators inside strings, top-level scalars, a value orjson refuses and a NaN in the batch
+    must all come out as one stdlib line per value."""
+    batches = [
+        [{"s": ",\n,"}, {"s": "a,\n,b", ",\n,": [",", "\n"]}],
+        [",\n,", [], {}, None, 0, -1.5, "x", [{"a": ",\n,"}]],
+        [{"only": 1}],
+        [{"i": 1}, {"big": 2**70}, {"i": 2}],  # orjson refuses the big int: the whole batch value by value
+        [{"i": 1}, {"nan": float("nan")}, {"tiny": 1e-7}, {"i": 2}],  # suspect values redone by the stdlib
+    ]
+    for values in batches:
+        assert jsoncodec.dumps_lines(values) == b"".join(stdlib(v) + b"\n" for v in values), values
+    assert jsoncodec.dumps_lines([]) == b""
+
+
 def test_many_random_floats_are_byte_identical():
     rng = random.Random(7)
     xs = [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(20000)]
