@@ -88,24 +88,34 @@ def dumps_lines(values: Iterable[Any]) -> bytes:
     values = values if isinstance(values, list) else list(values)
     if not values:
         return b""
-    # One orjson call for the whole batch (a third cheaper than one call per value): the values
-    # interleaved with a raw newline fragment come out as ``[v1,\n,v2,\n,...,vn,\n]``. Compact
-    # JSON never holds a raw newline (strings escape it), so ``,\n,`` only ever separates values.
+    encoded: list[bytes] = []
+    for i in range(0, len(values), _BATCH):
+        encoded += _encode_batch(values[i : i + _BATCH])
+    encoded.append(b"")
+    return b"\n".join(encoded)
+
+
+# Values per orjson call: few calls (each costs far less than one per value), yet each short
+# enough (a few ms) that a thread waiting for the GIL, e.g. a writer's upload, is not held up long.
+_BATCH = 1024
+
+
+def _encode_batch(values: list[Any]) -> list[bytes]:
+    """The canonical JSON of each value. One orjson call for the whole batch: the values
+    interleaved with a raw newline fragment come out as ``[v1,\n,v2,\n,...,vn,\n]``; compact JSON
+    never holds a raw newline (strings escape it), so ``,\n,`` only ever separates values."""
     interleaved: list[Any] = [_LINE_BREAK] * (2 * len(values))
     interleaved[::2] = values
     try:
         out = _orjson_dumps(interleaved, option=_OPTIONS)
     except orjson.JSONEncodeError:  # some value orjson refuses: value by value
-        encoded = [dumps(v) for v in values]
-        encoded.append(b"")
-        return b"\n".join(encoded)
+        return [dumps(v) for v in values]
     encoded = out[1:-3].split(b",\n,")
     if len(encoded) != len(values):  # an orjson.Fragment among the values: value by value
         encoded = list(map(_dumps_fast, values))
     if _suspect(out):  # checked once per batch (fast substring search); then value by value
         encoded = [_std_dumps(v) if _suspect(e) else e for v, e in zip(values, encoded)]
-    encoded.append(b"")
-    return b"\n".join(encoded)
+    return encoded
 
 
 def loads(text: bytes | str) -> Any:

@@ -184,10 +184,10 @@ _READ_CHUNK = 4 << 20
 
 
 def _read_all(raw: BinaryIO) -> bytes:
-    """A stream's bytes: in one read where the stream reads whole objects at once (files, whose
-    size is known; S3 responses, whose ``readall`` reads the body in one go), else in 4 MiB reads
-    (``read()`` of a plain raw stream goes 8 KiB at a time)."""
-    if isinstance(raw, (io.BufferedReader, io.FileIO)):
+    """A stream's bytes: in one read from a buffered stream (a file reads its known size at once,
+    an S3 response's ``readall`` the whole body), else in 4 MiB reads (``read()`` of a plain raw
+    stream would go 8 KiB at a time)."""
+    if isinstance(raw, (io.BufferedIOBase, io.FileIO)):
         return raw.read()
     chunks = []
     while chunk := raw.read(_READ_CHUNK):
