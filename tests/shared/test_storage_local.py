@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support.waiting import wait_for
 
 from looptool.shared.records import DatasetRef, Message, Sample, Tool, ToolCall, canonical_json
 from looptool.shared.storage import (
@@ -462,6 +463,32 @@ def test_reads_stream_part_by_part(tmp_path, fmt):
         next(it)
     assert 2 <= len([k for k in store.opened if "/parts/" in k]) <= 3
     it.close()
+
+
+class BrokenPartStore(LocalStore):
+    """Fails reading one part the way an unreachable store does (not a data problem)."""
+
+    def open_read(self, key):
+        if key.endswith(".jsonl") and "/part-00002-" in key:
+            raise StorageError(f"{self.uri(key)}: store unreachable")
+        return super().open_read(key)
+
+
+def test_part_fetched_ahead_reports_in_order_and_stops_with_the_reader(tmp_path):
+    store = BrokenPartStore(tmp_path / "s")
+    w = DatasetWriter(store, "ahead", part_size=10)
+    w.write_many({"i": i} for i in range(40))
+    w.commit()
+    got = []
+    with pytest.raises(StorageError, match="store unreachable"):
+        for rec in open_dataset_at(store, "ahead").iter_dicts():
+            got.append(rec["i"])
+    assert got == list(range(20))  # parts 0 and 1 whole, then the error of part 2 (fetched ahead)
+    it = open_dataset_at(store, "ahead").iter_dicts()
+    assert next(it) == {"i": 0}
+    it.close()  # a reader that stops early: the thread fetching ahead ends
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("looptool-prefetch")],
+             what="prefetch threads to end")  # fmt: skip
 
 
 def test_verify_detects_corruption(store: LocalStore):
