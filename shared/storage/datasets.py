@@ -212,8 +212,8 @@ class _Part:
 
 
 def _checked_part(store: ObjectStore, key: str, fmt: str, sha256: str, records: int | None) -> _Part | str:
-    """Fetch a part whole (one part at a time, so that its bytes are checked before any of its
-    records is used) and check it: its canonical lines hash to ``sha256`` (or start with it: the
+    """Fetch a part whole (so that its bytes are checked before any of its records is used) and
+    check it: its canonical lines hash to ``sha256`` (or start with it: the
     short hash in a part's name) and hold ``records`` records. Returns the part, or what is wrong
     with it, as a phrase. Errors of the store itself (unreachable, denied) propagate: they say
     nothing about the data."""
