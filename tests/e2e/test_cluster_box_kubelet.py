@@ -22,9 +22,15 @@ ROUND = {"apiVersion": "looptool.io/v1alpha1", "kind": "LoopRound",
                   "training": {"backend": "cpu", "gpus": 0}}}
 
 
-def _job(name: str, exit_code: int, backoff_limit: int) -> dict:
+MISSING = "registry.invalid/looptool/no-such-trainer:0"
+
+
+def _job(name: str, exit_code: int, backoff_limit: int, image: str = "") -> dict:
     r = LoopRound.model_validate(ROUND)
-    cfg = TrainerJobSettings(backoffLimit=backoff_limit, workVolume={"persistent": False}, metricsPort=0, shmSize="")
+    cfg = TrainerJobSettings(backoffLimit=backoff_limit, workVolume={"persistent": False}, metricsPort=0, shmSize="",
+                             allowedImages=[MISSING])
+    if image:
+        r.spec.resources.trainerImage = image
     job = training_job({**ROUND, "metadata": {**ROUND["metadata"], "name": name, "uid": f"u-{name}"}}, r.spec, {"run_id": name}, cfg)
     pod = job["spec"]["template"]["spec"]
     pod["volumes"] = [v for v in pod["volumes"] if "configMap" not in v]  # no request ConfigMap here
@@ -46,7 +52,8 @@ def test_failure_policy_of_the_operators_job():
 def kubelet(tmp_path_factory):
     api = FakeKubeApiProcess()
     api.start()
-    k = LocalKubelet(api, ["default"], tmp_path_factory.mktemp("kubelet"), interval=0.1, retry_delay=0.1)
+    k = LocalKubelet(api, ["default"], tmp_path_factory.mktemp("kubelet"), interval=0.1, retry_delay=0.1,
+                     images=(TrainerJobSettings().image,))
     k.start()
     try:
         yield api
@@ -96,3 +103,18 @@ def test_a_deleted_job_loses_its_pods(kubelet):
     assert _pods(kubelet, "gone")
     kubelet.delete("batch/v1", "jobs", "gone")
     wait_for(lambda: not _pods(kubelet, "gone"), timeout=30, what="the deleted Job's pods to go")
+
+
+def test_a_job_whose_image_is_missing_stays_active_with_its_pod_waiting_on_the_pull(kubelet):
+    kubelet.create("batch/v1", "jobs", _job("noimage", 0, 1, image=MISSING))
+
+    def backing_off():
+        pods = _pods(kubelet, "noimage")
+        waiting = [((p["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting", {}) for p in pods]
+        return pods if waiting and waiting[-1].get("reason") == "ImagePullBackOff" else None
+
+    (pod,) = wait_for(backing_off, timeout=30, what="the pod to back off pulling its image")
+    assert pod["status"]["phase"] == "Pending"
+    assert f'Back-off pulling image "{MISSING}"' in pod_failure_details([pod])
+    job = kubelet.get("batch/v1", "jobs", "noimage")
+    assert job_outcome(job)[0] == "Running" and job["status"]["active"] == 1 and job["status"]["ready"] == 0

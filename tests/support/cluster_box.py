@@ -20,7 +20,8 @@ What runs, all on loopback:
 - optionally Prometheus, its scrape config translated from the chart's ServiceMonitor and PodMonitor
   (:func:`prometheus_config`).
 
-What differs from a real cluster: no images (processes run from this checkout's virtualenv; pod and
+What differs from a real cluster: no images (processes run from this checkout's virtualenv, which
+plays the chart's trainer image; any other image fails to pull unless ``podman image exists`` finds it; pod and
 container security contexts, resources, node selectors and tolerations are not applied); container
 ports are mapped to free loopback ports and the args/env/URLs naming them are rewritten; the operator
 gets ``--api-url`` (in a cluster it uses its ServiceAccount; there is no RBAC); Deployments and
@@ -304,6 +305,7 @@ class JobState:
     next_start: float = 0.0
     done: bool = False
     pods: list[str] = field(default_factory=list)
+    image_missing: str = ""  # the pod waits for this image (ErrImagePull, then ImagePullBackOff)
 
 
 def failure_policy_action(job: dict[str, Any], container: str, exit_code: int) -> tuple[str, int]:
@@ -324,9 +326,12 @@ class LocalKubelet(threading.Thread):
     """The kubelet and the Job controller for the Jobs in ``namespaces`` (see the module docstring)."""
 
     def __init__(self, api: FakeKubeApiProcess, namespaces: list[str], root: Path, pod_monitor: dict[str, Any] | None = None,
-                 file_sd: Path | None = None, interval: float = 0.3, retry_delay: float = 1.0):
+                 file_sd: Path | None = None, interval: float = 0.3, retry_delay: float = 1.0, images: tuple[str, ...] = ()):
         super().__init__(name="local-kubelet", daemon=True)
         self.api, self.namespaces, self.root = api, namespaces, root
+        # The images this node can run: the chart's (the local checkout plays it), plus any the local
+        # podman holds. Any other image fails to pull, as on a node whose registry lacks it.
+        self.images = set(images)
         self.pod_monitor, self.file_sd = pod_monitor, file_sd
         self.interval, self.retry_delay = interval, retry_delay
         self.jobs: dict[str, JobState] = {}
@@ -379,11 +384,17 @@ class LocalKubelet(threading.Thread):
         if st.done or spec.get("suspend"):
             return
         pod = st.pod
+        deadline = spec.get("activeDeadlineSeconds")
+        if pod is None and st.image_missing:
+            if deadline and time.monotonic() - st.started > deadline:
+                self._finish(job, st, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+            elif time.monotonic() >= st.next_start:
+                self._retry_pull(job, st)
+            return
         if pod is None:
             if time.monotonic() >= st.next_start:
                 self._start_pod(job, st)
             return
-        deadline = spec.get("activeDeadlineSeconds")
         if deadline and time.monotonic() - st.started > deadline and pod.proc and pod.proc.poll() is None:
             pod.stop(grace=float((spec.get("template") or {}).get("spec", {}).get("terminationGracePeriodSeconds", 30)))
             self._finish(job, st, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
@@ -407,13 +418,19 @@ class LocalKubelet(threading.Thread):
         st.pods.append(name)
         st.pod_name = name
         cname = tmpl["spec"]["containers"][0]["name"]
+        image = tmpl["spec"]["containers"][0].get("image") or ""
+        if not self.image_present(image):  # the pod waits for its image, the Job stays active (not ready)
+            st.image_missing, st.started = image, time.monotonic()
+            self._pull_failed(job, st, cname, "ErrImagePull",
+                              f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found')
+            return
         proc = PodProcess(self.api, st.namespace, name, tmpl["spec"], self.root / "pods" / st.namespace / name, self.root / "claims")
         try:
             proc.start()
         except PodSetupError as exc:  # the pod waits (as a real one would), the Job stays active
             self._pod_status(st, {"phase": "Pending", "containerStatuses": [
                 {"name": cname, "ready": False, "restartCount": 0, "state": {"waiting": {"reason": exc.reason, "message": exc.message}}}]})
-            self._job_status(job, st, active=1)
+            self._job_status(job, st, active=1, ready=0)
             st.next_start = float("inf")
             return
         st.pod, st.started = proc, time.monotonic()
@@ -423,6 +440,38 @@ class LocalKubelet(threading.Thread):
         self._job_status(job, st, active=1)
         if self.on_pod_started is not None:
             self.on_pod_started(st)
+
+    def image_present(self, image: str) -> bool:
+        if image in self.images:
+            return True
+        podman = shutil.which("podman")
+        if podman is None or not image:
+            return False
+        found = subprocess.run([podman, "image", "exists", image], capture_output=True, timeout=30).returncode == 0
+        if found:
+            self.images.add(image)
+        return found
+
+    def _pull_failed(self, job: dict[str, Any], st: JobState, cname: str, reason: str, message: str) -> None:
+        self._pod_status(st, {"phase": "Pending", "containerStatuses": [
+            {"name": cname, "ready": False, "restartCount": 0, "image": st.image_missing,
+             "state": {"waiting": {"reason": reason, "message": message}}}]})
+        self._job_status(job, st, active=1, ready=0)
+        st.next_start = time.monotonic() + self.retry_delay
+
+    def _retry_pull(self, job: dict[str, Any], st: JobState) -> None:
+        """Back off and pull again, as the kubelet does (ErrImagePull, ImagePullBackOff, ...); once
+        the image is there (podman pulled it meanwhile) the waiting pod is dropped and a new one runs."""
+        cname = spec_template(job)["spec"]["containers"][0]["name"]
+        if self.image_present(st.image_missing):
+            try:
+                self.api.delete("v1", "pods", st.pod_name, st.namespace)
+            except FakeApiError:
+                pass
+            st.image_missing = ""
+            self._start_pod(job, st)
+            return
+        self._pull_failed(job, st, cname, "ImagePullBackOff", f'Back-off pulling image "{st.image_missing}"')
 
     def _pod_exited(self, job: dict[str, Any], st: JobState, rc: int) -> None:
         pod = st.pod
@@ -463,8 +512,8 @@ class LocalKubelet(threading.Thread):
     def _pod_status(self, st: JobState, status: dict[str, Any]) -> None:
         self.api.patch("v1", "pods", st.pod_name, {"status": status}, st.namespace, sub="status")
 
-    def _job_status(self, job: dict[str, Any], st: JobState, active: int, **extra: Any) -> None:
-        status = {"active": active, "ready": active, "failed": st.failed, "succeeded": st.succeeded,
+    def _job_status(self, job: dict[str, Any], st: JobState, active: int, ready: int | None = None, **extra: Any) -> None:
+        status = {"active": active, "ready": active if ready is None else ready, "failed": st.failed, "succeeded": st.succeeded,
                   "startTime": (job.get("status") or {}).get("startTime") or _now(), **extra}
         try:
             self.api.patch("batch/v1", "jobs", st.name, {"status": status}, st.namespace, sub="status")
@@ -665,7 +714,10 @@ class ClusterBox:
 
         file_sd = self.workdir / "prometheus" / "trainer-pods.json"
         file_sd.parent.mkdir(parents=True, exist_ok=True)
-        self.kubelet = LocalKubelet(self.api, self.namespaces, self.workdir / "kubelet", chart.of_kind("PodMonitor")[0], file_sd)
+        # The chart's trainer image is the one this checkout plays; a round naming another allowed image
+        # waits for it (ErrImagePull / ImagePullBackOff) unless the local podman has it.
+        self.kubelet = LocalKubelet(self.api, self.namespaces, self.workdir / "kubelet", chart.of_kind("PodMonitor")[0], file_sd,
+                                    images=(settings["trainer"]["image"],))
         self.kubelet.start()
         if self.want_prometheus:
             self._start_prometheus(file_sd)
