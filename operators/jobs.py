@@ -311,6 +311,26 @@ def job_outcome(job: dict[str, Any]) -> tuple[str, str, str]:
     return "Running", "", ""
 
 
+# Waiting reasons of a container whose image cannot be had: the kubelet retries for ever, the Job
+# stays active, so nothing fails unless the operator says so.
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+def image_pull_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(waiting reason, one line naming the pod, image and kubelet message) of the first training pod
+    stuck on its image, else None."""
+    for pod in pods:
+        name = pod.get("metadata", {}).get("name", "?")
+        images = {c.get("name"): c.get("image", "") for c in (pod.get("spec") or {}).get("containers") or []}
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            w = (cs.get("state") or {}).get("waiting") or {}
+            if w.get("reason") in IMAGE_PULL_REASONS:
+                image = cs.get("image") or images.get(cs.get("name"), "?")
+                return w["reason"], (f"pod {name} cannot pull trainer image {image!r}: {w['reason']}: {w.get('message', '')}".strip()
+                                     + "; check training.image / spec.resources.trainerImage and imagePullSecrets")
+    return None
+
+
 def pod_failure_details(pods: list[dict[str, Any]]) -> str:
     """The most telling reason a training pod did not run: a waiting reason (ImagePullBackOff,
     Unschedulable) or the trainer's termination reason/exit code/message."""

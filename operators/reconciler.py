@@ -178,6 +178,7 @@ class RoundReconciler:
         self._last_invalid = ""
         self._last_model_problem = ""
         self._last_pod_check = 0.0
+        self._image_pull: tuple[str, str] | None = None  # (reason, message) while the trainer pod cannot pull its image
         self._rayjobs_served = False  # KubeRay's RayJob API was found (checked until it is)
         self._stopped: Any = None
 
@@ -569,8 +570,18 @@ class RoundReconciler:
                 settled = bool(js.get("ready"))
             if time.monotonic() - self._last_pod_check > cfg.pollSeconds * 2 and not settled:
                 self._last_pod_check = time.monotonic()
-                details = jobs_.pod_failure_details(await self._pods(name, multi))
+                pods = await self._pods(name, multi)
+                details = jobs_.pod_failure_details(pods)
                 st.message = f"{label} {name}" + (f": {details}" if details else "")
+                pull = jobs_.image_pull_problem(pods)
+                if pull is not None and self._image_pull is None:  # once per stuck spell (the reason flips on each retry)
+                    await self.event("Warning", "TrainerImagePullFailed", f"training {kind} {name}: {pull[1]}")
+                self._image_pull = pull
+            elif settled:
+                self._image_pull = None
+            if self._image_pull is not None:
+                # The Job stays active while the kubelet retries the pull: say why the round is not training.
+                self.status.set_condition("Ready", False, self._image_pull[0], f"train: {label} {name}: {self._image_pull[1]}")
             self.status.progress = progress
             await self.write()
             return cfg.pollSeconds

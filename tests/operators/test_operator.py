@@ -212,6 +212,39 @@ def test_failed_job_fails_the_round_with_a_reason(api, executor):
     assert any(t == "Warning" and r == "RoundFailed" for t, r, _ in events(api, "r3"))
 
 
+def test_a_pod_that_cannot_pull_its_image_gives_the_round_a_condition_while_the_job_stays_active(api, executor):
+    with operator(api, executor):
+        api.create(*LR, loopround("ip1"))
+        job = wait_for(lambda: jobs_of(api, "ip1"), what="training Job")[0]
+        name = job["metadata"]["name"]
+        # The kubelet's view: the image is not in the registry; it backs off and retries, the Job stays active.
+        api.create("v1", "pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-p1x2q", "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
+            "spec": {"containers": [{"name": "trainer", "image": TRAINER_IMAGE}]},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "ready": False, "image": TRAINER_IMAGE, "state": {
+                "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{TRAINER_IMAGE}"'}}}]},
+        })
+        api.patch(*JOBS, name, {"status": {"active": 1, "ready": 0}}, sub="status")
+        st = wait_for(lambda: status(api, "ip1") if condition(status(api, "ip1"), "Ready")["reason"] == "ImagePullBackOff" else None,
+                      what="the image pull condition")
+        ready = condition(st, "Ready")
+        assert ready["status"] == "False" and TRAINER_IMAGE in ready["message"] and name in ready["message"], ready
+        assert st["phase"] == "Training" and st["stages"]["train"]["state"] == "Running"
+        wait_for(lambda: [m for t, r, m in events(api, "ip1") if t == "Warning" and r == "TrainerImagePullFailed" and TRAINER_IMAGE in m],
+                 what="TrainerImagePullFailed Event")
+
+        # The image arrives (pushed, or the pull secret fixed): the pod runs, the condition clears.
+        api.patch("v1", "pods", f"{name}-p1x2q", {"status": {"phase": "Running", "containerStatuses": [
+            {"name": "trainer", "ready": True, "image": TRAINER_IMAGE, "state": {"running": {}}}]}}, sub="status")
+        api.patch(*JOBS, name, {"status": {"active": 1, "ready": 1}}, sub="status")
+        wait_for(lambda: condition(status(api, "ip1"), "Ready")["reason"] == "InProgress", what="the condition to clear")
+        finish_job(api, job)
+        wait_for(phase_is(api, "ip1", "Succeeded", "Failed"), what="terminal phase")
+    assert status(api, "ip1")["phase"] == "Succeeded"
+    assert len([r for _, r, _ in events(api, "ip1") if r == "TrainerImagePullFailed"]) == 1
+
+
 def test_invalid_spec_yields_a_condition_not_a_crash(api, executor):
     # Passes the CRD schema (one field at a time is fine) but not the semantic checks.
     bad = loopround("bad", toolset={"uri": "s3://looptool/toolsets/a", "file": "/tools.json"})
