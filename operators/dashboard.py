@@ -183,8 +183,16 @@ def build() -> dict[str, Any]:
     b.panel("Tokens/s", [(f"sum by (phase) (looptool_trainer_tokens_per_second{{{NS}}})", "{{phase}}")], w=6)
     b.panel("Rollout share of step", [(f"avg(looptool_trainer_generation_share{{{NS}}})", "generation")], w=6, unit="percentunit")
     b.panel("Step time p50", [(quantile(0.5, "looptool_trainer_step_seconds", "phase"), "{{phase}}")], w=6, unit="s")
-    b.panel("Training runs", [(increase("looptool_trainer_runs_total", "state"), "{{state}}"),
-                              (f"sum(looptool_trainer_runs_active{{{NS}}})", "active")], kind="stat", w=6)
+    # A trainer Job counts its run just before its process exits, so Prometheus rarely scrapes that
+    # count; the operator, which sees every Job end, counts Job runs (event -> state), and the
+    # trainer service's own counter (series without a `round` label: not a Job pod) adds local runs.
+    job_runs = (f'label_replace(increase(looptool_operator_training_jobs_total{{{NS}, event=~"succeeded|failed"}}[$__range]), '
+                '"state", "$1", "event", "(.*)")')
+    service_runs = f'increase(looptool_trainer_runs_total{{{NS}, round=""}}[$__range])'
+    b.panel("Training runs", [(f"sum by (state) ({job_runs} or {service_runs})", "{{state}}"),
+                              (f"sum(looptool_trainer_runs_active{{{NS}}})", "active")], kind="stat", w=6,
+            description="Training runs that ended in the time range by state: trainer Jobs as the operator saw them end, "
+                        "and the trainer service's runs (looptool run); active: runs in progress.")
 
     # ------------------------------------------------------------------ services
     b.row("gRPC services")

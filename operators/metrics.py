@@ -24,6 +24,8 @@ class OperatorMetrics:
         self.stage_seconds = histogram("operator", "stage_duration_seconds", "Wall time of finished stages", ["stage"], buckets=STAGE_BUCKETS)
         self.stage_failures = counter("operator", "stage_failures", "Failed stage attempts by stage and reason", ["stage", "reason"])
         self.jobs = counter("operator", "training_jobs", "Training Jobs by event (created, succeeded, failed)", ["event"])
+        for event in ("created", "succeeded", "failed"):  # exported at 0 from the start: increase() then counts the first one
+            self.jobs.labels(event)
         self.rounds = counter("operator", "rounds_finished", "LoopRounds reaching a terminal phase", ["phase"])
         self.invalid = counter("operator", "invalid_specs", "LoopRound specs rejected by validation")
 

@@ -65,11 +65,12 @@ NS, FAULTS = "looptool", "faults"
 # Queries that have data only when something goes wrong or with a backend this box does not run:
 # failures, errors, rejections, retries (the remote OpenAI-compatible backend), invalid specs.
 ONLY_ON_TROUBLE = re.compile(r"failures|errors_total|code!=\"OK\"|rejections|rejected|remote_retries|invalid_specs")
-# On Kubernetes the operator trains in Jobs: the trainer *service* (for `looptool run`) gets no RPC.
-# KNOWN GAP: the trainer Job increments looptool_trainer_runs_total{state} just before its process
-# exits, so a scrape (every 30 s in the chart) rarely sees it, and increase() needs two samples of the
-# series: the "Training runs" count panel has no data for Job runs (reported; not fixed here).
-NOT_ON_KUBERNETES = re.compile(r"looptool_trainer_rpc_|looptool_trainer_runs_total")
+# On Kubernetes the operator trains in Jobs: the trainer *service* (for `looptool run`) gets no RPC, so
+# its looptool_trainer_rpc_* series do not exist here; the test checks those queries stay empty (an
+# exclusion that no longer holds fails). The "Training runs" panel counts Job runs from the operator.
+NOT_ON_KUBERNETES = re.compile(r"looptool_trainer_rpc_")
+# An image no registry has, allowed by the chart's training.allowedImages so a round may name it.
+MISSING_IMAGE = "registry.invalid/looptool/no-such-trainer:0.0"
 
 
 def _apply(box: ClusterBox, name: str, ns: str) -> None:
@@ -85,7 +86,8 @@ def _dataset_hashes(status: dict[str, Any]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
-    with ClusterBox(tmp_path_factory.mktemp("box"), namespace=NS, extra_namespaces=(FAULTS,), prometheus=True) as b:
+    with ClusterBox(tmp_path_factory.mktemp("box"), namespace=NS, extra_namespaces=(FAULTS,), prometheus=True,
+                    values={"training": {"allowedImages": [MISSING_IMAGE]}}) as b:
         b.t0 = time.time()  # type: ignore[attr-defined]
         yield b
 
@@ -161,17 +163,30 @@ def test_every_dashboard_query_returns_data_for_the_stages_that_ran(box, undistu
     """Grafana's view: each panel query over the run's time range (as a time-series panel asks)."""
     time.sleep(3)  # the last scrape after the round finished
     board = json.loads(dashboard.CHART_DASHBOARD.read_text())
-    empty, checked = [], 0
+    empty, stale, checked = [], [], 0
+    runs: list[dict[str, Any]] = []
     for panel in board["panels"]:
         for t in panel.get("targets", []):
             expr = _concrete(t["expr"])
-            if ONLY_ON_TROUBLE.search(expr) or NOT_ON_KUBERNETES.search(expr):
+            metrics = re.findall(r"looptool_[a-z_]+", expr)
+            if NOT_ON_KUBERNETES.search(expr):
+                if _query_range(box.prometheus_url, expr, box.t0, time.time()):
+                    stale.append(f"{panel['title']}: {metrics} has data, so NOT_ON_KUBERNETES should no longer exclude it")
+                continue
+            if ONLY_ON_TROUBLE.search(expr):
                 continue
             checked += 1
-            if not _query_range(box.prometheus_url, expr, box.t0, time.time()):
-                empty.append(f"{panel['title']}: {re.findall(r'looptool_[a-z_]+', expr)}")
+            result = _query_range(box.prometheus_url, expr, box.t0, time.time())
+            if not result:
+                empty.append(f"{panel['title']}: {metrics}")
+            if panel["title"] == "Training runs" and t["legendFormat"] == "{{state}}":
+                runs = result
     assert checked > 40
     assert not empty, "dashboard panels with no data:\n" + "\n".join(empty)
+    assert not stale, "\n".join(stale)
+    # The undisturbed round's trainer Job, counted by the operator when it saw the Job end.
+    last = {r["metric"].get("state"): float(r["values"][-1][1]) for r in runs}
+    assert last.get("succeeded", 0) >= 1, runs
 
 
 def test_operator_and_trainer_killed_still_give_the_same_hashes(box, undisturbed):
@@ -268,3 +283,32 @@ def test_kubectl_delete_removes_the_job_and_nothing_else(box, undisturbed):
     assert box.object_hashes(data_uri) == objects_before  # datasets and checkpoints stay in S3
     jobs = box.kubectl("get", "jobs").stdout
     assert job not in jobs and _job_of(box, "tiny-r2", NS)["metadata"]["name"] in jobs, jobs
+
+
+def test_a_round_whose_trainer_image_does_not_exist_reports_the_image_pull_failure(box):
+    """The image is allowed (training.allowedImages) but no registry has it: the kubelet backs off
+    pulling, the Job stays active, and the round says why it is not training."""
+    path = box.workdir / "no-image.yaml"
+    path.write_text(ROUND.format(name="no-image").replace("  probe: {maxTokens: 24}\n",
+                                                           f"  probe: {{maxTokens: 24}}\n  resources: {{trainerImage: {MISSING_IMAGE}}}\n")
+                    .replace("numDialogues: 12", "numDialogues: 4"))
+    box.kubectl("apply", "-f", str(path))
+
+    def stuck() -> dict[str, Any] | None:
+        st = (box.round("no-image") or {}).get("status") or {}
+        ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+        return st if ready.get("reason") in ("ErrImagePull", "ImagePullBackOff") else None
+
+    deadline = time.monotonic() + 300
+    while (st := stuck()) is None:
+        assert time.monotonic() < deadline, json.dumps((box.round("no-image") or {}).get("status"))[:3000]
+        time.sleep(1)
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and MISSING_IMAGE in ready["message"], ready
+    assert st["phase"] == "Training", st
+    job = _job_of(box, "no-image", NS)
+    assert job["status"]["active"] == 1 and not job["status"].get("conditions"), job["status"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == MISSING_IMAGE
+    out = box.kubectl("describe", "loopround", "no-image").stdout
+    assert "TrainerImagePullFailed" in out and MISSING_IMAGE in out, out
+    box.kubectl("delete", "loopround", "no-image")
