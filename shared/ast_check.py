@@ -541,18 +541,7 @@ def check(entry: BfclEntry, calls: list[ToolCall] | None) -> tuple[bool, str]:
 
     ``calls`` is ``[]`` for a text answer and ``None`` when the output could not be decoded.
     """
-    if entry.kind == "irrelevance":
-        if calls:
-            return False, f"expected no call, got {len(calls)}"
-        return True, "ok: no call"
-    if entry.kind == "relevance":
-        if calls:
-            return True, "ok: a call was made"
-        return False, "expected a call, got none"
-    if calls is None:
-        return False, "output could not be decoded"
-    decoded = [{c.name: dict(c.arguments)} for c in calls]
-    return check_decoded(entry.functions, decoded, entry.possible_answer, entry.category, entry.language)
+    return check_decoded_output(entry, None if calls is None else [{c.name: dict(c.arguments)} for c in calls])
 
 
 def check_decoded_output(entry: BfclEntry, decoded: list[dict[Any, dict[str, Any]]] | None) -> tuple[bool, str]:

@@ -28,8 +28,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from looptool.commands.run import _UI
-    from looptool.runner import LocalServices, StatusStore, drive_chain, hold_rounds, preflight_rounds
+    from looptool.commands.run import _UI, checked_and_leased
+    from looptool.runner import LocalServices, StatusStore, drive_chain
     from looptool.services.inference.client import InferenceClient
     from looptool.services.toolsim import bfcl_env
     from looptool.shared.limits import check_round_numbers
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
         write_table,
     )
     from looptool.shared.loop.chain import round_base_uri
-    from looptool.shared.loop.lease import LeaseHeld
     from looptool.shared.loop.manifest import LoopRound, ManifestError, load_manifests
     from looptool.shared.loop.report import write_report
     from looptool.shared.loop.stages import StageContext
@@ -67,18 +66,9 @@ def run(args: argparse.Namespace) -> int:
     every = [r for chain in chains.values() for r in chain]
     base_uri = round_base_uri(rounds[0], cfg)
     statuses = StatusStore(base_uri, cfg.storage.s3)
-    problems = preflight_rounds(every, cfg, statuses)
-    if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        if len(problems) > 1:
-            print(f"error: {len(problems)} problems in {args.manifest}; nothing was started or written", file=sys.stderr)
-        return 2
-    try:
-        leases = hold_rounds(every, statuses, cfg.storage.s3, wait=args.wait)
-    except LeaseHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    code, leases = checked_and_leased(every, cfg, statuses, args.manifest, wait=args.wait)
+    if leases is None:
+        return code
 
     root = Path(cfg.storage.root).resolve()
     started = time.monotonic()

@@ -11,6 +11,27 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 
+
+def checked_and_leased(rounds, cfg, statuses, manifest: str, *, wait: bool, fresh: bool = False) -> tuple[int, Any]:
+    """``(0, leases)`` once every reference of every round checks out (all problems at once, before
+    anything starts or is written) and this process holds each round's lease (one runner per round:
+    a second runner stops, naming the holder); else ``(exit code, None)`` with the errors printed."""
+    from looptool.runner import hold_rounds, preflight_rounds
+    from looptool.shared.loop.lease import LeaseHeld
+
+    problems = preflight_rounds(rounds, cfg, statuses, fresh=fresh)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if len(problems) > 1:  # one problem stays one line
+            print(f"error: {len(problems)} problems in {manifest}; nothing was started or written", file=sys.stderr)
+        return 2, None
+    try:
+        return 0, hold_rounds(rounds, statuses, cfg.storage.s3, wait=wait)
+    except LeaseHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3, None
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="LoopRound YAML: one round, several (---), or a kind: List; chained in order")
     p.add_argument("--storage-root", default=None, help="local storage directory (default: storage.root)")
@@ -58,12 +79,11 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `configure` stays cheap for every other sub-command (cli.py).
     from pathlib import Path
 
-    from looptool.runner import LocalServices, StatusStore, drive_chain, hold_rounds, preflight_rounds
+    from looptool.runner import LocalServices, StatusStore, drive_chain
     from looptool.services.inference.client import InferenceClient
     from looptool.services.toolsim import bfcl_env
     from looptool.shared.limits import check_round_numbers
     from looptool.shared.loop.chain import round_base_uri
-    from looptool.shared.loop.lease import LeaseHeld
     from looptool.shared.loop.manifest import ManifestError, load_manifests
     from looptool.shared.loop.report import write_report
     from looptool.shared.loop.stages import StageContext
@@ -85,19 +105,9 @@ def run(args: argparse.Namespace) -> int:
     statuses = StatusStore(base_uri, cfg.storage.s3)
     # Every reference of every round that will run (toolset, datasets, models, previousRound here or
     # in storage, the store itself, numbers), all problems at once, before anything starts or is written.
-    problems = preflight_rounds(rounds, cfg, statuses, fresh=args.fresh)
-    if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        if len(problems) > 1:  # one problem stays one line
-            print(f"error: {len(problems)} problems in {args.manifest}; nothing was started or written", file=sys.stderr)
-        return 2
-    # One runner per round: a second `looptool run` of these rounds stops here, naming the holder.
-    try:
-        leases = hold_rounds(rounds, statuses, cfg.storage.s3, wait=args.wait)
-    except LeaseHeld as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+    code, leases = checked_and_leased(rounds, cfg, statuses, args.manifest, wait=args.wait, fresh=args.fresh)
+    if leases is None:
+        return code
     if args.fresh:
         for r in rounds:
             statuses.delete(r.name)
