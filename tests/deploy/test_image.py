@@ -198,6 +198,8 @@ def test_cpu_image_serves_toolsim_to_the_host(cpu_image):
     _podman(
         "run", "--detach", "--name", name,
         "--env", "LOOPTOOL_SERVICES__TOOLSIM__HOST=0.0.0.0",
+        # metrics bind to security.metrics_host (127.0.0.1 by default); the chart sets 0.0.0.0 so Prometheus can scrape
+        "--env", "LOOPTOOL_SECURITY__METRICS_HOST=0.0.0.0",
         "--publish", f"127.0.0.1:{grpc_port}:50052", "--publish", f"127.0.0.1:{metrics_port}:9102",
         cpu_image, "serve", "toolsim",
     )  # fmt: skip
