@@ -52,9 +52,10 @@ image:
 	bash images/deps.sh
 	$(PYTHON) images/build.py
 
-# Builds (or reuses) the CPU image and runs toolsim in it with podman (minutes; .ci/run runs it).
+# Builds (or reuses) the CPU image, runs toolsim in it with podman and the cluster box's trainer Job
+# in it (minutes; .ci/run runs it).
 image-test: $(STAMP) image
-	$(PY) -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py
+	$(PY) -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py tests/deploy/test_cluster_box_podman.py
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -201,8 +201,8 @@ def test_operator_and_trainer_killed_still_give_the_same_hashes(box, undisturbed
 
         def later() -> None:
             time.sleep(2.0)
-            if st.pod is not None and st.pod.proc is not None:
-                st.pod.proc.kill()
+            if st.pod is not None:
+                st.pod.kill()  # the process, or the container's (podman kill)
 
         threading.Thread(target=later, daemon=True).start()
 

@@ -53,7 +53,7 @@ def kubelet(tmp_path_factory):
     api = FakeKubeApiProcess()
     api.start()
     k = LocalKubelet(api, ["default"], tmp_path_factory.mktemp("kubelet"), interval=0.1, retry_delay=0.1,
-                     images=(TrainerJobSettings().image,))
+                     images=(TrainerJobSettings().image,), runtime="process")  # the commands are this host's python
     k.start()
     try:
         yield api

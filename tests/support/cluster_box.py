@@ -1,5 +1,5 @@
 """A cluster in a box: the Kubernetes path of LoopTool (``helm install``, ``kubectl apply`` of a LoopRound,
-Grafana per stage) on one machine, with no container runtime and no real Kubernetes.
+Grafana per stage) on one machine, with no real Kubernetes.
 
 What runs, all on loopback:
 
@@ -14,19 +14,22 @@ What runs, all on loopback:
   from their pod templates: command, args, env (Secrets resolved from the API), volumes (ConfigMaps
   read from the API into a directory, emptyDirs as directories) — see :class:`PodProcess`;
 - :class:`LocalKubelet`, which plays the kubelet and the Job controller: it runs every Job's pod
-  template the same way, writes Pod and Job status back (``backoffLimit``, ``podFailurePolicy``,
-  ``activeDeadlineSeconds``), deletes the pods of a deleted Job, and publishes running trainer pods
-  to Prometheus (``file_sd``) the way the chart's PodMonitor selects them;
+  template in the CPU image with podman (:class:`PodContainer`) when podman holds the Job's image built
+  from this checkout (``make image`` up to date; ``runtime="auto"``, the default), else as a process
+  like the Deployments (logging why); it writes Pod and Job status back (``backoffLimit``,
+  ``podFailurePolicy``, ``activeDeadlineSeconds``), deletes the pods of a deleted Job, and publishes
+  running trainer pods to Prometheus (``file_sd``) the way the chart's PodMonitor selects them;
 - optionally Prometheus, its scrape config translated from the chart's ServiceMonitor and PodMonitor
   (:func:`prometheus_config`).
 
-What differs from a real cluster: no images (processes run from this checkout's virtualenv, which
-plays the chart's trainer image; any other image fails to pull unless ``podman image exists`` finds it; pod and
-container security contexts, resources, node selectors and tolerations are not applied); container
-ports are mapped to free loopback ports and the args/env/URLs naming them are rewritten; the operator
-gets ``--api-url`` (in a cluster it uses its ServiceAccount; there is no RBAC); Deployments and
-Services are not objects in the API; SeaweedFS is not the chart's StatefulSet; retries of a failed pod
-back off 1 s (the Job controller: 10 s doubling). More in docs/kubernetes.md ("A cluster in a box").
+What differs from a real cluster: the Deployments, and trainer pods whose image is stale or absent,
+run from this checkout's virtualenv (which plays the chart's image; any other image fails to pull
+unless ``podman image exists`` finds it), without security contexts; resources, node selectors and
+tolerations are never applied; podman runs with ``--network host``; container ports are mapped to
+free loopback ports and the args/env/URLs naming them are rewritten; the operator gets ``--api-url``
+(in a cluster it uses its ServiceAccount; there is no RBAC); Deployments and Services are not objects
+in the API; SeaweedFS is not the chart's StatefulSet; retries of a failed pod back off 1 s (the Job
+controller: 10 s doubling). More in docs/kubernetes.md ("A cluster in a box").
 
 ``python tests/support/cluster_box.py`` (``make cluster-demo``) runs the user's flow and prints what
 kubectl prints; :mod:`tests.e2e.test_cluster_box` asserts it.
@@ -37,6 +40,7 @@ from __future__ import annotations
 import base64
 import copy
 import ctypes
+import importlib.util
 import json
 import os
 import re
@@ -230,20 +234,33 @@ class PodProcess:
                 env[e["name"]] = {"metadata.name": self.name, "metadata.namespace": self.namespace}.get(src["fieldRef"]["fieldPath"], "")
         return env
 
-    def start(self) -> subprocess.Popen:
-        c = self.container
-        for p in c.get("ports") or []:
-            self.port_map.setdefault(int(p["containerPort"]), free_port())
-        mounts: list[tuple[str, str]] = []
+    def _mounts(self) -> list[tuple[str, str, bool]]:
+        """(mountPath, host directory, readOnly) of each volumeMount, the longest mount path first."""
+        mounts: list[tuple[str, str, bool]] = []
         vols = {v["name"]: v for v in self.pod_spec.get("volumes") or []}
-        for m in c.get("volumeMounts") or []:
+        for m in self.container.get("volumeMounts") or []:
             if m["mountPath"] == "/dev/shm":
-                continue  # the host's /dev/shm
+                continue  # the host's /dev/shm (a process) or the container's own (podman)
             vol = vols.get(m["name"])
             if vol is None:
                 raise PodSetupError("FailedMount", f"volumeMount {m['name']}: no such volume")
-            mounts.append((m["mountPath"].rstrip("/"), str(self._volume_dir(vol))))
+            mounts.append((m["mountPath"].rstrip("/"), str(self._volume_dir(vol)), bool(m.get("readOnly"))))
         mounts.sort(key=lambda m: -len(m[0]))  # the longest mount path wins
+        return mounts
+
+    def start(self) -> subprocess.Popen:
+        for p in self.container.get("ports") or []:
+            self.port_map.setdefault(int(p["containerPort"]), free_port())
+        mounts = self._mounts()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.root / f"{self.container['name']}.log"
+        self.proc = self._launch(mounts)
+        return self.proc
+
+    def _launch(self, volume_mounts: list[tuple[str, str, bool]]) -> subprocess.Popen:
+        c = self.container
+        mounts = [(path, local) for path, local, _ in volume_mounts]
+        vols = {v["name"]: v for v in self.pod_spec.get("volumes") or []}
         for vol in vols.values():  # files that name a mount path (config.yaml's model_cache_dir) see the local one
             if "configMap" in vol or "secret" in vol:
                 for f in (self.root / "volumes" / vol["name"]).glob("*"):
@@ -256,12 +273,19 @@ class PodProcess:
         if exe is None:
             raise PodSetupError("CreateContainerError", f"executable {argv[0]!r} not found")
         env = self._env(mounts)
-        self.log_path = self.root / f"{c['name']}.log"
-        self.root.mkdir(parents=True, exist_ok=True)
+        assert self.log_path is not None
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([exe, *argv[1:]], env=env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        return self.proc
+            return subprocess.Popen([exe, *argv[1:]], env=env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def container_status(self) -> dict[str, Any]:
+        """What the pod's containerStatuses say of the runtime (nothing for a process)."""
+        return {}
+
+    def kill(self) -> None:
+        """SIGKILL the container's main process (as an OOM kill or node failure would)."""
+        if self.proc is not None:
+            self.proc.kill()
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -279,6 +303,152 @@ class PodProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# ============================================================================================ podman
+
+RUNTIMES = ("auto", "podman", "process")
+BOX_LABEL = "io.looptool.cluster-box"  # on every container the box runs: its kubelet's root
+
+
+def image_build() -> Any:
+    """images/build.py (not a package): the image reference, its build-inputs hash, podman's settings."""
+    name = "looptool_image_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "images" / "build.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """podman with `make image`'s settings (images/containers.conf: runc, ulimits; its storage)."""
+    return subprocess.run(["podman", *args], env=image_build().container_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def image_current(image: str) -> tuple[bool, str]:
+    """Whether podman holds ``image`` built from this checkout: its build-inputs label equals what
+    images/build.py computes now (an image built before a source edit is stale). Else, why not."""
+    if shutil.which("podman") is None:
+        return False, "podman is not installed (bash images/deps.sh)"
+    build = image_build()
+    label = build.image_label(image, build.INPUTS_LABEL)
+    if label is None:
+        return False, f"podman has no image {image} (make image)"
+    if not label:
+        return False, f"{image} has no {build.INPUTS_LABEL} label: not built by images/build.py"
+    if label != build.inputs_hash():
+        return False, f"{image} is stale: built from other inputs than this checkout (make image)"
+    return True, ""
+
+
+@dataclass
+class PodContainer(PodProcess):
+    """One container of a pod template run by podman in its image: the command and args (the image's
+    entrypoint when the command is empty), env (resolved as :class:`PodProcess` does), each volume's host
+    directory at its mountPath, the pod's user/fsGroup and the container's capabilities,
+    no-new-privileges and read-only root. ``--network host``: the loopback SeaweedFS, Prometheus and
+    services are reachable, and container ports are mapped as for a process (args rewritten)."""
+
+    image: str = ""
+    box_id: str = ""
+    container_id: str = ""
+
+    @property
+    def container_name(self) -> str:  # the kubelet's (dockershim) naming: k8s_<container>_<pod>_<namespace>
+        return f"k8s_{self.container['name']}_{self.name}_{self.namespace}"
+
+    def _security_args(self, mounts: list[tuple[str, str, bool]]) -> list[str]:
+        pod_sc = self.pod_spec.get("securityContext") or {}
+        sc = {**pod_sc, **(self.container.get("securityContext") or {})}
+        args: list[str] = []
+        uid, gid = sc.get("runAsUser"), sc.get("runAsGroup")
+        if uid is not None:
+            args += ["--user", f"{uid}:{gid}" if gid is not None else str(uid)]
+        if sc.get("runAsNonRoot") and uid == 0:
+            raise PodSetupError("CreateContainerConfigError", "container's runAsUser breaks non-root policy")
+        fs_group = pod_sc.get("fsGroup")
+        if fs_group is not None:
+            # The kubelet's fsGroup: writable volumes belong to the group (setgid dirs), a supplementary group.
+            args += ["--group-add", str(fs_group)]
+            writable = {str(self._volume_dir(v)) for v in self.pod_spec.get("volumes") or []
+                        if "emptyDir" in v or "persistentVolumeClaim" in v}
+            for _, local, _ in mounts:
+                if local in writable and os.stat(local).st_gid != int(fs_group):  # OnRootMismatch
+                    for d, dirs, files in os.walk(local):
+                        os.chown(d, -1, int(fs_group))
+                        os.chmod(d, os.stat(d).st_mode | 0o2070)
+                        for f in files:
+                            os.chown(os.path.join(d, f), -1, int(fs_group))
+                            os.chmod(os.path.join(d, f), os.stat(os.path.join(d, f)).st_mode | 0o060)
+        if sc.get("allowPrivilegeEscalation") is False:
+            args += ["--security-opt", "no-new-privileges"]
+        caps = sc.get("capabilities") or {}
+        args += [f"--cap-drop={c}" for c in caps.get("drop") or []] + [f"--cap-add={c}" for c in caps.get("add") or []]
+        if sc.get("readOnlyRootFilesystem"):
+            args.append("--read-only")
+        return args
+
+    def _launch(self, mounts: list[tuple[str, str, bool]]) -> subprocess.Popen:
+        c = self.container
+        # Paths are the container's own (volumes are mounted there): only ports and 0.0.0.0 are rewritten.
+        env = self._env([])
+        for node_only in ("PATH", "LANG", "HOSTNAME"):  # the image's PATH and locale; --hostname below
+            env.pop(node_only)
+        command = [self._rewrite(a, []) for a in c.get("command") or []]
+        args = [self._rewrite(a, []) for a in c.get("args") or []] + self.extra_args
+        cidfile = self.root / "container.id"
+        cidfile.unlink(missing_ok=True)
+        cmd = ["podman", "run", "--name", self.container_name, "--replace", "--rm", "--cidfile", str(cidfile),
+               "--network", "host", "--hostname", self.name, "--stop-timeout",
+               str(int(self.pod_spec.get("terminationGracePeriodSeconds", 30))), "--pull", "never",
+               "--label", f"{BOX_LABEL}={self.box_id}", "--label", f"io.kubernetes.pod.name={self.name}",
+               "--label", f"io.kubernetes.pod.namespace={self.namespace}", "--label", f"io.kubernetes.container.name={c['name']}",
+               *self._security_args(mounts)]
+        for mount_path, local, read_only in mounts:
+            cmd += ["--volume", f"{local}:{mount_path}" + (":ro" if read_only else "")]
+        client_env = image_build().container_env()
+        for name, value in env.items():
+            if name in client_env or "\n" in value:
+                cmd += ["--env", f"{name}={value}"]  # a name podman itself reads: on the command line
+            else:
+                cmd += ["--env", name]  # the value from podman's environment: no Secret on a command line
+                client_env[name] = value
+        if command:
+            cmd += ["--entrypoint", json.dumps(command)]
+        cmd += [self.image, *args]
+        assert self.log_path is not None
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, env=client_env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 60  # the id is written when the container is created
+        while not self.container_id and time.monotonic() < deadline and proc.poll() is None:
+            self.container_id = cidfile.read_text().strip() if cidfile.exists() else ""
+            time.sleep(0.05)
+        if not self.container_id and cidfile.exists():
+            self.container_id = cidfile.read_text().strip()
+        return proc
+
+    def container_status(self) -> dict[str, Any]:
+        return {"image": self.image, **({"containerID": f"podman://{self.container_id}"} if self.container_id else {})}
+
+    def kill(self) -> None:
+        podman("kill", "--signal", "KILL", self.container_name)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """``podman stop`` (SIGTERM, SIGKILL after ``grace``), then the container is removed."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            podman("stop", "--time", str(int(grace)), self.container_name, timeout=grace + 60)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # the client outlived its container: not the pod's process
+                proc.kill()
+                proc.wait(timeout=10)
+        podman("rm", "--force", "--ignore", self.container_name)
+
 
 
 # ============================================================================================ kubelet
@@ -326,9 +496,16 @@ class LocalKubelet(threading.Thread):
     """The kubelet and the Job controller for the Jobs in ``namespaces`` (see the module docstring)."""
 
     def __init__(self, api: FakeKubeApiProcess, namespaces: list[str], root: Path, pod_monitor: dict[str, Any] | None = None,
-                 file_sd: Path | None = None, interval: float = 0.3, retry_delay: float = 1.0, images: tuple[str, ...] = ()):
+                 file_sd: Path | None = None, interval: float = 0.3, retry_delay: float = 1.0, images: tuple[str, ...] = (),
+                 runtime: str = "auto", log: Callable[[str], None] = lambda s: None):
         super().__init__(name="local-kubelet", daemon=True)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}: one of {RUNTIMES}")
         self.api, self.namespaces, self.root = api, namespaces, root
+        # auto: a pod whose image podman holds, built from this checkout, runs in it with podman; any
+        # other as a local process. podman: only in podman (a stale image fails to pull). process: never.
+        self.runtime, self.log = runtime, log
+        self._fallbacks: set[str] = set()  # the images whose fallback to a process was logged
         # The images this node can run: the chart's (the local checkout plays it), plus any the local
         # podman holds. Any other image fails to pull, as on a node whose registry lacks it.
         self.images = set(images)
@@ -356,6 +533,10 @@ class LocalKubelet(threading.Thread):
         for st in self.jobs.values():
             if st.pod is not None:
                 st.pod.stop(grace=5)
+        if self.runtime != "process" and shutil.which("podman"):  # any container a lost client left behind
+            ids = podman("ps", "--all", "--quiet", "--filter", f"label={BOX_LABEL}={self.root}").stdout.split()
+            if ids:
+                podman("rm", "--force", "--time", "5", *ids, timeout=120)
 
     # ---------------------------------------------------------------------------------------- sync
 
@@ -419,12 +600,22 @@ class LocalKubelet(threading.Thread):
         st.pod_name = name
         cname = tmpl["spec"]["containers"][0]["name"]
         image = tmpl["spec"]["containers"][0].get("image") or ""
-        if not self.image_present(image):  # the pod waits for its image, the Job stays active (not ready)
+        in_podman, why = image_current(image) if self.runtime != "process" else (False, "")
+        if not in_podman and self.runtime == "podman":
+            st.image_missing, st.started = image, time.monotonic()
+            self._pull_failed(job, st, cname, "ErrImagePull", f"rpc error: code = NotFound desc = {why}")
+            return
+        if not in_podman and not self.image_present(image):  # the pod waits for its image, the Job stays active (not ready)
             st.image_missing, st.started = image, time.monotonic()
             self._pull_failed(job, st, cname, "ErrImagePull",
                               f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found')
             return
-        proc = PodProcess(self.api, st.namespace, name, tmpl["spec"], self.root / "pods" / st.namespace / name, self.root / "claims")
+        if not in_podman and self.runtime == "auto" and image not in self._fallbacks:
+            self._fallbacks.add(image)
+            self.log(f"kubelet: pods of {image} run as local processes: {why}")
+        pod_dir, claims = self.root / "pods" / st.namespace / name, self.root / "claims"
+        proc = (PodContainer(self.api, st.namespace, name, tmpl["spec"], pod_dir, claims, image=image, box_id=str(self.root))
+                if in_podman else PodProcess(self.api, st.namespace, name, tmpl["spec"], pod_dir, claims))
         try:
             proc.start()
         except PodSetupError as exc:  # the pod waits (as a real one would), the Job stays active
@@ -436,7 +627,8 @@ class LocalKubelet(threading.Thread):
         st.pod, st.started = proc, time.monotonic()
         proc.labels = labels
         self._pod_status(st, {"phase": "Running", "startTime": _now(), "containerStatuses": [
-            {"name": cname, "ready": True, "restartCount": 0, "started": True, "state": {"running": {"startedAt": _now()}}}]})
+            {"name": cname, "ready": True, "restartCount": 0, "started": True, **proc.container_status(),
+             "state": {"running": {"startedAt": _now()}}}]})
         self._job_status(job, st, active=1)
         if self.on_pod_started is not None:
             self.on_pod_started(st)
@@ -444,10 +636,9 @@ class LocalKubelet(threading.Thread):
     def image_present(self, image: str) -> bool:
         if image in self.images:
             return True
-        podman = shutil.which("podman")
-        if podman is None or not image:
+        if shutil.which("podman") is None or not image:
             return False
-        found = subprocess.run([podman, "image", "exists", image], capture_output=True, timeout=30).returncode == 0
+        found = podman("image", "exists", image, timeout=30).returncode == 0
         if found:
             self.images.add(image)
         return found
@@ -463,7 +654,7 @@ class LocalKubelet(threading.Thread):
         """Back off and pull again, as the kubelet does (ErrImagePull, ImagePullBackOff, ...); once
         the image is there (podman pulled it meanwhile) the waiting pod is dropped and a new one runs."""
         cname = spec_template(job)["spec"]["containers"][0]["name"]
-        if self.image_present(st.image_missing):
+        if image_current(st.image_missing)[0] if self.runtime == "podman" else self.image_present(st.image_missing):
             try:
                 self.api.delete("v1", "pods", st.pod_name, st.namespace)
             except FakeApiError:
@@ -479,10 +670,12 @@ class LocalKubelet(threading.Thread):
         st.pod = None
         cname = pod.container["name"]
         exit_code = rc if rc >= 0 else 128 - rc  # killed by a signal: 128 + signal, as a container runtime reports
+        runtime = pod.container_status()
         term = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "finishedAt": _now(),
-                "message": "" if exit_code == 0 else pod.log_tail(5)}
+                "message": "" if exit_code == 0 else pod.log_tail(5),
+                **({"containerID": runtime["containerID"]} if "containerID" in runtime else {})}
         self._pod_status(st, {"phase": "Succeeded" if exit_code == 0 else "Failed", "containerStatuses": [
-            {"name": cname, "ready": False, "restartCount": 0, "state": {"terminated": term}}]})
+            {"name": cname, "ready": False, "restartCount": 0, **runtime, "state": {"terminated": term}}]})
         if exit_code == 0:
             st.succeeded += 1
             self._finish(job, st, "Complete", "Completed", "")
@@ -609,9 +802,17 @@ class ClusterBox:
     """Everything above, started in order; ``kubectl(...)`` runs the static kubectl against it."""
 
     def __init__(self, workdir: Path | None = None, namespace: str = "looptool", extra_namespaces: tuple[str, ...] = (),
-                 values: dict[str, Any] | None = None, prometheus: bool = False, log: Callable[[str], None] = lambda s: None):
+                 values: dict[str, Any] | None = None, prometheus: bool = False, log: Callable[[str], None] = lambda s: None,
+                 runtime: str = "auto"):
+        """``runtime``: how the kubelet runs Job pods (:class:`LocalKubelet`): ``auto`` (in podman when the
+        image is built from this checkout, else a process), ``podman`` (the chart's image must be current)
+        or ``process``."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}: one of {RUNTIMES}")
+        self.runtime = runtime
         self._own_dir = workdir is None  # removed on stop()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="looptool-box-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.namespace = namespace
         self.namespaces = [namespace, *extra_namespaces]
         self.values = _merge(CPU_VALUES, {"operator": {"watchNamespaces": self.namespaces}})
@@ -663,6 +864,11 @@ class ClusterBox:
     def start(self) -> None:
         t0 = time.monotonic()
         self.chart = chart = Chart.render(self.namespace, self.values, self.workdir)
+        if self.runtime == "podman":  # refused now rather than as a trainer pod that never pulls
+            image = yaml.safe_load(chart.get("ConfigMap", f"{RELEASE}-operator")["data"]["operator.yaml"])["trainer"]["image"]
+            current, why = image_current(image)
+            if not current:
+                raise RuntimeError(f"runtime podman: {why}")
         creds = chart.secret(f"{RELEASE}-s3")
         self.s3 = SeaweedServer(workdir=str(self.workdir / "seaweed"), access_key=creds["accessKey"], secret_key=creds["secretKey"],
                                 s3_config=chart.secret(f"{RELEASE}-s3-config")["s3.json"]).start()
@@ -714,10 +920,11 @@ class ClusterBox:
 
         file_sd = self.workdir / "prometheus" / "trainer-pods.json"
         file_sd.parent.mkdir(parents=True, exist_ok=True)
-        # The chart's trainer image is the one this checkout plays; a round naming another allowed image
-        # waits for it (ErrImagePull / ImagePullBackOff) unless the local podman has it.
+        # The chart's trainer image runs in podman when it is built from this checkout, else this checkout
+        # plays it; a round naming another allowed image waits for it (ErrImagePull / ImagePullBackOff)
+        # unless the local podman has it.
         self.kubelet = LocalKubelet(self.api, self.namespaces, self.workdir / "kubelet", chart.of_kind("PodMonitor")[0], file_sd,
-                                    images=(settings["trainer"]["image"],))
+                                    images=(settings["trainer"]["image"],), runtime=self.runtime, log=self.log)
         self.kubelet.start()
         if self.want_prometheus:
             self._start_prometheus(file_sd)
@@ -886,14 +1093,14 @@ spec:
 """
 
 
-def demo() -> int:
+def demo(runtime: str = "auto") -> int:
     """``make cluster-demo``: the user's commands against the box, printing what kubectl prints."""
     t0 = time.monotonic()
 
     def say(line: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {line}", flush=True)
 
-    with ClusterBox(log=say) as box:
+    with ClusterBox(log=say, runtime=runtime) as box:
         manifest = box.workdir / "demo-cpu-r1.yaml"
         manifest.write_text(DEMO_ROUND)
 
@@ -919,4 +1126,9 @@ def demo() -> int:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the box's processes on `kill` too
-    sys.exit(demo())
+    import argparse
+
+    parser = argparse.ArgumentParser(description="make cluster-demo: a small CPU LoopRound on a cluster in a box")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="trainer Job pods: in podman when the image is current (auto), only in podman, or as processes")
+    sys.exit(demo(parser.parse_args().runtime))
