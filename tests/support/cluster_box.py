@@ -505,7 +505,7 @@ class LocalKubelet(threading.Thread):
         # auto: a pod whose image podman holds, built from this checkout, runs in it with podman; any
         # other as a local process. podman: only in podman (a stale image fails to pull). process: never.
         self.runtime, self.log = runtime, log
-        self._fallbacks: set[str] = set()  # the images whose fallback to a process was logged
+        self._fallbacks: set[str] = set()  # the images whose runtime (podman or a process) was logged
         # The images this node can run: the chart's (the local checkout plays it), plus any the local
         # podman holds. Any other image fails to pull, as on a node whose registry lacks it.
         self.images = set(images)
@@ -610,9 +610,10 @@ class LocalKubelet(threading.Thread):
             self._pull_failed(job, st, cname, "ErrImagePull",
                               f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": not found')
             return
-        if not in_podman and self.runtime == "auto" and image not in self._fallbacks:
-            self._fallbacks.add(image)
-            self.log(f"kubelet: pods of {image} run as local processes: {why}")
+        if image not in self._fallbacks and (in_podman or self.runtime == "auto"):
+            self._fallbacks.add(image)  # one line per image, either way
+            self.log(f"kubelet: pods of {image} run in podman (the image is a current build of this checkout)"
+                     if in_podman else f"kubelet: pods of {image} run as local processes: {why}")
         pod_dir, claims = self.root / "pods" / st.namespace / name, self.root / "claims"
         proc = (PodContainer(self.api, st.namespace, name, tmpl["spec"], pod_dir, claims, image=image, box_id=str(self.root))
                 if in_podman else PodProcess(self.api, st.namespace, name, tmpl["spec"], pod_dir, claims))
@@ -1117,6 +1118,9 @@ def demo(runtime: str = "auto") -> int:
         st = box.wait_round("demo-cpu-r1")
         say(f"round {st.get('phase')}")
         run("get", "looprounds", "-o", "wide")
+        # where the trainer pod ran: the kubelet records the podman container (or nothing, as a process)
+        run("get", "pods", "-o", "custom-columns=NAME:.metadata.name,PHASE:.status.phase,"
+            "IMAGE:.status.containerStatuses[0].image,CONTAINER:.status.containerStatuses[0].containerID")
         run("describe", "loopround", "demo-cpu-r1")
         run("delete", "loopround", "demo-cpu-r1")
         run("get", "jobs,configmaps")
