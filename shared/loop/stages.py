@@ -21,9 +21,9 @@ from looptool.shared import toolsets
 from looptool.shared.compose import compose_next_round, dropped_uri
 from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.conversion import dialogs_to_samples, split_of
-from looptool.shared.bfcl_scores import NODES, aggregate
+from looptool.shared.bfcl_scores import NODES, CategoryResult, aggregate
 from looptool.shared.bfcl_multiturn import is_multi_turn
-from looptool.shared.evaluation import EndpointDown, evaluate, noise_recovery_from_verdicts
+from looptool.shared.evaluation import EndpointDown, EvalReport, evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.chain import HELDOUT, HELDOUT_AFTER_SFT, run_uri, sft_model_uri
@@ -64,8 +64,8 @@ from looptool.shared.records import (
     Tool,
     content_key,
 )
-from looptool.shared.storage import DatasetCorrupt, dataset_exists, open_dataset, split_uri, writer_for_uri
-from looptool.shared.storage.artifacts import artifact_exists
+from looptool.shared.storage import DatasetCorrupt, StorageError, dataset_exists, open_dataset, split_uri, writer_for_uri
+from looptool.shared.storage.artifacts import artifact_exists, manifest_content_hash, read_manifest
 from looptool.shared.verl_format import sample_to_verl_row
 from looptool.v1 import (
     expander_pb2,
@@ -670,10 +670,40 @@ def stage_expand(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn
 
 
 def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: ProgressFn) -> None:
+    """Score the round's checkpoint (held-out samples, BFCL categories, the post-SFT policy). The
+    inference part is content-keyed like the other stages' outputs: its result is kept as a
+    one-record dataset ``evaluate-<key>``, so a round whose checkpoint, held-out data and eval
+    settings equal an earlier one's (a rerun, or ``looptool ablate``'s variants sharing round 1)
+    asks no model again. What is read from this round's other outputs (label-noise recovery, the
+    loop's noise tally, the overlap line) is derived afresh every time: it is no inference, and
+    variants that share round 1's checkpoint differ there."""
     st = status.stage("evaluate")
     spec = ctx.spec.eval
     heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
     targets = ctx.targets("inference")
+    key = _evaluate_key(ctx, status, heldout)
+    out = ctx.out(f"evaluate-{key}")
+    cached = _cached_evaluation(ctx, out, key)
+    if cached is not None:
+        report, after_sft = cached
+        # Reused: no replica was asked, so none died this run (a dead-replica message belongs to the run that had it)
+        st.counts.update(replicas=len(targets), replicas_dead=0)
+        log.info("evaluation reused", extra={"stage": "evaluate", "uri": out})
+    else:
+        report, after_sft = _run_evaluation(ctx, status, st, targets, heldout, on_progress)
+        _store_evaluation(ctx, out, key, report, after_sft)
+    status.accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
+    if spec.bfclCategories:
+        _record_overlap(ctx, status, st)
+    _evaluate_tail(ctx, status, st, report)
+    if after_sft is not None:  # beside accuracy_heldout (after GRPO): GRPO's share of the round's gain
+        st.metrics[f"accuracy_{HELDOUT_AFTER_SFT}"] = after_sft
+        status.accuracy[HELDOUT_AFTER_SFT] = round(after_sft, 4)
+
+
+def _run_evaluation(ctx: StageContext, status: RoundStatus, st: StageStatus, targets: list[str],
+                    heldout: DatasetRef | None, on_progress: ProgressFn) -> tuple[EvalReport, float | None]:
+    """The evaluation's model requests: the checkpoint's report and the post-SFT held-out accuracy."""
     gen = ShardedGenerator(
         "evaluate", targets,
         lambda t: ctx.generator(t, model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
@@ -691,24 +721,100 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     st.counts.update(replicas=len(targets), replicas_dead=len(gen.dead))
     if gen.dead:
         st.message = "dead replicas: " + "; ".join(f"{t} ({why})" for t, why in gen.dead.items())
-    status.accuracy = {k: round(v, 4) for k, v in report.accuracy.items()}
-    if spec.bfclCategories:
-        _record_overlap(ctx, status, st)
-    _evaluate_tail(ctx, status, st, report)
-    after_sft = _heldout_after_sft(ctx, status, heldout, on_progress) if HELDOUT in report.accuracy else None
-    if after_sft is not None:  # beside accuracy_heldout (after GRPO): GRPO's share of the round's gain
-        st.metrics[f"accuracy_{HELDOUT_AFTER_SFT}"] = after_sft
-        status.accuracy[HELDOUT_AFTER_SFT] = round(after_sft, 4)
+    after_sft = _heldout_after_sft(ctx, status, heldout, report, on_progress) if HELDOUT in report.accuracy else None
+    return report, after_sft
 
 
-def _heldout_after_sft(ctx: StageContext, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> float | None:
+def _model_identity(ctx: StageContext, uri: str) -> str:
+    """What a model's answers depend on: a committed artifact's content hash (a trainer's checkpoint;
+    its URI is keyed by the training inputs, the hash also pins the bytes of a retrained one), else
+    the URI itself (``builtin:tiny``, a model outside storage)."""
+    try:
+        store, path = split_uri(uri, ctx.config.storage.s3)
+    except StorageError:
+        return uri
+    if not path or not artifact_exists(store, path):
+        return uri
+    return "sha256:" + manifest_content_hash(read_manifest(store, path))
+
+
+def _evaluate_key(ctx: StageContext, status: RoundStatus, heldout: DatasetRef | None) -> str:
+    """Everything the evaluation's model requests and their scores depend on: the checkpoint, the
+    held-out data, the eval settings, the BFCL functions left out, and the post-SFT model scored."""
+    counts = status.stage("train").counts
+    sft: str | None = None  # no post-SFT score (see _heldout_after_sft)
+    if heldout is not None and counts.get("sft_steps"):
+        sft = "final"  # SFT only: the final model's held-out score
+        if counts.get("grpo_steps"):
+            uri = sft_model_uri(status.checkpointUri)
+            kept = artifact_exists(*split_uri(uri, ctx.config.storage.s3))
+            sft = _model_identity(ctx, uri) if kept else "-"  # "-": this run did not keep it, no score
+    trained = trained_functions(ctx, status)
+    return key_of(
+        _model_identity(ctx, status.checkpointUri),
+        heldout.content_hash if heldout is not None else "-",
+        ctx.spec.eval,
+        sorted(set(trained)) if trained is not None else None,
+        {"after_sft": sft},
+    )
+
+
+def _pairs(d: dict[str, Any]) -> list[list[Any]]:
+    # pairs, not an object: dataset records are canonical JSON (sorted keys), and the status keeps
+    # the report's order (categories as run)
+    return [[k, v] for k, v in d.items()]
+
+
+def _store_evaluation(ctx: StageContext, out: str, key: str, report: EvalReport, after_sft: float | None) -> None:
+    if dataset_exists(*split_uri(out, ctx.config.storage.s3)):  # an equal evaluation finished meanwhile
+        return
+    record = {
+        "key": key,
+        "accuracy": _pairs(report.accuracy),
+        "counts": _pairs(report.counts),
+        "undecodable": _pairs(report.undecodable),
+        "bfcl": [[c, {"correct": r.correct, "total": r.total, "undecodable": r.undecodable}] for c, r in report.bfcl.items()],
+        "after_sft": after_sft,
+    }
+    w = writer_for_uri(out, ctx.config.storage.s3, kind="eval_result", pipeline=False,
+                       meta={"stage": "evaluate", "round": ctx.spec.round})
+    w.write(record)
+    w.commit()
+
+
+def _cached_evaluation(ctx: StageContext, out: str, key: str) -> tuple[EvalReport, float | None] | None:
+    """The committed evaluation at ``out``, verified (its bytes against its manifest; a damaged one
+    raises ``DatasetCorrupt`` naming it, as every stage's committed output does), or None."""
+    ref = existing(ctx, out)
+    if ref is None:
+        return None
+    records = list(open_dataset(ref, ctx.config.storage.s3).iter_dicts())
+    try:
+        (rec,) = records
+        if rec["key"] != key:
+            raise ValueError(f"holds key {rec['key']!r}, not {key!r}")
+        report = EvalReport(
+            accuracy={str(k): float(v) for k, v in rec["accuracy"]},
+            counts={str(k): int(v) for k, v in rec["counts"]},
+            undecodable={str(k): int(v) for k, v in rec["undecodable"]},
+            bfcl={str(c): CategoryResult(int(r["correct"]), int(r["total"]), int(r["undecodable"])) for c, r in rec["bfcl"]},
+        )
+        after = rec["after_sft"]
+        return report, (float(after) if after is not None else None)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetCorrupt(ref.uri, "record", f"is not an evaluation result ({exc})") from None
+
+
+def _heldout_after_sft(ctx: StageContext, status: RoundStatus, heldout: DatasetRef | None, report: EvalReport,
+                       on_progress: ProgressFn) -> float | None:
     """Held-out accuracy of the round's post-SFT policy (the trainer's ``model_sft``); an SFT-only
     round's final model is that policy. None: no SFT this round, or a run that did not keep it."""
     counts = status.stage("train").counts
     if heldout is None or not counts.get("sft_steps"):
         return None
     if not counts.get("grpo_steps"):
-        return status.accuracy.get(HELDOUT)
+        acc = report.accuracy.get(HELDOUT)
+        return round(acc, 4) if acc is not None else None  # as status.accuracy has it
     uri = sft_model_uri(status.checkpointUri)
     store, key = split_uri(uri, ctx.config.storage.s3)
     if not artifact_exists(store, key):
@@ -718,18 +824,18 @@ def _heldout_after_sft(ctx: StageContext, status: RoundStatus, heldout: DatasetR
         lambda t: ctx.generator(t, model=uri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
     )
     try:
-        report = evaluate(gen, heldout=heldout, bfcl_categories=[], max_tokens=ctx.spec.eval.maxTokens,
-                          s3=ctx.config.storage.s3, on_progress=on_progress)
+        sft_report = evaluate(gen, heldout=heldout, bfcl_categories=[], max_tokens=ctx.spec.eval.maxTokens,
+                              s3=ctx.config.storage.s3, on_progress=on_progress)
     except ShardingError as exc:
         raise StageError(exc.reason, exc.message) from None
     except EndpointDown as exc:
         raise StageError("InferenceUnavailable", str(exc)) from None
     finally:
         gen.close()
-    return report.accuracy.get(HELDOUT)
+    return sft_report.accuracy.get(HELDOUT)
 
 
-def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> Any:
+def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> EvalReport:
     spec = ctx.spec.eval
     executor = None
     if ctx.tool_executor is not None and any(is_multi_turn(c) for c in spec.bfclCategories):
@@ -757,7 +863,7 @@ def _record_overlap(ctx: StageContext, status: RoundStatus, st: StageStatus) -> 
     st.counts["bfcl_trained_functions_excluded"] = len(set(trained)) if trained is not None else 0
 
 
-def _evaluate_tail(ctx: StageContext, status: RoundStatus, st: StageStatus, report: Any) -> None:
+def _evaluate_tail(ctx: StageContext, status: RoundStatus, st: StageStatus, report: EvalReport) -> None:
     st.metrics.update({f"accuracy_{k}": v for k, v in report.accuracy.items()})
     st.counts.update({f"n_{k}": v for k, v in report.counts.items()})
     st.counts.update({f"undecodable_{k}": v for k, v in report.undecodable.items()})
