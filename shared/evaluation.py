@@ -200,6 +200,20 @@ class ResultStore:
         os.replace(tmp, path)
 
 
+def check_categories(bfcl_categories: list[str] | None, has_tool_executor: bool) -> list[str]:
+    """The resolved BFCL category names; ValueError for an unknown one, or for a multi-turn category
+    without a tool executor (checked before any work, and before a stored result is reused)."""
+    from looptool.shared import bfcl, bfcl_multiturn
+
+    cats = [bfcl_multiturn.resolve_category(c) if bfcl_multiturn.is_multi_turn(c) else bfcl.resolve_category(c)
+            for c in bfcl_categories or []]
+    multi = [c for c in cats if bfcl_multiturn.is_multi_turn(c)]
+    if multi and not has_tool_executor:
+        raise ValueError(f"BFCL multi-turn categories {multi} need a tool executor (BFCL's classes on the tool "
+                         "simulator): pass tool_executor, e.g. services.toolsim.bfcl_env.ToolSimBfclExecutor()")
+    return cats
+
+
 def evaluate(
     gen: Generator,
     heldout: DatasetRef | None = None,
@@ -218,16 +232,10 @@ def evaluate(
     reused; ``on_category(name, result, reused)`` is told as each category is done. Multi-turn
     categories (``multi_turn_*``) run against ``tool_executor``: BFCL's classes on the tool
     simulator (``services.toolsim.bfcl_env.ToolSimBfclExecutor``; shared/bfcl_multiturn.py)."""
-    from looptool.shared import bfcl, bfcl_multiturn
+    from looptool.shared import bfcl_multiturn
     from looptool.shared.storage import open_dataset
 
-    # unknown names: before any work
-    cats = [bfcl_multiturn.resolve_category(c) if bfcl_multiturn.is_multi_turn(c) else bfcl.resolve_category(c)
-            for c in bfcl_categories or []]
-    multi = [c for c in cats if bfcl_multiturn.is_multi_turn(c)]
-    if multi and tool_executor is None:
-        raise ValueError(f"BFCL multi-turn categories {multi} need a tool executor (BFCL's classes on the tool "
-                         "simulator): pass tool_executor, e.g. services.toolsim.bfcl_env.ToolSimBfclExecutor()")
+    cats = check_categories(bfcl_categories, tool_executor is not None)
     exclude = sorted(set(bfcl_exclude_functions)) if bfcl_exclude_functions is not None else None
     report = EvalReport()
     if heldout is not None:

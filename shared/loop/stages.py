@@ -23,7 +23,7 @@ from looptool.shared.config import LoopToolConfig, SecuritySettings
 from looptool.shared.conversion import dialogs_to_samples, split_of
 from looptool.shared.bfcl_scores import NODES, CategoryResult, aggregate
 from looptool.shared.bfcl_multiturn import is_multi_turn
-from looptool.shared.evaluation import EndpointDown, EvalReport, evaluate, noise_recovery_from_verdicts
+from looptool.shared.evaluation import EndpointDown, EvalReport, check_categories, evaluate, noise_recovery_from_verdicts
 from looptool.shared.generation import Generator
 from looptool.shared.grpc_util import channel
 from looptool.shared.loop.chain import HELDOUT, HELDOUT_AFTER_SFT, run_uri, sft_model_uri
@@ -681,6 +681,10 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
     spec = ctx.spec.eval
     heldout = status.stage("synthesize").outputs.get("heldout") if spec.heldout else None
     targets = ctx.targets("inference")
+    try:  # the spec's errors first, so a stored result never hides them
+        check_categories(spec.bfclCategories, ctx.tool_executor is not None)
+    except ValueError as exc:
+        raise StageError("InvalidSpec", f"spec.eval.bfclCategories: {exc}") from None
     key = _evaluate_key(ctx, status, heldout)
     out = ctx.out(f"evaluate-{key}")
     cached = _cached_evaluation(ctx, out, key)
