@@ -186,18 +186,22 @@ def _res(api: FakeKubeApi, plural: str):
     return next(r for r, _, _ in api.kmock.objects if r.plural == plural)
 
 
+def trainer_pod(job_name: str, suffix: str, image: str, status: dict) -> dict:
+    """The kubelet's view of one of a Job's trainer pods (the operator reads its container statuses)."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{job_name}-{suffix}", "labels": {"job-name": job_name, "batch.kubernetes.io/job-name": job_name}},
+            "spec": {"containers": [{"name": "trainer", "image": image}]},
+            "status": status}
+
+
 def test_failed_job_fails_the_round_with_a_reason(api, executor):
     with operator(api, executor):
         api.create(*LR, loopround("r3"))
         job = wait_for(lambda: jobs_of(api, "r3"), what="training Job")[0]
         name = job["metadata"]["name"]
         # The kubelet's view of the trainer pod: killed for memory.
-        api.create("v1", "pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{name}-x7k2p", "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
-            "spec": {"containers": [{"name": "trainer", "image": "x"}]},
-            "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
-        })
+        api.create("v1", "pods", trainer_pod(name, "x7k2p", "x", {"phase": "Failed", "containerStatuses": [
+            {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}))
         api.patch(*JOBS, name, {"status": {"failed": 2, "conditions": [
             {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}, sub="status")
         wait_for(phase_is(api, "r3", "Failed"), what="Failed")
@@ -218,13 +222,9 @@ def test_a_pod_that_cannot_pull_its_image_gives_the_round_a_condition_while_the_
         job = wait_for(lambda: jobs_of(api, "ip1"), what="training Job")[0]
         name = job["metadata"]["name"]
         # The kubelet's view: the image is not in the registry; it backs off and retries, the Job stays active.
-        api.create("v1", "pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{name}-p1x2q", "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
-            "spec": {"containers": [{"name": "trainer", "image": TRAINER_IMAGE}]},
-            "status": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "ready": False, "image": TRAINER_IMAGE, "state": {
-                "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{TRAINER_IMAGE}"'}}}]},
-        })
+        api.create("v1", "pods", trainer_pod(name, "p1x2q", TRAINER_IMAGE, {"phase": "Pending", "containerStatuses": [
+            {"name": "trainer", "ready": False, "image": TRAINER_IMAGE, "state": {
+                "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{TRAINER_IMAGE}"'}}}]}))
         api.patch(*JOBS, name, {"status": {"active": 1, "ready": 0}}, sub="status")
         st = wait_for(lambda: status(api, "ip1") if condition(status(api, "ip1"), "Ready")["reason"] == "ImagePullBackOff" else None,
                       what="the image pull condition")
