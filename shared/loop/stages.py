@@ -8,12 +8,13 @@ restarted round reuses finished outputs and services resume unfinished ones with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import grpc
 
@@ -708,20 +709,8 @@ def stage_evaluate(ctx: StageContext, status: RoundStatus, on_progress: Progress
 def _run_evaluation(ctx: StageContext, status: RoundStatus, st: StageStatus, targets: list[str],
                     heldout: DatasetRef | None, on_progress: ProgressFn) -> tuple[EvalReport, float | None]:
     """The evaluation's model requests: the checkpoint's report and the post-SFT held-out accuracy."""
-    gen = ShardedGenerator(
-        "evaluate", targets,
-        lambda t: ctx.generator(t, model=status.checkpointUri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
-    )
-    try:
+    with _evaluation_generator(ctx, targets, status.checkpointUri) as gen:
         report = _evaluate(ctx, gen, status, heldout, on_progress)
-    except ShardingError as exc:
-        raise StageError(exc.reason, exc.message) from None
-    except EndpointDown as exc:
-        raise StageError("InferenceUnavailable", str(exc)) from None
-    except ValueError as exc:  # an unknown BFCL category, before any request
-        raise StageError("InvalidSpec", f"spec.eval.bfclCategories: {exc}") from None
-    finally:
-        gen.close()
     st.counts.update(replicas=len(targets), replicas_dead=len(gen.dead))
     if gen.dead:
         st.message = "dead replicas: " + "; ".join(f"{t} ({why})" for t, why in gen.dead.items())
@@ -823,20 +812,27 @@ def _heldout_after_sft(ctx: StageContext, status: RoundStatus, heldout: DatasetR
     store, key = split_uri(uri, ctx.config.storage.s3)
     if not artifact_exists(store, key):
         return None
-    gen = ShardedGenerator(
-        "evaluate", ctx.targets("inference"),
-        lambda t: ctx.generator(t, model=uri, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
-    )
-    try:
+    with _evaluation_generator(ctx, ctx.targets("inference"), uri) as gen:
         sft_report = evaluate(gen, heldout=heldout, bfcl_categories=[], max_tokens=ctx.spec.eval.maxTokens,
                               s3=ctx.config.storage.s3, on_progress=on_progress)
+    return sft_report.accuracy.get(HELDOUT)
+
+
+@contextlib.contextmanager
+def _evaluation_generator(ctx: StageContext, targets: list[str], model: str) -> Iterator[ShardedGenerator]:
+    """Sharded requests to ``model`` over the inference replicas; their failures as StageErrors."""
+    gen = ShardedGenerator(
+        "evaluate", targets,
+        lambda t: ctx.generator(t, model=model, timeout_s=ctx.rpc_timeout_s, security=ctx.config.security), EVAL_SHARD,
+    )
+    try:
+        yield gen
     except ShardingError as exc:
         raise StageError(exc.reason, exc.message) from None
     except EndpointDown as exc:
         raise StageError("InferenceUnavailable", str(exc)) from None
     finally:
         gen.close()
-    return sft_report.accuracy.get(HELDOUT)
 
 
 def _evaluate(ctx: StageContext, gen: ShardedGenerator, status: RoundStatus, heldout: DatasetRef | None, on_progress: ProgressFn) -> EvalReport:
